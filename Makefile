@@ -1,0 +1,28 @@
+# Two commands do all set-up on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+ARGS   ?= --trials 8 --workers 2 --rounds 30 --max-depth 30
+PYTEST_ARGS ?=
+
+.PHONY: run test bench install clean
+
+$(BIN)/taxi-hpo: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(BIN)/taxi-hpo
+
+run: install
+	$(BIN)/taxi-hpo run $(ARGS)
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: install
+	$(BIN)/taxi-hpo bench --layouts seq,2x1,1x2 --trials 8 --rounds 15 --max-depth 20 --out bench-out
+
+clean:
+	rm -rf $(VENV) mlflow.db mlartifacts bench-out

@@ -1,0 +1,122 @@
+"""``taxi-hpo``: parse flags, validate, run the flow, print a summary or JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from taxi_hpo.errors import TaxiHpoError
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, no usage dump
+        sys.stderr.write(f"taxi-hpo: error: {message} (see `{self.prog} --help`)\n")
+        raise SystemExit(EXIT_USAGE)
+
+
+def _add_search_flags(p: argparse.ArgumentParser) -> None:
+    from taxi_hpo.config import default_data_dir
+
+    p.add_argument("--train", default="2021-01", help="training month YYYY-MM or parquet path (default 2021-01)")
+    p.add_argument("--valid", default="2021-02", help="validation month YYYY-MM or parquet path (default 2021-02)")
+    p.add_argument("--data-dir", default=default_data_dir(),
+                   help="folder of green_tripdata_YYYY-MM.parquet files; missing months are downloaded "
+                        "into it (env TAXI_HPO_DATA_DIR, default ./data)")
+    p.add_argument("--rounds", type=int, default=100, help="XGBoost boosting rounds (default 100)")
+    p.add_argument("--max-depth", type=int, default=100, help="upper bound of the max_depth range (default 100)")
+    p.add_argument("--seed", type=int, default=42, help="TPE seed (default 42)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="taxi-hpo", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    run = sub.add_parser("run", help="run a parallel TPE search")
+    _add_search_flags(run)
+    run.add_argument("--trials", type=int, default=20, help="number of TPE trials (default 20)")
+    run.add_argument("--workers", type=int, default=2, help="local Dask worker processes (default 2)")
+    run.add_argument("--threads-per-worker", type=int, default=1, help="XGBoost threads per trial (default 1)")
+    run.add_argument("--address", default=None, help="existing Dask scheduler, e.g. tcp://host:8786")
+    run.add_argument("--mode", choices=["async", "batch"], default="async",
+                     help="async: refill each free slot at once (default); batch: synchronous, reproducible batches")
+    run.add_argument("--batch-size", type=int, default=None, help="trials per batch in batch mode (default: slots)")
+    run.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default sqlite:///$PWD/mlflow.db)")
+    run.add_argument("--experiment", default="nyc-taxi-hpo", help="MLflow experiment (default nyc-taxi-hpo)")
+    run.add_argument("--max-rmse", type=float, default=6.5, help="register only below this RMSE (default 6.5)")
+    run.add_argument("--max-inference-time", type=float, default=20e-6,
+                     help="register only below this many seconds per row (default 20e-6)")
+    run.add_argument("--no-register", action="store_true", help="do not register the best model")
+    run.add_argument("--json", action="store_true", help="print one JSON object on stdout at the end")
+    return parser
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    logging.getLogger("distributed").setLevel(logging.ERROR)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*type hints to the `predict` method.*")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from taxi_hpo import preflight
+    from taxi_hpo.config import RunConfig
+    from taxi_hpo.progress import ProgressBar
+
+    cfg = RunConfig(
+        train=args.train, valid=args.valid, data_dir=args.data_dir, trials=args.trials,
+        workers=args.workers, threads_per_worker=args.threads_per_worker, address=args.address,
+        mode=args.mode, batch_size=args.batch_size, seed=args.seed, rounds=args.rounds,
+        max_depth=args.max_depth, tracking_uri=args.tracking_uri, experiment=args.experiment,
+        max_rmse=args.max_rmse, max_inference_time=args.max_inference_time,
+        register=not args.no_register,
+    )
+    preflight.check(cfg)
+    from taxi_hpo import flows
+
+    summary = flows.execute(cfg, ProgressBar())
+    if args.json:
+        print(json.dumps(summary, default=str))
+    else:
+        _print_summary(summary)
+    return 0
+
+
+def _print_summary(s: dict) -> None:
+    best = f"{s['best_rmse']:.4f}" if s["best_rmse"] is not None else "none"
+    print(f"LinearRegression RMSE {s['lr_rmse']:.4f}; best XGBoost RMSE {best} "
+          f"({s['trials_done']} done, {s['trials_failed']} failed) in {s['search_wall_s']:.1f} s, "
+          f"utilisation {s['utilisation']}")
+    print(f"MLflow: {s['tracking_uri']} parent run {s['parent_run_id']}")
+    if s["registered_version"]:
+        print(f"registered nyc-taxi-duration version {s['registered_version']} as @staging")
+    else:
+        print("no trial met the registration thresholds: nothing registered")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _quiet_libraries()
+    try:
+        if args.command == "run":
+            return cmd_run(args)
+        if args.command == "bench":
+            from taxi_hpo import bench
+            return bench.main(args)
+    except TaxiHpoError as exc:
+        sys.stderr.write(f"taxi-hpo: error: {exc}\n")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        sys.stderr.write("taxi-hpo: interrupted; the parent run is marked KILLED\n")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

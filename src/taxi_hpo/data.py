@@ -1,0 +1,161 @@
+"""Months to files (cache, download), loading, target and the 1–60 minute filter.
+
+Both TLC layouts load identically: integer or string location ids, with or without a
+precomputed ``duration`` column (it is always recomputed from the two timestamps).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from taxi_hpo.errors import DataError
+
+TLC_URL = "https://d37ci6vzurychx.cloudfront.net/trip-data/{name}"
+MONTH_RE = re.compile(r"^(\d{4})-(\d{2})$")
+PICKUP, DROPOFF = "lpep_pickup_datetime", "lpep_dropoff_datetime"
+REQUIRED_COLUMNS = (PICKUP, DROPOFF, "PULocationID", "DOLocationID", "trip_distance")
+MIN_MINUTES, MAX_MINUTES = 1.0, 60.0
+
+#: Called as ``progress(bytes_done, bytes_total_or_None)`` while a month downloads.
+ProgressFn = Callable[[int, "int | None"], None]
+
+
+@dataclass(frozen=True)
+class MonthFile:
+    """A resolved input: where it lives and what it was asked as."""
+
+    spec: str
+    path: Path
+
+
+def is_month(spec: str) -> bool:
+    """True when ``spec`` looks like ``YYYY-MM`` (it may still be an invalid month)."""
+    return MONTH_RE.match(spec) is not None
+
+
+def month_filename(month: str) -> str:
+    """``2021-01`` -> ``green_tripdata_2021-01.parquet``; rejects anything but a real month."""
+    match = MONTH_RE.match(month)
+    if not match or not 1 <= int(match.group(2)) <= 12:
+        raise DataError(
+            f"'{month}' is not a month: give YYYY-MM (e.g. 2021-01) or the path of a parquet file"
+        )
+    return f"green_tripdata_{month}.parquet"
+
+
+def resolve(spec: str, data_dir: Path, progress: ProgressFn | None = None,
+            url_template: str = TLC_URL) -> MonthFile:
+    """Turn ``--train``/``--valid`` into an existing local file, downloading a month if needed."""
+    looks_like_path = spec.endswith(".parquet") or os.sep in spec
+    if looks_like_path:
+        path = Path(spec).expanduser()
+        if not path.is_file():
+            raise DataError(f"{path} does not exist: pass an existing parquet file or a month YYYY-MM")
+        return MonthFile(spec, path.resolve())
+    name = month_filename(spec)
+    path = Path(data_dir).expanduser().resolve() / name
+    if not path.is_file():
+        download(url_template.format(name=name), path, progress)
+    return MonthFile(spec, path)
+
+
+def download(url: str, dest: Path, progress: ProgressFn | None = None, timeout: float = 30.0) -> None:
+    """Fetch ``url`` into ``dest`` atomically: a failed download leaves no file behind."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+            total = resp.headers.get("Content-Length")
+            total = int(total) if total else None
+            done = 0
+            while chunk := resp.read(1 << 20):
+                out.write(chunk)
+                done += len(chunk)
+                if progress:
+                    progress(done, total)
+        os.replace(tmp, dest)
+    except (urllib.error.URLError, OSError, TimeoutError) as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise DataError(
+            f"{dest.name} is not in {dest.parent} and could not be downloaded ({_reason(exc)}): "
+            f"put the file there or pass --data-dir with a folder that holds it"
+        ) from exc
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _reason(exc: BaseException) -> str:
+    reason = getattr(exc, "reason", None) or exc
+    return str(reason)
+
+
+def file_sha256(path: Path) -> str:
+    """Content hash of a file, streamed."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load(path: Path) -> pd.DataFrame:
+    """Read one month, recompute ``duration`` in minutes, keep 1–60 minutes, ids as strings."""
+    path = Path(path)
+    try:
+        schema = pq.read_schema(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise DataError(f"{path} is not a readable parquet file ({exc}): re-download it or pass another file") from exc
+    missing = [c for c in REQUIRED_COLUMNS if c not in schema.names]
+    if missing:
+        raise DataError(
+            f"{path} lacks column(s) {', '.join(missing)}: expected a TLC green-taxi trip file "
+            f"with {', '.join(REQUIRED_COLUMNS)}"
+        )
+    try:
+        df = pd.read_parquet(path, columns=list(REQUIRED_COLUMNS))
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise DataError(f"{path} could not be read ({exc}): re-download it or pass another file") from exc
+    df = prepare(df)
+    if df.empty:
+        raise DataError(
+            f"{path} has no trips of {MIN_MINUTES:g}–{MAX_MINUTES:g} minutes after filtering: "
+            f"check that it is a trip-record month"
+        )
+    return df
+
+
+def prepare(df: pd.DataFrame) -> pd.DataFrame:
+    """The reference transform on raw rows: target, filter, string ids (pure)."""
+    try:
+        pickup = pd.to_datetime(df[PICKUP])
+        dropoff = pd.to_datetime(df[DROPOFF])
+    except (ValueError, TypeError) as exc:
+        raise DataError(f"pickup/dropoff columns are not timestamps ({exc})") from exc
+    out = pd.DataFrame({
+        "PULocationID": location_ids(df["PULocationID"]),
+        "DOLocationID": location_ids(df["DOLocationID"]),
+        "trip_distance": pd.to_numeric(df["trip_distance"], errors="coerce").astype("float64"),
+        "duration": (dropoff - pickup).dt.total_seconds() / 60.0,
+    })
+    keep = (out["duration"] >= MIN_MINUTES) & (out["duration"] <= MAX_MINUTES)
+    return out.loc[keep].reset_index(drop=True)
+
+
+def location_ids(col: pd.Series) -> pd.Series:
+    """Location ids as strings, whether stored as int, float or string ('130', not '130.0')."""
+    if pd.api.types.is_numeric_dtype(col):
+        return col.astype("Int64").astype(str)
+    return col.astype(str)

@@ -1,0 +1,248 @@
+"""Thin Prefect tasks and flows: the reference recipe, with trials on a DaskTaskRunner.
+
+Each task calls one function of the core or the tracking adapter; the search loop itself is
+``search.run_search`` driving a :class:`DaskTrialRunner`.
+"""
+
+from __future__ import annotations
+
+import time
+from contextvars import ContextVar
+from datetime import timedelta
+from pathlib import Path
+from typing import Protocol
+
+import dask
+import distributed
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from prefect.context import FlowRunContext
+
+from taxi_hpo import data as data_mod
+from taxi_hpo import features, models, registry, tracking, trials
+from taxi_hpo.cluster import ClusterSpec
+from taxi_hpo.config import RunConfig
+from taxi_hpo.prefect_api import prefect_api
+from taxi_hpo.search import TPESearcher, TrialOutcome, reference_space, run_search
+from taxi_hpo.search.tpe import DEFAULT_STARTUP
+
+
+class Reporter(Protocol):
+    """Progress sink of a search (the CLI's progress bar); called from the flow process."""
+
+    def start(self, total: int, dashboard: str | None) -> None: ...
+    def update(self, outcome: TrialOutcome) -> None: ...
+    def stop(self) -> None: ...
+
+
+_REPORTER: ContextVar[Reporter | None] = ContextVar("taxi_hpo_reporter", default=None)
+
+
+def current_reporter() -> Reporter | None:
+    # Flows reach the ContextVar through this function: Prefect pickles the flow's function by
+    # value into every task's context, and a ContextVar global would make that fail.
+    return _REPORTER.get()
+
+
+# -- preprocessing: once per search, reused across searches on the same files ----------------
+
+def _preprocess_key(_context, parameters) -> str:
+    return "taxi-hpo-preprocess-" + features.dataset_key(parameters["train_sha256"], parameters["valid_sha256"])
+
+
+@task(name="transform-months", cache_key_fn=_preprocess_key, persist_result=True,
+      cache_expiration=timedelta(days=30))
+def transform_months(train_path: str, valid_path: str, train_sha256: str, valid_sha256: str):
+    return features.prepare_data(data_mod.load(Path(train_path)), data_mod.load(Path(valid_path)),
+                                 train_sha256, valid_sha256)
+
+
+@flow(name="preprocess")
+def preprocess(train_path: str, valid_path: str) -> dict:
+    """Load both months, fit on train only, transform both; cached by the files' content."""
+    train_sha, valid_sha = data_mod.file_sha256(Path(train_path)), data_mod.file_sha256(Path(valid_path))
+    state = transform_months(train_path, valid_path, train_sha, valid_sha, return_state=True)
+    return {"data": state.result(), "cached": state.name == "Cached"}
+
+
+# -- tasks -------------------------------------------------------------------------------------
+
+@task(name="log-preprocessor", retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
+def log_preprocessor(ctx: tracking.TrackingContext, blob: bytes) -> bool:
+    return tracking.log_preprocessor_once(ctx, blob)
+
+
+@task(name="linear-baseline", cache_policy=NO_CACHE)
+def linear_baseline(prepared, ctx: tracking.TrackingContext) -> float:
+    rmse = models.linear_baseline(prepared)
+    run_id = tracking.start_child_run(ctx, "linear-regression", {"model": "LinearRegression"})
+    tracking.finish_child_run(ctx, run_id, {"model": "LinearRegression"}, {"rmse_valid": rmse})
+    return rmse
+
+
+@task(name="trial", task_run_name="trial-{trial_id}", retries=1, retry_delay_seconds=1,
+      cache_policy=NO_CACHE)
+def trial(trial_id: int, params: dict, prepared, ctx: tracking.TrackingContext, rounds: int,
+          nthread: int) -> dict:
+    return trials.run_trial(trial_id, params, prepared, ctx, rounds, nthread)
+
+
+@task(name="register-best", cache_policy=NO_CACHE)
+def register_best(outcomes: list[TrialOutcome], prepared, ctx: tracking.TrackingContext,
+                  max_rmse: float, max_inference_time: float) -> str | None:
+    return registry.register_best(outcomes, prepared.preprocessor, ctx, max_rmse, max_inference_time)
+
+
+# -- the executor the scheduler drives ---------------------------------------------------------
+
+class DaskTrialRunner:
+    """Submits trial tasks through the flow's DaskTaskRunner; handles are trial ids."""
+
+    def __init__(self, data_future, ctx: tracking.TrackingContext, rounds: int, nthread: int):
+        self._data = data_future
+        self._ctx, self._rounds, self._nthread = ctx, rounds, nthread
+        self._futures: dict[int, object] = {}
+        self._params: dict[int, dict] = {}
+        self.keys: dict[int, str] = {}
+
+    def submit(self, trial_id: int, params: dict, priority: float) -> int:
+        # Higher priority starts first among queued tasks: heaviest trials first in a batch.
+        with dask.annotate(priority=int(priority * 1000)):
+            future = trial.submit(trial_id=trial_id, params=params, prepared=self._data, ctx=self._ctx,
+                                  rounds=self._rounds, nthread=self._nthread)
+        self._futures[trial_id] = future
+        self._params[trial_id] = params
+        self.keys[trial_id] = future.wrapped_future.key
+        return trial_id
+
+    def wait_any(self, handles):
+        futures = [self._futures[h].wrapped_future for h in handles]
+        distributed.wait(futures, return_when="FIRST_COMPLETED")
+        return [h for h in handles if self._futures[h].wrapped_future.done()]
+
+    def outcome(self, handle: int) -> TrialOutcome:
+        future = self._futures.pop(handle)
+        params = self._params.pop(handle)
+        try:
+            state = future.wrapped_future.result()
+        except Exception as exc:  # noqa: BLE001 - e.g. KilledWorker: a failed trial, not a crash
+            return TrialOutcome(handle, params, None, error=f"{type(exc).__name__}: {exc}")
+        if state.is_completed():
+            result = state.result()
+            return TrialOutcome(**result)
+        return TrialOutcome(handle, params, None, error=state.message or state.name)
+
+
+# -- the flow ----------------------------------------------------------------------------------
+
+@flow(name="taxi-hpo-search")
+def search(config: dict) -> dict:
+    """Preprocess once, baseline, TPE trials in parallel on Dask, register the best."""
+    cfg = RunConfig.from_dict(config)
+    wall_start = time.time()
+    tracking_uri = cfg.resolved_tracking_uri
+    experiment_id = tracking.prepare_store(tracking_uri, cfg.experiment, Path(cfg.workdir) / "mlartifacts")
+    train_file = data_mod.resolve(cfg.train, Path(cfg.data_dir))
+    valid_file = data_mod.resolve(cfg.valid, Path(cfg.data_dir))
+    pre = preprocess(str(train_file.path), str(valid_file.path))
+    prepared = pre["data"]
+    pre_sha = features.preprocessor_sha256(prepared.preprocessor)
+    client = FlowRunContext.get().task_runner.client  # starts the cluster on first access
+    slots = _slots(cfg, client)
+    in_flight = slots if cfg.mode == "async" else (cfg.batch_size or slots)
+    parent_run_id = tracking.start_parent_run(tracking_uri, experiment_id, _parent_params(cfg, prepared, slots),
+                                              {"flow_run_id": str(FlowRunContext.get().flow_run.id)})
+    ctx = tracking.TrackingContext(tracking_uri, experiment_id, parent_run_id, pre_sha)
+    status = "FAILED"
+    reporter = current_reporter()
+    try:
+        log_preprocessor(ctx, prepared.preprocessor.to_bytes())
+        lr_rmse = linear_baseline(prepared, ctx)
+        data_future = client.scatter(prepared, broadcast=True, hash=False)
+        searcher = TPESearcher(reference_space(cfg.max_depth), cfg.seed, max(DEFAULT_STARTUP, in_flight))
+        runner = DaskTrialRunner(data_future, ctx, cfg.rounds, cfg.threads_per_worker)
+        if reporter:
+            reporter.start(cfg.trials, client.dashboard_link)
+        search_start = time.time()
+        with client.as_current():
+            outcomes = run_search(searcher, runner, cfg.trials, mode=cfg.mode, in_flight=in_flight,
+                                  on_outcome=reporter.update if reporter else None)
+        search_wall = time.time() - search_start
+        version = register_best(outcomes, prepared, ctx, cfg.max_rmse, cfg.max_inference_time)
+        status = "FINISHED"
+    except BaseException:
+        status = "KILLED" if _interrupted() else "FAILED"
+        raise
+    finally:
+        if reporter:
+            reporter.stop()
+        tracking.close_stale_children(tracking_uri, parent_run_id)
+        tracking.end_run(tracking_uri, parent_run_id, status)
+    summary = _summary(cfg, ctx, outcomes, lr_rmse, slots, search_wall, time.time() - wall_start, version,
+                       pre["cached"], client)
+    tracking.end_run(tracking_uri, parent_run_id, "FINISHED",
+                     metrics={k: summary[k] for k in ("best_rmse", "lr_rmse", "utilisation", "search_wall_s")
+                              if summary[k] is not None})
+    return summary
+
+
+def _interrupted() -> bool:
+    import sys
+    exc = sys.exc_info()[1]
+    return isinstance(exc, KeyboardInterrupt)
+
+
+def _slots(cfg: RunConfig, client) -> int:
+    if cfg.address is None:
+        return cfg.workers
+    return max(sum(client.nthreads().values()), 1)
+
+
+def _parent_params(cfg: RunConfig, prepared, slots: int) -> dict:
+    return {
+        "train": cfg.train, "valid": cfg.valid, "mode": cfg.mode, "workers": cfg.workers,
+        "threads_per_worker": cfg.threads_per_worker, "slots": slots, "seed": cfg.seed,
+        "trials": cfg.trials, "rounds": cfg.rounds, "max_depth": cfg.max_depth,
+        "batch_size": cfg.batch_size or "", "address": cfg.address or "local",
+        "train_sha256": prepared.train_sha256, "valid_sha256": prepared.valid_sha256,
+        "n_features": prepared.preprocessor.n_features,
+    }
+
+
+def _summary(cfg, ctx, outcomes, lr_rmse, slots, search_wall, wall, version, cached, client) -> dict:
+    ok = [o for o in outcomes if o.ok]
+    best = min(ok, key=lambda o: o.loss) if ok else None
+    busy = sum(o.busy_s for o in outcomes)
+    return {
+        "parent_run_id": ctx.parent_run_id,
+        "experiment_id": ctx.experiment_id,
+        "tracking_uri": ctx.tracking_uri,
+        "lr_rmse": round(lr_rmse, 4),
+        "best_rmse": best.loss if best else None,
+        "best_params": best.params if best else None,
+        "best_run_id": best.run_id if best else None,
+        "trials_done": len(ok),
+        "trials_failed": len(outcomes) - len(ok),
+        "trial_params": [o.params for o in outcomes],
+        "trial_rmse": [o.loss for o in outcomes],
+        "mode": cfg.mode,
+        "slots": slots,
+        "wall_s": round(wall, 3),
+        "search_wall_s": round(search_wall, 3),
+        "utilisation": round(busy / (slots * search_wall), 4) if search_wall > 0 else None,
+        "preprocessor_artifacts": tracking.count_preprocessor_artifacts(ctx.tracking_uri, ctx.parent_run_id),
+        "preprocess_cached": cached,
+        "registered_version": version,
+        "dashboard": client.dashboard_link,
+    }
+
+
+def execute(cfg: RunConfig, reporter: Reporter | None = None) -> dict:
+    """Run the search flow against one Prefect API and the cluster ``cfg`` asks for."""
+    spec = ClusterSpec(workers=cfg.workers, threads_per_worker=cfg.threads_per_worker, address=cfg.address)
+    token = _REPORTER.set(reporter)
+    try:
+        with prefect_api():
+            return search.with_options(task_runner=spec.task_runner())(cfg.to_dict())
+    finally:
+        _REPORTER.reset(token)

@@ -1,0 +1,19 @@
+"""Checks made before anything is started, so bad input costs one line and no half-made runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from taxi_hpo import cluster, data, tracking
+from taxi_hpo.config import RunConfig
+from taxi_hpo.progress import download_progress
+
+
+def check(cfg: RunConfig) -> None:
+    """Resolve (download) and load both months, reach the store and the scheduler."""
+    for spec in (cfg.train, cfg.valid):
+        month = data.resolve(spec, Path(cfg.data_dir), download_progress())
+        data.load(month.path)
+    tracking.check_reachable(cfg.resolved_tracking_uri)
+    if cfg.address:
+        cluster.probe_scheduler(cfg.address)

@@ -1,0 +1,131 @@
+"""The trial loop over any executor: asynchronous refill or synchronous batches (pure).
+
+The searcher proposes and records; this module owns how many trials are in flight and when
+the next suggestion is made. Executors (Prefect on Dask, a thread pool in tests) adapt to
+:class:`TrialRunner`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Hashable, Protocol, Sequence
+
+from taxi_hpo.search.space import predicted_cost
+from taxi_hpo.search.tpe import TPESearcher
+
+MODES = ("async", "batch")
+
+
+@dataclass
+class TrialOutcome:
+    """How one trial ended. A failed trial is a result (``loss`` None), not an exception."""
+
+    trial_id: int
+    params: dict
+    loss: float | None
+    started: float = 0.0          # epoch seconds when its slot began the trial
+    finished: float = 0.0         # epoch seconds when its slot was free again
+    fit_s: float = 0.0            # XGBoost train + predict seconds within that span
+    metrics: dict = field(default_factory=dict)
+    worker: str = ""
+    run_id: str | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.loss is not None
+
+    @property
+    def busy_s(self) -> float:
+        return max(self.finished - self.started, 0.0)
+
+
+class TrialRunner(Protocol):
+    """Runs trials somewhere; the scheduler only sees opaque handles."""
+
+    def submit(self, trial_id: int, params: dict, priority: float) -> Hashable:
+        """Called once per trial when the scheduler wants it started; must not block long.
+
+        ``priority``: higher should start first among queued trials (longest-first batches).
+        """
+
+    def wait_any(self, handles: Sequence[Hashable]) -> list[Hashable]:
+        """Called with the handles in flight; blocks until at least one is done, returns those."""
+
+    def outcome(self, handle: Hashable) -> TrialOutcome:
+        """Called once per finished handle; returns its outcome (a failure, never a raise)."""
+
+
+OnOutcome = Callable[[TrialOutcome], None]
+
+
+def run_search(searcher: TPESearcher, runner: TrialRunner, n_trials: int, *, mode: str = "async",
+               in_flight: int = 1, first_trial_id: int = 0,
+               on_outcome: OnOutcome | None = None) -> list[TrialOutcome]:
+    """Run trials ``first_trial_id .. n_trials-1``; returns their outcomes in trial order.
+
+    ``async``: ``in_flight`` trials run at all times; a new suggestion is made as each ends.
+    ``batch``: ``in_flight`` trials are suggested together, started longest-first, and all
+    recorded before the next batch, so suggestions depend on the seed and batch size only.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if in_flight < 1:
+        raise ValueError(f"in_flight must be >= 1, got {in_flight}")
+    loop = _run_async if mode == "async" else _run_batches
+    outcomes = loop(searcher, runner, range(first_trial_id, n_trials), in_flight, on_outcome or _ignore)
+    return sorted(outcomes, key=lambda o: o.trial_id)
+
+
+def _run_async(searcher, runner, trial_ids, in_flight, on_outcome) -> list[TrialOutcome]:
+    pending: dict[Hashable, int] = {}
+    todo = iter(trial_ids)
+    outcomes: list[TrialOutcome] = []
+    exhausted = False
+    while True:
+        while not exhausted and len(pending) < in_flight:
+            trial_id = next(todo, None)
+            if trial_id is None:
+                exhausted = True
+                break
+            params = searcher.suggest(trial_id)
+            pending[runner.submit(trial_id, params, predicted_cost(params))] = trial_id
+        if not pending:
+            return outcomes
+        for handle in sorted(runner.wait_any(list(pending)), key=pending.get):
+            pending.pop(handle)
+            outcomes.append(_finish(searcher, runner, handle, on_outcome))
+
+
+def _run_batches(searcher, runner, trial_ids, batch_size, on_outcome) -> list[TrialOutcome]:
+    ids = list(trial_ids)
+    outcomes: list[TrialOutcome] = []
+    for start in range(0, len(ids), batch_size):
+        batch = ids[start:start + batch_size]
+        suggested = [(trial_id, searcher.suggest(trial_id)) for trial_id in batch]
+        # Heaviest first: the straggler starts at once instead of closing the batch alone.
+        by_cost = sorted(suggested, key=lambda s: -predicted_cost(s[1]))
+        pending = {runner.submit(t, p, predicted_cost(p)): t for t, p in by_cost}
+        finished: list[Hashable] = []
+        while pending:
+            for handle in runner.wait_any(list(pending)):
+                pending.pop(handle)
+                finished.append(handle)
+        done = {h: runner.outcome(h) for h in finished}
+        # Record in trial order, so the history (and the next batch) never depends on timing.
+        for outcome in sorted(done.values(), key=lambda o: o.trial_id):
+            searcher.record(outcome.trial_id, outcome.loss)
+            on_outcome(outcome)
+            outcomes.append(outcome)
+    return outcomes
+
+
+def _finish(searcher, runner, handle, on_outcome) -> TrialOutcome:
+    outcome = runner.outcome(handle)
+    searcher.record(outcome.trial_id, outcome.loss)
+    on_outcome(outcome)
+    return outcome
+
+
+def _ignore(_outcome: Any) -> None:
+    return None

@@ -1,0 +1,90 @@
+"""Ask/tell over hyperopt's TPE, without ``fmin`` (pure: no Prefect, no Dask).
+
+Pending trials stay in the history as NEW documents, which TPE scores as loss +inf: a
+built-in constant liar, so concurrent suggestions spread out instead of repeating.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import Any
+
+import numpy as np
+from hyperopt import STATUS_FAIL, STATUS_OK, Domain, Trials, space_eval, tpe
+from hyperopt.base import JOB_STATE_DONE
+
+DEFAULT_STARTUP = 20
+
+
+class TPESearcher:
+    """Suggests points of ``space`` one trial id at a time and learns from their losses.
+
+    Deterministic: the same seed and the same sequence of ``suggest``/``record`` calls give
+    the same suggestions, whatever process or timing produced the losses.
+
+    Args:
+        space: a hyperopt space (``reference_space()``).
+        seed: seeds the generator that seeds every suggestion (as ``fmin(rstate=...)`` does).
+        n_startup_jobs: random suggestions before TPE models the history; keep it at least
+            the number of trials in flight, since pending trials count toward it.
+    """
+
+    def __init__(self, space: dict, seed: int, n_startup_jobs: int = DEFAULT_STARTUP):
+        self.space = space
+        self.seed = seed
+        self.n_startup_jobs = n_startup_jobs
+        self.trials = Trials()
+        self._domain = Domain(_never_called, space)
+        self._rng = np.random.default_rng(seed)
+        self._algo = partial(tpe.suggest, n_startup_jobs=n_startup_jobs, verbose=False)
+
+    # -- the contract -----------------------------------------------------------------------
+    def suggest(self, trial_id: int) -> dict:
+        """Called when a slot is free: returns the point to evaluate as trial ``trial_id``."""
+        if any(doc["tid"] == trial_id for doc in self.trials.trials):
+            raise ValueError(f"trial {trial_id} was already suggested")
+        docs = self._algo([trial_id], self._domain, self.trials, int(self._rng.integers(2**31 - 1)))
+        self.trials.insert_trial_docs(docs)
+        self.trials.refresh()
+        return self.params(trial_id)
+
+    def record(self, trial_id: int, loss: float | None) -> None:
+        """Called when trial ``trial_id`` ends: a finite loss, or None/NaN for a failed trial.
+
+        A failed trial stays in the history as STATUS_FAIL, so TPE keeps learning from it.
+        """
+        doc = self._doc(trial_id)
+        ok = loss is not None and math.isfinite(loss)
+        doc["state"] = JOB_STATE_DONE
+        doc["result"] = {"status": STATUS_OK, "loss": float(loss)} if ok else {"status": STATUS_FAIL}
+        self.trials.refresh()
+
+    def params(self, trial_id: int) -> dict:
+        """The decoded point of a suggested trial."""
+        vals = {k: v[0] for k, v in self._doc(trial_id)["misc"]["vals"].items() if v}
+        return space_eval(self.space, vals)
+
+    # -- queries ----------------------------------------------------------------------------
+    @property
+    def n_suggested(self) -> int:
+        return len(self.trials.trials)
+
+    def best(self) -> tuple[int, float] | None:
+        """(trial id, loss) of the best finished trial, or None."""
+        done = [(d["result"]["loss"], d["tid"]) for d in self.trials.trials
+                if d["result"].get("status") == STATUS_OK]
+        if not done:
+            return None
+        loss, tid = min(done)
+        return tid, loss
+
+    def _doc(self, trial_id: int) -> dict[str, Any]:
+        for doc in self.trials.trials:
+            if doc["tid"] == trial_id:
+                return doc
+        raise KeyError(f"trial {trial_id} was never suggested")
+
+
+def _never_called(_params):  # pragma: no cover - the scheduler evaluates trials, not hyperopt
+    raise RuntimeError("TPESearcher evaluates nothing itself")

@@ -1,0 +1,312 @@
+"""Everything MLflow: the store, the parent run, child runs, the preprocessor guard, the registry.
+
+The only module that imports mlflow. Workers get a :class:`TrackingContext` (plain data) and
+talk to the store through an explicit ``MlflowClient``: the fluent API's active run, tracking
+URI and experiment are per process and would not follow a trial to a Dask worker.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, TypeVar
+
+import mlflow
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from taxi_hpo.errors import TrackingError
+
+# Our pyfunc takes a DataFrame of raw rows; MLflow's type-hint validation would add nothing.
+warnings.filterwarnings("ignore", message=".*type hints to the `predict` method.*")
+warnings.filterwarnings("ignore", message=".*Python object as `python_model`.*")
+
+# Fail fast on an unreachable server instead of MLflow's default minutes of HTTP retries;
+# our own retry (below) decides how long a trial waits for the store.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+
+MODEL_NAME = "nyc-taxi-duration"
+ALIAS = "staging"
+PREPROCESSOR_TAG = "preprocessor_sha256"
+PREPROCESSOR_DIR = "preprocessor"
+PREPROCESSOR_FILE = "preprocessor.pkl"
+TRIAL_TAG = "trial_id"
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class TrackingContext:
+    """What a worker needs to log a trial: where, under which experiment and parent."""
+
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    preprocessor_sha256: str = ""
+    tags: dict = field(default_factory=dict)
+
+    def client(self) -> MlflowClient:
+        return MlflowClient(tracking_uri=self.tracking_uri)
+
+
+def default_tracking_uri(workdir: Path | None = None) -> str:
+    """``sqlite:///<absolute>/mlflow.db`` in the working folder (absolute: workers share it)."""
+    return f"sqlite:///{Path(workdir or os.getcwd()).resolve() / 'mlflow.db'}"
+
+
+def is_local_uri(uri: str) -> bool:
+    """True for stores only this machine can open (a sqlite file, a folder)."""
+    return uri.startswith(("sqlite:", "file:")) or "://" not in uri
+
+
+def retrying(fn: Callable[[], T], *, attempts: int = 8, first_wait: float = 0.5,
+             max_wait: float = 8.0, what: str = "MLflow call") -> T:
+    """Call ``fn`` again with exponential backoff while the store is busy or unreachable."""
+    wait = first_wait
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - classified below
+            if attempt == attempts or not _transient(exc):
+                raise
+            time.sleep(wait)
+            wait = min(wait * 2, max_wait)
+    raise AssertionError("unreachable")
+
+
+def _transient(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    markers = ("database is locked", "connection", "timed out", "timeout", "temporarily",
+               "503", "502", "504", "max retries", "refused", "reset by peer")
+    return isinstance(exc, (ConnectionError, TimeoutError, OSError)) or any(m in text for m in markers)
+
+
+# -- the store ---------------------------------------------------------------------------------
+
+def check_reachable(tracking_uri: str, timeout: float = 5.0) -> None:
+    """Fail with one line when an HTTP tracking server does not answer ``/health``."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return
+    url = tracking_uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            if resp.status != 200:
+                raise TrackingError(f"tracking server {tracking_uri} answered {resp.status} on /health")
+    except (urllib.error.URLError, socket.timeout, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise TrackingError(
+            f"tracking server {tracking_uri} is unreachable ({reason}): start it or fix --tracking-uri"
+        ) from exc
+
+
+def prepare_store(tracking_uri: str, experiment: str, artifact_root: Path | None = None) -> str:
+    """Create (or open) the store and the experiment from this process; returns its id.
+
+    Called by the flow process before any worker writes: several processes creating one
+    sqlite store at once race in its schema migration.
+    """
+    check_reachable(tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri)
+    try:
+        found = client.get_experiment_by_name(experiment)
+        if found is not None:
+            if found.lifecycle_stage == "deleted":
+                client.restore_experiment(found.experiment_id)
+            return found.experiment_id
+        location = None
+        if artifact_root is not None and is_local_uri(tracking_uri):
+            location = (Path(artifact_root).resolve() / experiment).as_uri()
+        return client.create_experiment(experiment, artifact_location=location)
+    except MlflowException as exc:
+        raise TrackingError(f"tracking store {tracking_uri} cannot be used ({exc.message}): fix --tracking-uri") from exc
+    except Exception as exc:  # sqlalchemy / OS errors surface raw
+        raise TrackingError(f"tracking store {tracking_uri} cannot be used ({exc}): fix --tracking-uri") from exc
+
+
+def start_parent_run(tracking_uri: str, experiment_id: str, params: dict, tags: dict,
+                     run_name: str = "search") -> str:
+    client = MlflowClient(tracking_uri=tracking_uri)
+    run = client.create_run(experiment_id, run_name=run_name, tags={**tags, "taxi_hpo.role": "search"})
+    client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+    return run.info.run_id
+
+
+def end_run(tracking_uri: str, run_id: str, status: str = "FINISHED", metrics: dict | None = None,
+            tags: dict | None = None) -> None:
+    client = MlflowClient(tracking_uri=tracking_uri)
+    now = int(time.time() * 1000)
+    retrying(lambda: client.log_batch(
+        run_id, metrics=[Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()],
+        tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()]))
+    retrying(lambda: client.set_terminated(run_id, status))
+
+
+def run_status(tracking_uri: str, run_id: str) -> str:
+    return MlflowClient(tracking_uri=tracking_uri).get_run(run_id).info.status
+
+
+# -- the guard: one preprocessor artifact per search ------------------------------------------
+
+def log_preprocessor_once(ctx: TrackingContext, blob: bytes) -> bool:
+    """Log the preprocessor as an artifact of the parent run unless it is there already.
+
+    Idempotent, so a retried task logs nothing twice: the sha256 tag is written after the
+    artifact, as the commit marker; a retry after a half-done attempt rewrites the same path.
+    Returns True when this call logged it.
+    """
+    client = ctx.client()
+    run = retrying(lambda: client.get_run(ctx.parent_run_id))
+    if run.data.tags.get(PREPROCESSOR_TAG) == ctx.preprocessor_sha256 and _has_preprocessor(client, ctx.parent_run_id):
+        return False
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / PREPROCESSOR_FILE
+        path.write_bytes(blob)
+        retrying(lambda: client.log_artifact(ctx.parent_run_id, str(path), PREPROCESSOR_DIR))
+    retrying(lambda: client.set_tag(ctx.parent_run_id, PREPROCESSOR_TAG, ctx.preprocessor_sha256))
+    return True
+
+
+def _has_preprocessor(client: MlflowClient, run_id: str) -> bool:
+    return any(f.path.endswith(PREPROCESSOR_FILE) for f in client.list_artifacts(run_id, PREPROCESSOR_DIR))
+
+
+def count_preprocessor_artifacts(tracking_uri: str, parent_run_id: str) -> int:
+    """Preprocessor files across the parent run and every child run of the search."""
+    client = MlflowClient(tracking_uri=tracking_uri)
+    run_ids = [parent_run_id] + [r.info.run_id for r in child_runs(tracking_uri, parent_run_id)]
+    total = 0
+    for run_id in run_ids:
+        total += sum(1 for path in _walk_artifacts(client, run_id) if path.endswith(PREPROCESSOR_FILE))
+    return total
+
+
+def _walk_artifacts(client: MlflowClient, run_id: str, path: str | None = None):
+    for info in client.list_artifacts(run_id, path):
+        if info.is_dir:
+            yield from _walk_artifacts(client, run_id, info.path)
+        else:
+            yield info.path
+
+
+# -- child runs --------------------------------------------------------------------------------
+
+def child_runs(tracking_uri: str, parent_run_id: str, status: str | None = None) -> list:
+    client = MlflowClient(tracking_uri=tracking_uri)
+    parent = client.get_run(parent_run_id)
+    query = f"tags.mlflow.parentRunId = '{parent_run_id}'"
+    if status:
+        query += f" and attributes.status = '{status}'"
+    runs, token = [], None
+    while True:
+        page = client.search_runs([parent.info.experiment_id], query, max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def start_child_run(ctx: TrackingContext, run_name: str, tags: dict) -> str:
+    client = ctx.client()
+    all_tags = {"mlflow.parentRunId": ctx.parent_run_id, PREPROCESSOR_TAG: ctx.preprocessor_sha256,
+                **ctx.tags, **tags}
+    run = retrying(lambda: client.create_run(ctx.experiment_id, run_name=run_name, tags=all_tags))
+    return run.info.run_id
+
+
+def finish_child_run(ctx: TrackingContext, run_id: str, params: dict, metrics: dict,
+                     artifacts: dict[str, Path] | None = None, status: str = "FINISHED") -> None:
+    """Log params and metrics in one batch, upload artifacts, close the run."""
+    client = ctx.client()
+    now = int(time.time() * 1000)
+    retrying(lambda: client.log_batch(
+        run_id,
+        metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+        params=[Param(k, str(v)) for k, v in params.items()],
+    ))
+    for artifact_path, local in (artifacts or {}).items():
+        retrying(lambda: client.log_artifact(run_id, str(local), artifact_path))
+    retrying(lambda: client.set_terminated(run_id, status))
+
+
+def fail_child_run(ctx: TrackingContext, run_id: str, error: str) -> None:
+    client = ctx.client()
+    try:
+        retrying(lambda: client.set_tag(run_id, "error", error[:4000]), attempts=3)
+        retrying(lambda: client.set_terminated(run_id, "FAILED"), attempts=3)
+    except Exception:  # noqa: BLE001 - the sweep at the end of the search closes it
+        pass
+
+
+def finished_trial_run(ctx: TrackingContext, trial_id: int):
+    """The FINISHED child run of ``trial_id`` if an earlier attempt completed it, else None."""
+    client = ctx.client()
+    query = (f"tags.mlflow.parentRunId = '{ctx.parent_run_id}' and tags.{TRIAL_TAG} = '{trial_id}'"
+             " and attributes.status = 'FINISHED'")
+    runs = retrying(lambda: client.search_runs([ctx.experiment_id], query, max_results=1))
+    return runs[0] if runs else None
+
+
+def close_stale_children(tracking_uri: str, parent_run_id: str) -> int:
+    """Mark children still RUNNING (an attempt killed with its worker) KILLED; returns how many."""
+    client = MlflowClient(tracking_uri=tracking_uri)
+    stale = child_runs(tracking_uri, parent_run_id, status="RUNNING")
+    for run in stale:
+        retrying(lambda: client.set_terminated(run.info.run_id, "KILLED"))
+    return len(stale)
+
+
+# -- the registry --------------------------------------------------------------------------------
+
+class DurationPyfunc(mlflow.pyfunc.PythonModel):
+    """Raw TLC rows in, minutes out: loads the preprocessor and booster bundled with the model."""
+
+    def load_context(self, context):
+        import xgboost as xgb
+
+        from taxi_hpo.features import Preprocessor
+        from taxi_hpo.models import DurationPredictor
+
+        booster = xgb.Booster()
+        booster.load_model(context.artifacts["booster"])
+        pre = Preprocessor.from_bytes(Path(context.artifacts["preprocessor"]).read_bytes())
+        self._predictor = DurationPredictor(pre, booster)
+
+    def predict(self, context, model_input, params=None):
+        return self._predictor.predict(model_input)
+
+
+def register_model(ctx: TrackingContext, run_id: str, preprocessor_blob: bytes, booster_path: Path,
+                   requirements: list[str]) -> str:
+    """Log the bundled pyfunc in the best trial's run and make it ``MODEL_NAME@staging``."""
+    import taxi_hpo
+
+    mlflow.set_tracking_uri(ctx.tracking_uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        pre_path = Path(tmp) / PREPROCESSOR_FILE
+        pre_path.write_bytes(preprocessor_blob)
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pyfunc.log_model(
+                name="pyfunc",
+                python_model=DurationPyfunc(),
+                artifacts={"preprocessor": str(pre_path), "booster": str(booster_path)},
+                pip_requirements=requirements,
+                code_paths=[str(Path(taxi_hpo.__file__).parent)],
+            )
+    version = mlflow.register_model(info.model_uri, MODEL_NAME)
+    client = ctx.client()
+    client.set_registered_model_alias(MODEL_NAME, ALIAS, version.version)
+    client.set_model_version_tag(MODEL_NAME, version.version, "parent_run_id", ctx.parent_run_id)
+    return str(version.version)
+
+
+def download_artifact(ctx: TrackingContext, run_id: str, artifact_path: str, dest: Path) -> Path:
+    local = retrying(lambda: ctx.client().download_artifacts(run_id, artifact_path, str(dest)))
+    return Path(local)

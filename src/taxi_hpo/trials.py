@@ -1,0 +1,67 @@
+"""One trial on a worker: fit XGBoost, log its child run, return its outcome as plain data.
+
+No Prefect, no Dask: the trial task in ``flows`` is a thin wrapper around :func:`run_trial`.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from taxi_hpo import models, tracking
+from taxi_hpo.features import PreparedData
+from taxi_hpo.search.space import xgb_params
+
+BOOSTER_DIR = "model"
+BOOSTER_FILE = "booster.ubj"
+
+
+def slot_name() -> str:
+    """Which slot ran a trial: host, process and thread (a Gantt row in the benchmark)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident() % 10000}"
+
+
+def run_trial(trial_id: int, params: dict, data: PreparedData, ctx: tracking.TrackingContext,
+              rounds: int, nthread: int) -> dict:
+    """Fit, log and score trial ``trial_id``; raises on failure (the task's retry policy decides).
+
+    Idempotent: when an earlier attempt of the same trial already FINISHED its run (a worker
+    died after logging but before returning), that run's result is returned, not a second run.
+    """
+    started = time.time()
+    earlier = tracking.finished_trial_run(ctx, trial_id)
+    if earlier is not None:
+        return _outcome_from_run(trial_id, params, earlier, started)
+    run_id = tracking.start_child_run(ctx, f"trial-{trial_id:04d}", {tracking.TRIAL_TAG: str(trial_id)})
+    try:
+        fit = models.fit_xgboost(xgb_params(params, nthread), data, rounds)
+        metrics = {"rmse_train": fit.rmse_train, "rmse_valid": fit.rmse_valid,
+                   "inference_time": fit.inference_time, "best_iteration": fit.best_iteration,
+                   "fit_s": fit.fit_s}
+        with tempfile.TemporaryDirectory() as tmp:
+            booster_path = Path(tmp) / BOOSTER_FILE
+            fit.booster.save_model(booster_path)
+            metrics["trial_wall_s"] = time.time() - started
+            tracking.finish_child_run(ctx, run_id, {**params, "nthread": nthread, "rounds": rounds},
+                                      metrics, {BOOSTER_DIR: booster_path})
+    except BaseException as exc:
+        tracking.fail_child_run(ctx, run_id, f"{type(exc).__name__}: {exc}")
+        raise
+    return {
+        "trial_id": trial_id, "params": params, "loss": fit.rmse_valid, "started": started,
+        "finished": time.time(), "fit_s": fit.fit_s, "worker": slot_name(), "run_id": run_id,
+        "metrics": metrics,
+    }
+
+
+def _outcome_from_run(trial_id, params, run, started) -> dict:
+    metrics = dict(run.data.metrics)
+    return {
+        "trial_id": trial_id, "params": params, "loss": metrics.get("rmse_valid"),
+        "started": started, "finished": time.time(), "fit_s": 0.0, "worker": slot_name(),
+        "run_id": run.info.run_id, "metrics": metrics,
+    }
