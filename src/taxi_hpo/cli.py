@@ -53,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="register only below this many seconds per row (default 20e-6)")
     run.add_argument("--no-register", action="store_true", help="do not register the best model")
     run.add_argument("--json", action="store_true", help="print one JSON object on stdout at the end")
+    from taxi_hpo import bench, serve
+
+    bench.add_parser(sub, _add_search_flags)
+    serve.add_parser(sub, _add_search_flags)
     return parser
 
 
@@ -109,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "bench":
             from taxi_hpo import bench
             return bench.main(args)
+        if args.command == "serve":
+            from taxi_hpo import serve
+            return serve.main(args)
     except TaxiHpoError as exc:
         sys.stderr.write(f"taxi-hpo: error: {exc}\n")
         return EXIT_USAGE

@@ -168,7 +168,8 @@ def search(config: dict) -> dict:
             outcomes = run_search(searcher, runner, cfg.trials, mode=cfg.mode, in_flight=in_flight,
                                   on_outcome=reporter.update if reporter else None)
         search_wall = time.time() - search_start
-        version = register_best(outcomes, prepared, ctx, cfg.max_rmse, cfg.max_inference_time)
+        version = (register_best(outcomes, prepared, ctx, cfg.max_rmse, cfg.max_inference_time)
+                   if cfg.register else None)
         status = "FINISHED"
     except BaseException:
         status = "KILLED" if _interrupted() else "FAILED"
@@ -224,6 +225,7 @@ def _summary(cfg, ctx, outcomes, lr_rmse, slots, search_wall, wall, version, cac
         "trials_done": len(ok),
         "trials_failed": len(outcomes) - len(ok),
         "trial_params": [o.params for o in outcomes],
+        "trials": [_timing(o) for o in outcomes],
         "trial_rmse": [o.loss for o in outcomes],
         "mode": cfg.mode,
         "slots": slots,
@@ -235,6 +237,11 @@ def _summary(cfg, ctx, outcomes, lr_rmse, slots, search_wall, wall, version, cac
         "registered_version": version,
         "dashboard": client.dashboard_link,
     }
+
+
+def _timing(o: TrialOutcome) -> dict:
+    return {"trial_id": o.trial_id, "loss": o.loss, "started": o.started, "finished": o.finished,
+            "fit_s": o.fit_s, "worker": o.worker, "run_id": o.run_id, "error": o.error}
 
 
 def execute(cfg: RunConfig, reporter: Reporter | None = None) -> dict:

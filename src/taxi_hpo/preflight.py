@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from taxi_hpo import cluster, data, tracking
+from taxi_hpo import data, tracking
 from taxi_hpo.config import RunConfig
 from taxi_hpo.progress import download_progress
 
@@ -16,4 +16,6 @@ def check(cfg: RunConfig) -> None:
         data.load(month.path)
     tracking.check_reachable(cfg.resolved_tracking_uri)
     if cfg.address:
-        cluster.probe_scheduler(cfg.address)
+        from taxi_hpo import remote
+
+        remote.check(cfg)

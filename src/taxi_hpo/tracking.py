@@ -18,16 +18,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, TypeVar
 
-import mlflow
-from mlflow.entities import Metric, Param, RunTag
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
+with warnings.catch_warnings():
+    # mlflow warns at import time about features we do not use: noise for users.
+    warnings.simplefilter("ignore")
+    import mlflow
+    import mlflow.pyfunc
+    import pandas as pd
+    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
 
 from taxi_hpo.errors import TrackingError
-
-# Our pyfunc takes a DataFrame of raw rows; MLflow's type-hint validation would add nothing.
-warnings.filterwarnings("ignore", message=".*type hints to the `predict` method.*")
-warnings.filterwarnings("ignore", message=".*Python object as `python_model`.*")
 
 # Fail fast on an unreachable server instead of MLflow's default minutes of HTTP retries;
 # our own retry (below) decides how long a trial waits for the store.
@@ -279,7 +280,7 @@ class DurationPyfunc(mlflow.pyfunc.PythonModel):
         pre = Preprocessor.from_bytes(Path(context.artifacts["preprocessor"]).read_bytes())
         self._predictor = DurationPredictor(pre, booster)
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: pd.DataFrame, params=None):  # hint: no schema warning
         return self._predictor.predict(model_input)
 
 
@@ -293,6 +294,7 @@ def register_model(ctx: TrackingContext, run_id: str, preprocessor_blob: bytes, 
         pre_path = Path(tmp) / PREPROCESSOR_FILE
         pre_path.write_bytes(preprocessor_blob)
         with mlflow.start_run(run_id=run_id):
+            warnings.filterwarnings("ignore", message=".*Python object as `python_model`.*")
             info = mlflow.pyfunc.log_model(
                 name="pyfunc",
                 python_model=DurationPyfunc(),

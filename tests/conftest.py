@@ -1,0 +1,69 @@
+"""Shared fixtures: real data copied to a temp folder, a real Prefect API, a real MLflow store.
+
+Environment is set before anything imports Prefect, so the whole session writes only under a
+temporary folder (no ~/.prefect, no ./mlflow.db).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_SESSION_HOME = Path(tempfile.mkdtemp(prefix="taxi-hpo-tests-"))
+os.environ["PREFECT_HOME"] = str(_SESSION_HOME / "prefect")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("TAXI_HPO_DASHBOARD", ":0")  # parallel clusters must not fight over :8787
+os.environ.pop("PREFECT_API_URL", None)
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("TAXI_HPO_SHARED_DATA", REPO.parent / "shared" / "data"))
+MONTHS = ("2021-01", "2021-02", "2023-01", "2023-02", "2023-03")
+
+
+def _month_file(month: str) -> Path:
+    return SHARED_DATA / f"green_tripdata_{month}.parquet"
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """A writable copy of ../shared/data (read-only at the source)."""
+    if not _month_file("2021-01").is_file():
+        pytest.fail(f"shared data not found at {SHARED_DATA}: set TAXI_HPO_SHARED_DATA")
+    dest = _SESSION_HOME / "data"
+    dest.mkdir(parents=True, exist_ok=True)
+    for month in MONTHS:
+        src = _month_file(month)
+        if src.is_file() and not (dest / src.name).exists():
+            shutil.copyfile(src, dest / src.name)
+            os.chmod(dest / src.name, 0o644)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def prefect_api_url():
+    """One real Prefect API server for the whole session (what `taxi-hpo run` starts itself)."""
+    from taxi_hpo.prefect_api import prefect_api
+
+    with prefect_api() as url:
+        yield url
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch) -> Path:
+    """A fresh working folder: the default sqlite store and artifacts land here."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
+def tracking_uri(workdir) -> str:
+    return f"sqlite:///{workdir / 'mlflow.db'}"
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_SESSION_HOME, ignore_errors=True)
