@@ -1,14 +1,524 @@
-"""``taxi-hpo bench``: placeholder wiring, filled in by the benchmark work (issue 3)."""
+"""``taxi-hpo bench``: the reference search against parallel layouts, same trials, same data.
+
+A layout ``WxT`` is W Dask worker processes with T XGBoost threads each; ``seq`` is the
+reference search (one process, ``fmin``, XGBoost on every core). All layouts run the same
+budget in one invocation, alternating across repeats so that a noisy machine hurts them alike.
+The arithmetic comes first as small pure functions; then the runs, the pictures, the command.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
 
+from taxi_hpo.errors import ConfigError
+
+SEQ = "seq"
+EXPERIMENT = "taxi-hpo-bench"
+MODES = ("async", "batch")
+PACKAGES = ("taxi-hpo", "xgboost", "xgboost-cpu", "hyperopt", "prefect", "prefect-dask", "dask",
+            "distributed", "mlflow", "numpy", "scikit-learn", "matplotlib")
+_LAYOUT_RE = re.compile(r"^(\d+)x(\d+)$")
+
+
+# -- layouts -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Layout:
+    """How trials run: ``workers`` slots with ``threads`` XGBoost threads each (seq: 1 x cores)."""
+
+    name: str
+    workers: int
+    threads: int
+
+    @property
+    def is_seq(self) -> bool:
+        return self.name == SEQ
+
+    @property
+    def cores(self) -> int:
+        return self.workers * self.threads
+
+
+def default_layouts(cores: int) -> str:
+    """``seq``, all cores as single-thread workers, half as two-thread workers, one worker."""
+    names = [SEQ, f"{cores}x1"]
+    if cores >= 4:
+        names.append(f"{cores // 2}x2")
+    if cores > 1:
+        names.append(f"1x{cores}")
+    return ",".join(names)
+
+
+def parse_layouts(text: str, cores: int) -> tuple[Layout, ...]:
+    """``"seq,2x1,1x2"`` -> layouts; raises ConfigError naming the bad item."""
+    layouts: list[Layout] = []
+    for item in (part.strip().lower() for part in text.split(",")):
+        match = _LAYOUT_RE.match(item)
+        if item == SEQ:
+            layout = Layout(SEQ, 1, cores)
+        elif match and int(match.group(1)) > 0 and int(match.group(2)) > 0:
+            layout = Layout(item, int(match.group(1)), int(match.group(2)))
+        else:
+            raise ConfigError(f"--layouts item {item!r} is not a layout: give seq or WxT "
+                              f"(W workers x T threads, both >= 1), e.g. seq,2x1,1x2")
+        if layout in layouts:
+            raise ConfigError(f"--layouts names {item!r} twice: give each layout once")
+        layouts.append(layout)
+    return tuple(layouts)
+
+
+# -- arithmetic on trial timings (pure) ----------------------------------------------------------
+
+def busy_s(trial: dict) -> float:
+    """Seconds the trial's slot was busy with it."""
+    return max(trial["finished"] - trial["started"], 0.0)
+
+
+def _ok(trial: dict) -> bool:
+    return trial.get("loss") is not None and not trial.get("error")
+
+
+def utilisation(trials: list[dict], slots: int, wall_s: float) -> float | None:
+    """Busy slot-seconds over available slot-seconds (1.0: no slot ever idle)."""
+    if slots <= 0 or wall_s <= 0:
+        return None
+    return sum(busy_s(t) for t in trials) / (slots * wall_s)
+
+
+def overheads(trials: list[dict]) -> list[float]:
+    """Per finished trial: slot busy time minus XGBoost train+predict time."""
+    return [busy_s(t) - t["fit_s"] for t in trials if _ok(t)]
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """The ``q``-th percentile (0..100), linear between closest ranks (numpy's default)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100.0
+    low = math.floor(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def trials_per_min(n_trials: int, wall_s: float) -> float | None:
+    return 60.0 * n_trials / wall_s if wall_s > 0 else None
+
+
+def speedup(base_wall_s: float | None, wall_s: float | None) -> float | None:
+    """How many times faster than the base (2.0: half the wall time)."""
+    if not base_wall_s or not wall_s:
+        return None
+    return base_wall_s / wall_s
+
+
+def _median(values: list) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def _round(value: float | None, digits: int = 4) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def run_metrics(run: dict) -> dict:
+    """The table's figures for one run of one layout."""
+    trials, wall = run["trials"], run["wall_s"]
+    spent = overheads(trials)
+    losses = [t["loss"] for t in trials if _ok(t)]
+    return {
+        "wall_s": wall,
+        "trials_per_min": trials_per_min(len(trials), wall),
+        "utilisation": utilisation(trials, run["slots"], wall),
+        "overhead_p50_s": percentile(spent, 50),
+        "overhead_p95_s": percentile(spent, 95),
+        "best_rmse": min(losses) if losses else None,
+        "trials_failed": len(trials) - len(losses),
+        "first_trial_s": run.get("first_trial_s"),
+    }
+
+
+def summarise(runs: list[dict], layouts: tuple[Layout, ...]) -> list[dict]:
+    """One row per layout: medians over repeats; speedup paired with seq of the same repeat."""
+    seq_wall = {r["repeat"]: r["wall_s"] for r in runs if r["layout"] == SEQ}
+    rows = []
+    for layout in layouts:
+        mine = [r for r in runs if r["layout"] == layout.name]
+        if not mine:
+            continue
+        metrics = [run_metrics(r) for r in mine]
+        speedups = [speedup(seq_wall.get(r["repeat"]), r["wall_s"]) for r in mine]
+        present = [s for s in speedups if s is not None]
+        row = {"layout": layout.name, "workers": layout.workers, "threads": layout.threads,
+               "cores": layout.cores, "repeats": len(mine)}
+        for key in metrics[0]:
+            row[key] = _round(_median([m[key] for m in metrics]))
+        row["speedup_vs_seq"] = _round(_median(speedups))
+        row["speedup_min"] = _round(min(present)) if present else None
+        row["speedup_max"] = _round(max(present)) if present else None
+        rows.append(row)
+    return rows
+
+
+def goal_checks(rows: list[dict], cores: int, mode: str) -> list[dict]:
+    """The issue's goals against the fastest parallel layout; ``gap`` says by how much."""
+    seq = next((r for r in rows if r["layout"] == SEQ), None)
+    parallel = [r for r in rows if r["layout"] != SEQ and r["speedup_vs_seq"] is not None]
+    if seq is None or not parallel:
+        return []
+    best = max(parallel, key=lambda r: r["speedup_vs_seq"])
+    rmse_gap = (best["best_rmse"] - seq["best_rmse"]
+                if best["best_rmse"] is not None and seq["best_rmse"] is not None else None)
+    goals = [
+        ("speedup_vs_seq", ">=", 2.0 if cores >= 16 else 1.4, best["speedup_vs_seq"]),
+        ("utilisation", ">=", 0.9 if mode == "async" else 0.75, best["utilisation"]),
+        ("overhead_p50_s", "<=", 0.25, best["overhead_p50_s"]),
+        ("first_trial_s", "<=", 10.0, best["first_trial_s"]),
+        ("best_rmse_minus_seq", "<=", 0.0, rmse_gap),
+    ]
+    checks = []
+    for name, op, target, measured in goals:
+        met = None if measured is None else (measured >= target if op == ">=" else measured <= target)
+        checks.append({"goal": name, "layout": best["layout"], "target": f"{op} {target:g}",
+                       "measured": _round(measured), "met": met,
+                       "gap": None if measured is None else _round(measured - target)})
+    return checks
+
+
+# -- settings ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """Everything ``taxi-hpo bench`` was asked to do, validated when built."""
+
+    layouts: tuple[Layout, ...]
+    trials: int = 8
+    rounds: int = 15
+    max_depth: int = 20
+    seed: int = 42
+    repeats: int = 1
+    mode: str = "async"
+    out: str = "bench-out"
+    train: str = "2021-01"
+    valid: str = "2021-02"
+    data_dir: str = "./data"
+    tracking_uri: str | None = None
+
+    def __post_init__(self):
+        for flag, value in (("--trials", self.trials), ("--repeats", self.repeats), ("--rounds", self.rounds)):
+            if value <= 0:
+                raise ConfigError(f"{flag} must be a positive whole number, got {value}")
+        if self.mode not in MODES:
+            raise ConfigError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if not self.layouts:
+            raise ConfigError("--layouts is empty: give e.g. seq,2x1,1x2")
+        for layout in self.layouts:
+            self.run_config(layout)  # the search's own checks (depth, ...) before anything runs
+
+    def run_config(self, layout: Layout):
+        from taxi_hpo.config import RunConfig
+
+        return RunConfig(train=self.train, valid=self.valid, data_dir=self.data_dir, trials=self.trials,
+                         workers=layout.workers, threads_per_worker=layout.threads, mode=self.mode,
+                         seed=self.seed, rounds=self.rounds, max_depth=self.max_depth,
+                         tracking_uri=self.tracking_uri, experiment=EXPERIMENT, register=False)
+
+    def describe(self) -> dict:
+        return {"layouts": [layout.name for layout in self.layouts], "trials": self.trials, "rounds": self.rounds,
+                "max_depth": self.max_depth, "seed": self.seed, "repeats": self.repeats, "mode": self.mode,
+                "train": self.train, "valid": self.valid, "experiment": EXPERIMENT}
+
+
+def machine_facts() -> dict:
+    """Cores, CPU, memory, versions and load: what a reader needs to weigh the figures."""
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "cores": os.cpu_count(), "cores_usable": affinity, "cpu": _cpu_model(),
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+        if hasattr(os, "sysconf") else None,
+        "platform": platform.platform(), "python": platform.python_version(), "packages": versions,
+        "loadavg_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+# -- the runs ------------------------------------------------------------------------------------
+
+def _trial_record(outcome_or_dict, params: dict | None = None) -> dict:
+    get = outcome_or_dict.get if isinstance(outcome_or_dict, dict) else lambda k: getattr(outcome_or_dict, k)
+    return {"trial_id": get("trial_id"), "loss": get("loss"), "started": get("started"),
+            "finished": get("finished"), "fit_s": get("fit_s"), "worker": get("worker"),
+            "error": get("error"), "params": params if params is not None else get("params")}
+
+
+def run_seq(cfg: BenchConfig, layout: Layout, prepared, repeat: int) -> dict:
+    """The reference search in this process, each trial logged like a parallel one."""
+    from taxi_hpo import features, models, tracking, trials
+    from taxi_hpo.search import TrialOutcome, reference_space
+    from taxi_hpo.search.baseline import run_reference
+
+    run_cfg = cfg.run_config(layout)
+    called = time.time()
+    uri = run_cfg.resolved_tracking_uri
+    experiment_id = tracking.prepare_store(uri, EXPERIMENT, Path(run_cfg.workdir) / "mlartifacts")
+    parent = tracking.start_parent_run(uri, experiment_id, {**cfg.describe(), "layout": SEQ, "repeat": repeat,
+                                                            "nthread": layout.threads},
+                                       {"taxi_hpo.bench": "seq"}, run_name="bench-seq")
+    ctx = tracking.TrackingContext(uri, experiment_id, parent, features.preprocessor_sha256(prepared.preprocessor))
+    models.matrices(prepared)  # as the reference pipeline: the DMatrix pair is built before fmin
+
+    def evaluate(trial_id: int, params: dict) -> TrialOutcome:
+        try:
+            return TrialOutcome(**trials.run_trial(trial_id, params, prepared, ctx, cfg.rounds, layout.threads))
+        except Exception as exc:  # noqa: BLE001 - a failed trial is a result, as in the parallel search
+            return TrialOutcome(trial_id, params, None, error=f"{type(exc).__name__}: {exc}")
+
+    status, metrics = "FAILED", {}
+    try:
+        start = time.time()
+        outcomes = run_reference(reference_space(cfg.max_depth), evaluate, cfg.trials, cfg.seed)
+        wall = time.time() - start
+        losses = [o.loss for o in outcomes if o.ok]
+        metrics = {"search_wall_s": wall, **({"best_rmse": min(losses)} if losses else {})}
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        tracking.end_run(uri, parent, status, metrics=metrics)
+    records = [_trial_record(o) for o in outcomes]
+    return {"layout": SEQ, "repeat": repeat, "slots": 1, "cores": layout.cores, "wall_s": round(wall, 3),
+            "first_trial_s": _first_start(records, called), "parent_run_id": parent, "trials": records}
+
+
+def run_parallel(cfg: BenchConfig, layout: Layout, repeat: int) -> dict:
+    """One search flow on a fresh LocalCluster of ``layout``."""
+    from taxi_hpo import flows
+
+    called = time.time()
+    summary = flows.execute(cfg.run_config(layout))
+    params = summary.get("trial_params") or [None] * len(summary["trials"])
+    records = [_trial_record(t, p) for t, p in zip(summary["trials"], params)]
+    return {"layout": layout.name, "repeat": repeat, "slots": summary["slots"], "cores": layout.cores,
+            "wall_s": summary["search_wall_s"], "flow_wall_s": summary["wall_s"],
+            "first_trial_s": _first_start(records, called), "parent_run_id": summary["parent_run_id"],
+            "trials": records}
+
+
+def _first_start(records: list[dict], called: float) -> float | None:
+    starts = [r["started"] for r in records if r["started"]]
+    return round(min(starts) - called, 3) if starts else None
+
+
+def run_bench(cfg: BenchConfig, log=None) -> dict:
+    """Run every layout ``cfg.repeats`` times, alternating; write bench.json and the pictures."""
+    from taxi_hpo import data as data_mod
+    from taxi_hpo import flows, preflight
+    from taxi_hpo.prefect_api import prefect_api
+
+    log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cores = os.cpu_count() or 1
+    result = {"machine": machine_facts(), "settings": cfg.describe(), "runs": []}
+    preflight.check(cfg.run_config(cfg.layouts[0]))
+    with prefect_api():
+        prepared = None
+        if any(layout.is_seq for layout in cfg.layouts):
+            train = data_mod.resolve(cfg.train, Path(cfg.data_dir)).path
+            valid = data_mod.resolve(cfg.valid, Path(cfg.data_dir)).path
+            prepared = flows.preprocess(str(train), str(valid))["data"]  # the flows' cached copy
+        for repeat in range(cfg.repeats):
+            for layout in cfg.layouts:
+                log(f"bench: repeat {repeat + 1}/{cfg.repeats} {layout.name} ...")
+                run = run_seq(cfg, layout, prepared, repeat) if layout.is_seq else run_parallel(cfg, layout, repeat)
+                result["runs"].append(run)
+                best = run_metrics(run)["best_rmse"]
+                log(f"bench: repeat {repeat + 1}/{cfg.repeats} {layout.name}: search {run['wall_s']:.1f} s, "
+                    f"best RMSE {best if best is None else round(best, 4)}")
+                _write_json(out / "bench.json", result)  # partial results survive an interrupt
+    result["layouts"] = summarise(result["runs"], cfg.layouts)
+    result["goals"] = goal_checks(result["layouts"], cores, cfg.mode)
+    _write_json(out / "bench.json", result)
+    plot_speedup(result, out / "speedup.png")
+    plot_timeline(result, out / "timeline.png")
+    return result
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+# -- the pictures --------------------------------------------------------------------------------
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never a window
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _caption(result: dict) -> str:
+    s, m = result["settings"], result["machine"]
+    return (f"{s['trials']} trials, {s['rounds']} rounds, max_depth <= {s['max_depth']}, {s['mode']}, "
+            f"seed {s['seed']}, median of {s['repeats']}; {m['cores']} cores")
+
+
+def plot_speedup(result: dict, path: Path) -> None:
+    """Bars: median speedup over seq (whiskers: min..max over repeats); the ideal: cores used."""
+    plt = _pyplot()
+    rows = result["layouts"]
+    x = list(range(len(rows)))
+    values = [r["speedup_vs_seq"] if r["speedup_vs_seq"] is not None else math.nan for r in rows]
+    low = [v - r["speedup_min"] if r["speedup_min"] is not None else 0 for v, r in zip(values, rows)]
+    high = [r["speedup_max"] - v if r["speedup_max"] is not None else 0 for v, r in zip(values, rows)]
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.3 * len(rows) + 2), 4))
+    ax.bar(x, values, yerr=[low, high], capsize=4, color="#4c72b0", label="measured (vs seq)")
+    ax.plot(x, [r["cores"] for r in rows], "k--o", label="ideal: cores used (vs one core)")
+    ax.axhline(1.0, color="grey", linewidth=0.8)
+    for xi, v in zip(x, values):
+        if not math.isnan(v):
+            ax.annotate(f"{v:.2f}x", (xi, v), ha="center", va="bottom", xytext=(0, 3), textcoords="offset points")
+    ax.set_xticks(x, [r["layout"] for r in rows])
+    ax.set_xlabel("layout (workers x threads)")
+    ax.set_ylabel("speedup over seq (search wall)")
+    ax.set_title(_caption(result), fontsize=8)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+_BUSY, _FIT, _FAILED = "#c6dbef", "#2166ac", "#f4a582"
+
+
+def _representative(runs: list[dict]) -> dict:
+    """The run whose wall time is the median of its layout's runs."""
+    ordered = sorted(runs, key=lambda r: r["wall_s"])
+    return ordered[(len(ordered) - 1) // 2]
+
+
+def plot_timeline(result: dict, path: Path) -> None:
+    """Gantt chart per layout (its median-wall run): one row per slot, one bar per trial."""
+    plt = _pyplot()
+    names = [r["layout"] for r in result["layouts"]]
+    runs = [_representative([r for r in result["runs"] if r["layout"] == n]) for n in names]
+    heights = [max(len({t["worker"] for t in run["trials"]}), run["slots"], 1) for run in runs]
+    fig, axes = plt.subplots(len(runs), 1, sharex=True, squeeze=False,
+                             figsize=(10, 1.0 + sum(0.45 * h + 0.6 for h in heights)),
+                             gridspec_kw={"height_ratios": heights})
+    for ax, run in zip(axes[:, 0], runs):
+        _gantt(ax, run)
+    axes[-1, 0].set_xlabel("seconds since the run's first trial started")
+    from matplotlib.patches import Patch
+
+    legend = [Patch(color=_BUSY, label="slot busy (fit + overhead)"), Patch(color=_FIT, label="XGBoost fit time"),
+              Patch(color=_FAILED, label="failed trial")]
+    axes[0, 0].legend(handles=legend, loc="upper right", fontsize=7)
+    fig.suptitle(_caption(result), fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _gantt(ax, run: dict) -> None:
+    trials = [t for t in run["trials"] if t["started"]]
+    t0 = min((t["started"] for t in trials), default=0.0)
+    slots = sorted({t["worker"] for t in trials}, key=lambda w: min(t["started"] for t in trials if t["worker"] == w))
+    row = {w: i for i, w in enumerate(slots)}
+    for t in trials:
+        y, left, busy = row[t["worker"]], t["started"] - t0, busy_s(t)
+        failed = not _ok(t)
+        ax.barh(y, busy, left=left, height=0.8, color=_FAILED if failed else _BUSY, edgecolor="black",
+                linewidth=0.5)
+        if not failed:
+            ax.barh(y, t["fit_s"], left=left, height=0.4, color=_FIT)
+        ax.text(left + busy / 2, y, str(t["trial_id"]), ha="center", va="center", fontsize=7)
+    util = utilisation(run["trials"], run["slots"], run["wall_s"])
+    rows = max(len(slots), run["slots"])  # a slot that never got a trial still shows, empty
+    ax.set_yticks(range(rows), [f"slot {i}" for i in range(rows)], fontsize=7)
+    ax.set_ylim(rows - 0.5, -0.5)
+    ax.set_title(f"{run['layout']} (repeat {run['repeat'] + 1}): search {run['wall_s']:.1f} s, "
+                 f"utilisation {util:.2f}" if util is not None else run["layout"], fontsize=8, loc="left")
+
+
+# -- the command ---------------------------------------------------------------------------------
 
 def add_parser(sub, add_search_flags) -> None:
-    p = sub.add_parser("bench", help="benchmark layouts against the sequential reference search")
+    cores = os.cpu_count() or 1
+    p = sub.add_parser("bench", help="benchmark layouts against the sequential reference search",
+                       description=__doc__)
     add_search_flags(p)
+    p.add_argument("--layouts", default=default_layouts(cores),
+                   help=f"comma-separated: seq (the reference, all cores) or WxT (W workers x T threads); "
+                        f"default here {default_layouts(cores)}")
+    p.add_argument("--trials", type=int, default=8, help="trials per layout and repeat (default 8)")
+    p.add_argument("--repeats", type=int, default=1, help="runs of each layout, alternating (default 1)")
+    p.add_argument("--mode", choices=MODES, default="async", help="scheduler mode of the parallel layouts")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default sqlite:///$PWD/mlflow.db)")
+    p.add_argument("--out", default="bench-out", help="folder for bench.json, speedup.png, timeline.png")
+    p.add_argument("--json", action="store_true", help="print the table as one JSON object on stdout")
 
 
 def main(args: argparse.Namespace) -> int:
-    raise SystemExit("taxi-hpo bench is not built yet")
+    cores = os.cpu_count() or 1
+    cfg = BenchConfig(layouts=parse_layouts(args.layouts, cores), trials=args.trials, rounds=args.rounds,
+                      max_depth=args.max_depth, seed=args.seed, repeats=args.repeats, mode=args.mode,
+                      out=args.out, train=args.train, valid=args.valid, data_dir=args.data_dir,
+                      tracking_uri=args.tracking_uri)
+    result = run_bench(cfg)
+    if args.json:
+        shown = {k: result[k] for k in ("machine", "settings", "layouts", "goals")}
+        print(json.dumps({**shown, "out": str(Path(cfg.out).resolve())}, default=str))
+    else:
+        print(format_table(result))
+        print(f"wrote {Path(cfg.out) / 'bench.json'}, speedup.png, timeline.png")
+    return 0
+
+
+COLUMNS = ("layout", "wall_s", "trials_per_min", "speedup_vs_seq", "utilisation", "overhead_p50_s",
+           "overhead_p95_s", "best_rmse")
+
+
+def format_table(result: dict) -> str:
+    """The per-layout table as aligned text, then the goals that were missed."""
+    cells = [list(COLUMNS)] + [["-" if r[c] is None else str(r[c]) for c in COLUMNS] for r in result["layouts"]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
+    lines = ["  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells]
+    for goal in result["goals"]:
+        if goal["met"] is False:
+            lines.append(f"goal missed: {goal['goal']} {goal['target']} on {goal['layout']}: "
+                         f"measured {goal['measured']} (gap {goal['gap']})")
+    return "\n".join(lines)

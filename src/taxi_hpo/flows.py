@@ -12,6 +12,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Protocol
 
+import cloudpickle
 import dask
 import distributed
 from prefect import flow, task
@@ -104,12 +105,16 @@ class DaskTrialRunner:
         self._futures: dict[int, object] = {}
         self._params: dict[int, dict] = {}
         self.keys: dict[int, str] = {}
+        self.submit_bytes: dict[int, int] = {}
 
     def submit(self, trial_id: int, params: dict, priority: float) -> int:
+        parameters = {"trial_id": trial_id, "params": params, "prepared": self._data, "ctx": self._ctx,
+                      "rounds": self._rounds, "nthread": self._nthread}
+        # What this trial puts on the wire: the data travels as a reference to the scattered copy.
+        self.submit_bytes[trial_id] = len(cloudpickle.dumps(parameters))
         # Higher priority starts first among queued tasks: heaviest trials first in a batch.
         with dask.annotate(priority=int(priority * 1000)):
-            future = trial.submit(trial_id=trial_id, params=params, prepared=self._data, ctx=self._ctx,
-                                  rounds=self._rounds, nthread=self._nthread)
+            future = trial.submit(**parameters)
         self._futures[trial_id] = future
         self._params[trial_id] = params
         self.keys[trial_id] = future.wrapped_future.key
@@ -146,14 +151,14 @@ def search(config: dict) -> dict:
     valid_file = data_mod.resolve(cfg.valid, Path(cfg.data_dir))
     pre = preprocess(str(train_file.path), str(valid_file.path))
     prepared = pre["data"]
-    pre_sha = features.preprocessor_sha256(prepared.preprocessor)
     client = FlowRunContext.get().task_runner.client  # starts the cluster on first access
     slots = _slots(cfg, client)
     in_flight = slots if cfg.mode == "async" else (cfg.batch_size or slots)
     parent_run_id = tracking.start_parent_run(tracking_uri, experiment_id, _parent_params(cfg, prepared, slots),
                                               {"flow_run_id": str(FlowRunContext.get().flow_run.id)})
-    ctx = tracking.TrackingContext(tracking_uri, experiment_id, parent_run_id, pre_sha)
-    status = "FAILED"
+    ctx = tracking.TrackingContext(tracking_uri, experiment_id, parent_run_id,
+                                   features.preprocessor_sha256(prepared.preprocessor))
+    status, metrics = "FAILED", {}
     reporter = current_reporter()
     try:
         log_preprocessor(ctx, prepared.preprocessor.to_bytes())
@@ -168,9 +173,18 @@ def search(config: dict) -> dict:
             outcomes = run_search(searcher, runner, cfg.trials, mode=cfg.mode, in_flight=in_flight,
                                   on_outcome=reporter.update if reporter else None)
         search_wall = time.time() - search_start
+        if reporter:
+            reporter.stop()
         version = (register_best(outcomes, prepared, ctx, cfg.max_rmse, cfg.max_inference_time)
                    if cfg.register else None)
+        summary = _summary(cfg, ctx, outcomes, lr_rmse, slots, search_wall, time.time() - wall_start,
+                           version, pre["cached"], client)
+        summary["submit_bytes_max"] = max(runner.submit_bytes.values(), default=0)
+        summary["data_bytes"] = prepared.nbytes
+        metrics = {k: summary[k] for k in ("best_rmse", "lr_rmse", "utilisation", "search_wall_s")
+                   if summary[k] is not None}
         status = "FINISHED"
+        return summary
     except BaseException:
         status = "KILLED" if _interrupted() else "FAILED"
         raise
@@ -178,13 +192,7 @@ def search(config: dict) -> dict:
         if reporter:
             reporter.stop()
         tracking.close_stale_children(tracking_uri, parent_run_id)
-        tracking.end_run(tracking_uri, parent_run_id, status)
-    summary = _summary(cfg, ctx, outcomes, lr_rmse, slots, search_wall, time.time() - wall_start, version,
-                       pre["cached"], client)
-    tracking.end_run(tracking_uri, parent_run_id, "FINISHED",
-                     metrics={k: summary[k] for k in ("best_rmse", "lr_rmse", "utilisation", "search_wall_s")
-                              if summary[k] is not None})
-    return summary
+        tracking.end_run(tracking_uri, parent_run_id, status, metrics=metrics)
 
 
 def _interrupted() -> bool:
@@ -241,7 +249,8 @@ def _summary(cfg, ctx, outcomes, lr_rmse, slots, search_wall, wall, version, cac
 
 def _timing(o: TrialOutcome) -> dict:
     return {"trial_id": o.trial_id, "loss": o.loss, "started": o.started, "finished": o.finished,
-            "fit_s": o.fit_s, "worker": o.worker, "run_id": o.run_id, "error": o.error}
+            "fit_s": o.fit_s, "worker": o.worker, "run_id": o.run_id, "error": o.error,
+            "matrix_builds": o.metrics.get("worker_matrix_builds")}
 
 
 def execute(cfg: RunConfig, reporter: Reporter | None = None) -> dict:

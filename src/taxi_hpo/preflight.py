@@ -14,7 +14,8 @@ def check(cfg: RunConfig) -> None:
     for spec in (cfg.train, cfg.valid):
         month = data.resolve(spec, Path(cfg.data_dir), download_progress())
         data.load(month.path)
-    tracking.check_reachable(cfg.resolved_tracking_uri)
+    # Creates the store from this (the flow's) process before any worker can race to migrate it.
+    tracking.prepare_store(cfg.resolved_tracking_uri, cfg.experiment, Path(cfg.workdir) / "mlartifacts")
     if cfg.address:
         from taxi_hpo import remote
 

@@ -40,7 +40,7 @@ class ProgressBar:
             self._progress.update(self._task, advance=1, failed=self.failed,
                                   best=f"{self.best:.4f}" if self.best is not None else "-")
 
-    def stop(self) -> None:
+    def stop(self) -> None:  # idempotent
         if self._progress is not None:
             self._progress.stop()
             self._progress = None

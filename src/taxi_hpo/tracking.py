@@ -7,6 +7,7 @@ URI and experiment are per process and would not follow a trial to a Dask worker
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import tempfile
@@ -290,6 +291,8 @@ def register_model(ctx: TrackingContext, run_id: str, preprocessor_blob: bytes, 
     import taxi_hpo
 
     mlflow.set_tracking_uri(ctx.tracking_uri)
+    # Its warnings (no signature inferred, cloudpickle caution) are expected for this model.
+    logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory() as tmp:
         pre_path = Path(tmp) / PREPROCESSOR_FILE
         pre_path.write_bytes(preprocessor_blob)

@@ -54,7 +54,7 @@ def run_trial(trial_id: int, params: dict, data: PreparedData, ctx: tracking.Tra
     return {
         "trial_id": trial_id, "params": params, "loss": fit.rmse_valid, "started": started,
         "finished": time.time(), "fit_s": fit.fit_s, "worker": slot_name(), "run_id": run_id,
-        "metrics": metrics,
+        "metrics": {**metrics, "worker_matrix_builds": models.matrix_builds()},
     }
 
 

@@ -1,0 +1,115 @@
+"""Data: months, download (from a loopback server standing in for the TLC), both layouts, errors."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import threading
+
+import pandas as pd
+import pytest
+
+from taxi_hpo import data
+from taxi_hpo.errors import DataError
+
+
+@pytest.fixture
+def tlc_server(data_dir, tmp_path):
+    """A real HTTP server on loopback serving parquet files, in place of the TLC's address."""
+    root = tmp_path / "served"
+    root.mkdir()
+    (root / "green_tripdata_2023-02.parquet").write_bytes((data_dir / "green_tripdata_2023-02.parquet").read_bytes())
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/{{name}}"
+    server.shutdown()
+
+
+def test_month_names_and_bad_months():
+    assert data.month_filename("2021-01") == "green_tripdata_2021-01.parquet"
+    for bad in ("2021-13", "2021-00", "21-01", "2021/01", "jan"):
+        with pytest.raises(DataError, match="YYYY-MM"):
+            data.month_filename(bad)
+
+
+def test_both_layouts_load_identically(data_dir, tmp_path):
+    """2021 files carry string ids and a duration column; 2023 files int ids and none."""
+    raw = pd.read_parquet(data_dir / "green_tripdata_2021-01.parquet")
+    assert raw["PULocationID"].dtype == object or str(raw["PULocationID"].dtype).startswith("str")
+    as_published = raw.drop(columns=["duration"]).copy()
+    as_published["PULocationID"] = as_published["PULocationID"].astype(int)
+    as_published["DOLocationID"] = as_published["DOLocationID"].astype(int)
+    # A wrong precomputed duration must not matter: it is always recomputed.
+    path = tmp_path / "int_ids.parquet"
+    as_published.to_parquet(path)
+    skewed = raw.copy()
+    skewed["duration"] = -1.0
+    skewed_path = tmp_path / "skewed.parquet"
+    skewed.to_parquet(skewed_path)
+    a = data.load(data_dir / "green_tripdata_2021-01.parquet")
+    b = data.load(path)
+    c = data.load(skewed_path)
+    pd.testing.assert_frame_equal(a, b)
+    pd.testing.assert_frame_equal(a, c)
+    assert len(a) == 73908
+    assert a["duration"].between(1, 60).all()
+    assert a["PULocationID"].iloc[0] == str(int(as_published["PULocationID"].iloc[0]))
+
+
+def test_filter_keeps_1_to_60_minutes(data_dir):
+    df = data.load(data_dir / "green_tripdata_2023-01.parquet")
+    raw = pd.read_parquet(data_dir / "green_tripdata_2023-01.parquet")
+    assert 0 < len(df) < len(raw)
+    assert df["duration"].min() >= 1 and df["duration"].max() <= 60
+    assert not df["PULocationID"].str.contains(r"\.").any()
+
+
+def test_resolve_uses_cached_month_without_network(data_dir):
+    month = data.resolve("2021-01", data_dir, url_template="http://127.0.0.1:9/{name}")
+    assert month.path == (data_dir / "green_tripdata_2021-01.parquet").resolve()
+
+
+def test_download_missing_month_atomically(tlc_server, tmp_path):
+    seen = []
+    month = data.resolve("2023-02", tmp_path / "cache", progress=lambda d, t: seen.append((d, t)),
+                         url_template=tlc_server)
+    assert month.path.is_file() and len(data.load(month.path)) > 0
+    assert seen and seen[-1][0] == seen[-1][1] == month.path.stat().st_size
+    assert [p.name for p in month.path.parent.iterdir()] == ["green_tripdata_2023-02.parquet"]
+
+
+def test_failed_download_leaves_no_file(tlc_server, tmp_path):
+    cache = tmp_path / "cache"
+    with pytest.raises(DataError) as err:
+        data.resolve("2020-05", cache, url_template=tlc_server)  # 404 on the server
+    assert "--data-dir" in str(err.value) and "green_tripdata_2020-05.parquet" in str(err.value)
+    assert list(cache.iterdir()) == []
+
+
+def test_offline_names_file_folder_and_flag(tmp_path):
+    with pytest.raises(DataError) as err:
+        data.resolve("2019-01", tmp_path, url_template="http://127.0.0.1:9/{name}")
+    line = str(err.value)
+    assert "green_tripdata_2019-01.parquet" in line and str(tmp_path) in line and "--data-dir" in line
+    assert "\n" not in line
+
+
+def test_bad_files(tmp_path, data_dir):
+    corrupt = tmp_path / "corrupt.parquet"
+    corrupt.write_bytes(b"PAR1 this is not parquet")
+    with pytest.raises(DataError, match="not a readable parquet"):
+        data.load(corrupt)
+    missing_cols = tmp_path / "cols.parquet"
+    pd.read_parquet(data_dir / "green_tripdata_2023-01.parquet").drop(columns=["trip_distance"]).to_parquet(missing_cols)
+    with pytest.raises(DataError, match="lacks column.*trip_distance"):
+        data.load(missing_cols)
+    empty = tmp_path / "short.parquet"
+    raw = pd.read_parquet(data_dir / "green_tripdata_2023-01.parquet").head(50)
+    raw["lpep_dropoff_datetime"] = raw["lpep_pickup_datetime"]
+    raw.to_parquet(empty)
+    with pytest.raises(DataError, match="no trips of 1–60 minutes"):
+        data.load(empty)
+    with pytest.raises(DataError, match="does not exist"):
+        data.resolve(str(tmp_path / "nope.parquet"), tmp_path)

@@ -1,0 +1,72 @@
+"""Features and models on the real months: the reference figures."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from taxi_hpo import data, features, models
+from taxi_hpo.search import reference_space, xgb_params
+
+
+@pytest.fixture(scope="module")
+def prepared(data_dir):
+    train = data.load(data_dir / "green_tripdata_2021-01.parquet")
+    valid = data.load(data_dir / "green_tripdata_2021-02.parquet")
+    return features.prepare_data(train, valid, "a", "b")
+
+
+def test_preprocessor_fitted_on_train_only(prepared, data_dir):
+    assert prepared.preprocessor.n_features == 13221
+    assert prepared.X_train.shape == (73908, 13221) and prepared.X_valid.shape == (61921, 13221)
+    valid = data.load(data_dir / "green_tripdata_2021-02.parquet")
+    valid_pairs = set(valid["PULocationID"] + "_" + valid["DOLocationID"])
+    vocab = prepared.preprocessor.vectorizer.vocabulary_
+    unseen = [p for p in valid_pairs if f"PU_DO={p}" not in vocab]
+    assert unseen, "the validation month has pairs the training month lacks"
+
+
+def test_preprocessor_hash_is_content_based(prepared, data_dir):
+    again = features.Preprocessor.fit(data.load(data_dir / "green_tripdata_2021-01.parquet"))
+    assert features.preprocessor_sha256(again) == features.preprocessor_sha256(prepared.preprocessor)
+    other = features.Preprocessor.fit(data.load(data_dir / "green_tripdata_2023-01.parquet"))
+    assert features.preprocessor_sha256(other) != features.preprocessor_sha256(prepared.preprocessor)
+
+
+def test_linear_baseline_matches_reference(prepared):
+    assert models.linear_baseline(prepared) == pytest.approx(7.7587, abs=5e-5)
+
+
+def test_xgboost_trial_and_matrix_cache(prepared):
+    before = models.matrix_builds()
+    params = xgb_params({"max_depth": 6, "learning_rate": 0.3, "reg_alpha": 0.02, "reg_lambda": 0.01,
+                         "min_child_weight": 1.0, "objective": "reg:squarederror", "seed": 42}, nthread=1)
+    first = models.fit_xgboost(params, prepared, rounds=5)
+    second = models.fit_xgboost(params, prepared, rounds=5)
+    assert models.matrix_builds() == before + 1  # built once, reused
+    assert first.rmse_valid == second.rmse_valid  # deterministic
+    assert 5 < first.rmse_valid < 12 and first.rmse_train > 0 and 0 < first.inference_time < 1e-3
+    assert first.best_iteration <= 4
+
+
+def test_xgboost_rejects_bad_params(prepared):
+    with pytest.raises(Exception):
+        models.fit_xgboost({"max_depth": -3, "objective": "reg:squarederror", "nthread": 1}, prepared, 2)
+
+
+def test_predictor_on_raw_rows(prepared, data_dir):
+    params = xgb_params({"max_depth": 4, "learning_rate": 0.5, "reg_alpha": 0.02, "reg_lambda": 0.01,
+                         "min_child_weight": 1.0, "objective": "reg:squarederror", "seed": 42}, nthread=1)
+    fit = models.fit_xgboost(params, prepared, rounds=3)
+    raw = pd.read_parquet(data_dir / "green_tripdata_2023-03.parquet").head(100)  # int ids, unfiltered
+    pred = models.DurationPredictor(prepared.preprocessor, fit.booster).predict(raw)
+    assert pred.shape == (100,) and np.isfinite(pred).all()
+
+
+def test_space_bounds():
+    space = reference_space(10)
+    assert set(space) >= {"max_depth", "learning_rate", "reg_alpha", "reg_lambda", "min_child_weight"}
+    from taxi_hpo.errors import ConfigError
+    with pytest.raises(ConfigError, match="lower bound 4"):
+        reference_space(3)

@@ -1,0 +1,100 @@
+"""The main path end to end: real Prefect API, real LocalCluster, real MLflow sqlite store."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+
+import mlflow
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from taxi_hpo import cli, tracking
+
+pytestmark = pytest.mark.integration
+
+SMALL = ["--rounds", "10", "--max-depth", "10"]
+
+
+def run_cli(capsys, *args) -> dict:
+    code = cli.main(["run", *args, "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_search_end_to_end(prefect_api_url, data_dir, workdir, capsys):
+    s = run_cli(capsys, "--data-dir", str(data_dir), "--trials", "6", "--workers", "2", *SMALL,
+                "--max-rmse", "10")
+    assert s["lr_rmse"] == pytest.approx(7.7587, abs=1e-4)
+    assert (s["trials_done"], s["trials_failed"]) == (6, 0)
+    assert len(s["trial_params"]) == 6 and s["best_rmse"] == min(s["trial_rmse"])
+    assert s["preprocessor_artifacts"] == 1
+    assert s["registered_version"] == "1"
+    assert 0 < s["utilisation"] <= 1 and s["search_wall_s"] <= s["wall_s"]
+    assert s["tracking_uri"] == f"sqlite:///{workdir / 'mlflow.db'}"
+
+    # Sharing: each worker built its XGBoost matrices once; no trial shipped the data itself.
+    builds = defaultdict(list)
+    for outcome in s["trials"]:
+        builds[outcome["worker"]].append(outcome["matrix_builds"])
+    assert len(builds) == 2 and all(max(b) == 1 for b in builds.values())
+    assert sum(len(b) for b in builds.values()) == 6
+    client = MlflowClient(s["tracking_uri"])
+    runs = client.search_runs([s["experiment_id"]])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == s["parent_run_id"]]
+    assert [p.info.run_id for p in parents] == [s["parent_run_id"]]
+    assert len(children) == 7 and all(r.info.status == "FINISHED" for r in runs)
+    parent = client.get_run(s["parent_run_id"])
+    assert parent.data.params["trials"] == "6" and parent.data.params["train_sha256"]
+    sha = parent.data.tags[tracking.PREPROCESSOR_TAG]
+    trial_runs = [r for r in children if tracking.TRIAL_TAG in r.data.tags]
+    assert len(trial_runs) == 6
+    for run in trial_runs:
+        assert {"rmse_train", "rmse_valid", "inference_time", "best_iteration", "trial_wall_s"} <= set(run.data.metrics)
+        assert {"max_depth", "learning_rate", "reg_alpha", "reg_lambda", "min_child_weight"} <= set(run.data.params)
+        assert run.data.tags[tracking.PREPROCESSOR_TAG] == sha
+        assert [a.path for a in client.list_artifacts(run.info.run_id, "model")] == ["model/booster.ubj"]
+    assert s["submit_bytes_max"] < s["data_bytes"] / 100
+
+    # The registered pyfunc predicts minutes from raw TLC rows (2023 layout: int ids).
+    mlflow.set_tracking_uri(s["tracking_uri"])
+    model = mlflow.pyfunc.load_model("models:/nyc-taxi-duration@staging")
+    raw = pd.read_parquet(data_dir / "green_tripdata_2023-03.parquet").head(200)
+    pred = model.predict(raw)
+    assert len(pred) == 200 and 0 < float(pd.Series(pred).median()) < 60
+
+
+def test_batch_mode_is_reproducible_and_preprocessing_reused(prefect_api_url, data_dir, workdir, capsys):
+    common = ["--data-dir", str(data_dir), "--trials", "4", "--mode", "batch", "--batch-size", "2",
+              "--no-register", *SMALL]
+    one = run_cli(capsys, *common, "--workers", "1")
+    two = run_cli(capsys, *common, "--workers", "2")
+    assert one["trial_params"] == two["trial_params"]
+    assert one["trial_rmse"] == pytest.approx(two["trial_rmse"])
+    assert two["preprocess_cached"] is True
+    assert two["registered_version"] is None
+
+
+def test_nothing_qualifies_registers_nothing(prefect_api_url, data_dir, workdir, capsys):
+    s = run_cli(capsys, "--data-dir", str(data_dir), "--trials", "2", "--workers", "1", *SMALL,
+                "--max-rmse", "1.0")
+    assert s["registered_version"] is None
+    assert MlflowClient(s["tracking_uri"]).search_registered_models() == []
+
+
+def test_preprocessor_guard_under_retries_and_threads(workdir, tracking_uri):
+    from concurrent.futures import ThreadPoolExecutor
+
+    experiment_id = tracking.prepare_store(tracking_uri, "guard", workdir / "mlartifacts")
+    parent = tracking.start_parent_run(tracking_uri, experiment_id, {}, {})
+    ctx = tracking.TrackingContext(tracking_uri, experiment_id, parent, "abc123")
+    assert tracking.log_preprocessor_once(ctx, b"blob") is True
+    assert tracking.log_preprocessor_once(ctx, b"blob") is False  # a retry logs nothing
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda _: tracking.log_preprocessor_once(ctx, b"blob"), range(8)))
+    child = tracking.start_child_run(ctx, "trial-0000", {tracking.TRIAL_TAG: "0"})
+    tracking.finish_child_run(ctx, child, {}, {"rmse_valid": 1.0})
+    assert tracking.count_preprocessor_artifacts(tracking_uri, parent) == 1

@@ -1,0 +1,142 @@
+"""The pure search core: ask/tell over TPE and the scheduler, on a real thread pool."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import math
+import random
+import threading
+import time
+
+import pytest
+
+from taxi_hpo.search import TPESearcher, TrialOutcome, reference_space, run_search
+
+
+def synthetic_loss(params: dict) -> float:
+    """A smooth stand-in for RMSE: best near depth 10, learning rate 0.3."""
+    return (math.log(params["learning_rate"]) - math.log(0.3)) ** 2 + (params["max_depth"] - 10) ** 2 / 100 + 6
+
+
+class PoolRunner:
+    """A real TrialRunner over a thread pool, with random durations to scramble completion order."""
+
+    def __init__(self, workers: int, jitter_s: float = 0.02, fail_ids=(), seed: int = 0):
+        self.pool = cf.ThreadPoolExecutor(workers)
+        self.futures: dict[int, cf.Future] = {}
+        self.rng = random.Random(seed)
+        self.jitter_s = jitter_s
+        self.fail_ids = set(fail_ids)
+        self.running = 0
+        self.max_running = 0
+        self.lock = threading.Lock()
+        self.submit_order: list[int] = []
+
+    def _work(self, trial_id, params, delay):
+        with self.lock:
+            self.running += 1
+            self.max_running = max(self.max_running, self.running)
+        started = time.time()
+        time.sleep(delay)
+        with self.lock:
+            self.running -= 1
+        if trial_id in self.fail_ids:
+            raise ValueError("XGBoost rejected the parameters")
+        return TrialOutcome(trial_id, params, synthetic_loss(params), started, time.time())
+
+    def submit(self, trial_id, params, priority):
+        self.submit_order.append(trial_id)
+        self.futures[trial_id] = self.pool.submit(self._work, trial_id, params, self.rng.random() * self.jitter_s)
+        return trial_id
+
+    def wait_any(self, handles):
+        done, _ = cf.wait([self.futures[h] for h in handles], return_when=cf.FIRST_COMPLETED)
+        return [h for h in handles if self.futures[h] in done]
+
+    def outcome(self, handle):
+        future = self.futures.pop(handle)
+        try:
+            return future.result()
+        except ValueError as exc:
+            return TrialOutcome(handle, {}, None, error=str(exc))
+
+
+def test_suggestions_are_deterministic_and_valid():
+    a, b = TPESearcher(reference_space(20), seed=42), TPESearcher(reference_space(20), seed=42)
+    for tid in range(25):
+        pa, pb = a.suggest(tid), b.suggest(tid)
+        assert pa == pb
+        assert 4 <= pa["max_depth"] <= 20 and isinstance(pa["max_depth"], int)
+        assert math.exp(-3) <= pa["learning_rate"] <= 1
+        a.record(tid, synthetic_loss(pa))
+        b.record(tid, synthetic_loss(pb))
+    assert a.best() == b.best()
+    assert TPESearcher(reference_space(20), seed=7).suggest(0) != a.params(0)
+
+
+def test_failed_trial_stays_in_history_as_fail():
+    s = TPESearcher(reference_space(20), seed=1)
+    s.suggest(0)
+    s.record(0, float("nan"))
+    s.suggest(1)
+    s.record(1, None)
+    statuses = [d["result"]["status"] for d in s.trials.trials]
+    assert statuses == ["fail", "fail"]
+    assert s.best() is None
+    with pytest.raises(ValueError):
+        s.suggest(1)
+
+
+def test_tpe_learns_after_startup():
+    s = TPESearcher(reference_space(40), seed=3, n_startup_jobs=10)
+    for tid in range(40):
+        s.record(tid, synthetic_loss(s.suggest(tid)))
+    early = min(synthetic_loss(s.params(t)) for t in range(10))
+    assert s.best()[1] <= early
+
+
+def test_async_keeps_every_slot_busy():
+    runner = PoolRunner(workers=3, jitter_s=0.05)
+    searcher = TPESearcher(reference_space(20), seed=42, n_startup_jobs=20)
+    outcomes = run_search(searcher, runner, 15, mode="async", in_flight=3)
+    assert [o.trial_id for o in outcomes] == list(range(15))
+    assert runner.max_running == 3
+    assert all(d["state"] == 2 for d in searcher.trials.trials)  # JOB_STATE_DONE
+
+
+def test_batch_mode_is_reproducible_whatever_the_workers_and_timing():
+    runs = []
+    for workers, seed in ((1, 0), (4, 1), (2, 2)):
+        runner = PoolRunner(workers=workers, jitter_s=0.03, seed=seed)
+        searcher = TPESearcher(reference_space(20), seed=42, n_startup_jobs=4)
+        outcomes = run_search(searcher, runner, 12, mode="batch", in_flight=4)
+        runs.append([o.params for o in outcomes])
+    assert runs[0] == runs[1] == runs[2]
+
+
+def test_batch_starts_heaviest_first():
+    runner = PoolRunner(workers=1, jitter_s=0.0)
+    searcher = TPESearcher(reference_space(60), seed=5, n_startup_jobs=8)
+    run_search(searcher, runner, 8, mode="batch", in_flight=8)
+    from taxi_hpo.search.space import predicted_cost
+    costs = [predicted_cost(searcher.params(t)) for t in runner.submit_order]
+    assert costs == sorted(costs, reverse=True)
+
+
+def test_failed_trials_are_results_and_the_search_goes_on():
+    runner = PoolRunner(workers=2, fail_ids={1, 4})
+    searcher = TPESearcher(reference_space(20), seed=42)
+    seen = []
+    outcomes = run_search(searcher, runner, 6, mode="async", in_flight=2, on_outcome=seen.append)
+    assert [o.ok for o in outcomes] == [True, False, True, True, False, True]
+    assert len(seen) == 6
+    assert [d["result"]["status"] for d in sorted(searcher.trials.trials, key=lambda d: d["tid"])][1] == "fail"
+
+
+def test_pending_trials_act_as_liars():
+    """With trials in flight, concurrent suggestions do not repeat each other."""
+    s = TPESearcher(reference_space(30), seed=11, n_startup_jobs=5)
+    for tid in range(10):
+        s.record(tid, synthetic_loss(s.suggest(tid)))
+    pending = [s.suggest(tid) for tid in range(10, 14)]
+    assert len({tuple(sorted(p.items())) for p in pending}) == 4
