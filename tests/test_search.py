@@ -140,3 +140,27 @@ def test_pending_trials_act_as_liars():
         s.record(tid, synthetic_loss(s.suggest(tid)))
     pending = [s.suggest(tid) for tid in range(10, 14)]
     assert len({tuple(sorted(p.items())) for p in pending}) == 4
+
+
+def test_batch_resume_suggests_what_an_uninterrupted_search_would():
+    full = run_search(TPESearcher(reference_space(20), seed=42, n_startup_jobs=4), PoolRunner(3), 12,
+                      mode="batch", in_flight=4)
+    # Killed in the middle of the second batch: trials 0-5 are in the store, 6-11 are not.
+    known = {o.trial_id: o for o in full[:6]}
+    runner = PoolRunner(2)
+    resumed = run_search(TPESearcher(reference_space(20), seed=42, n_startup_jobs=4), runner, 12,
+                         mode="batch", in_flight=4, known=known)
+    assert [o.params for o in resumed] == [o.params for o in full]
+    assert sorted(runner.submit_order) == list(range(6, 12))  # only the missing ones ran
+
+
+def test_async_resume_runs_only_missing_trials_and_keeps_history():
+    first = run_search(TPESearcher(reference_space(20), seed=42), PoolRunner(2), 5, mode="async", in_flight=2)
+    known = {o.trial_id: o for o in first if o.trial_id != 3}
+    runner = PoolRunner(2)
+    searcher = TPESearcher(reference_space(20), seed=42)
+    resumed = run_search(searcher, runner, 8, mode="async", in_flight=2, known=known)
+    assert sorted(runner.submit_order) == [3, 5, 6, 7]
+    assert [o.trial_id for o in resumed] == list(range(8))
+    for tid, outcome in known.items():
+        assert searcher.params(tid) == outcome.params

@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-rmse", type=float, default=6.5, help="register only below this RMSE (default 6.5)")
     run.add_argument("--max-inference-time", type=float, default=20e-6,
                      help="register only below this many seconds per row (default 20e-6)")
+    run.add_argument("--resume", metavar="PARENT_RUN_ID", default=None,
+                     help="finish an interrupted search: rebuild its TPE history from the tracking store, "
+                          "run only the missing trials")
     run.add_argument("--no-register", action="store_true", help="do not register the best model")
     run.add_argument("--json", action="store_true", help="print one JSON object on stdout at the end")
     from taxi_hpo import bench, serve
@@ -79,8 +82,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         mode=args.mode, batch_size=args.batch_size, seed=args.seed, rounds=args.rounds,
         max_depth=args.max_depth, tracking_uri=args.tracking_uri, experiment=args.experiment,
         max_rmse=args.max_rmse, max_inference_time=args.max_inference_time,
-        register=not args.no_register,
+        register=not args.no_register, resume=args.resume,
     )
+    if cfg.resume:
+        cfg = preflight.resume_config(cfg)
     preflight.check(cfg)
     from taxi_hpo import flows
 

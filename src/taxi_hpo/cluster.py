@@ -43,6 +43,8 @@ class ClusterSpec:
             "env": {name: threads for name in THREAD_ENV},
             "dashboard_address": os.environ.get("TAXI_HPO_DASHBOARD", ":8787"),
             "silence_logs": 40,
+            # Workers exit within a second if the flow process dies (no orphans writing runs).
+            "preload": ["taxi_hpo.worker_watchdog"],
         }
 
 

@@ -25,6 +25,7 @@ from taxi_hpo.cluster import ClusterSpec
 from taxi_hpo.config import RunConfig
 from taxi_hpo.prefect_api import prefect_api
 from taxi_hpo.search import TPESearcher, TrialOutcome, reference_space, run_search
+from taxi_hpo.search.space import decode_logged
 from taxi_hpo.search.tpe import DEFAULT_STARTUP
 
 
@@ -131,11 +132,14 @@ class DaskTrialRunner:
         try:
             state = future.wrapped_future.result()
         except Exception as exc:  # noqa: BLE001 - e.g. KilledWorker: a failed trial, not a crash
-            return TrialOutcome(handle, params, None, error=f"{type(exc).__name__}: {exc}")
+            return self._failed(handle, params, f"{type(exc).__name__}: {exc}")
         if state.is_completed():
-            result = state.result()
-            return TrialOutcome(**result)
-        return TrialOutcome(handle, params, None, error=state.message or state.name)
+            return TrialOutcome(**state.result())
+        return self._failed(handle, params, state.message or state.name)
+
+    def _failed(self, trial_id: int, params: dict, error: str) -> TrialOutcome:
+        tracking.mark_trial_failed(self._ctx, trial_id, params, error)
+        return TrialOutcome(trial_id, params, None, error=error)
 
 
 # -- the flow ----------------------------------------------------------------------------------
@@ -154,15 +158,27 @@ def search(config: dict) -> dict:
     client = FlowRunContext.get().task_runner.client  # starts the cluster on first access
     slots = _slots(cfg, client)
     in_flight = slots if cfg.mode == "async" else (cfg.batch_size or slots)
-    parent_run_id = tracking.start_parent_run(tracking_uri, experiment_id, _parent_params(cfg, prepared, slots),
-                                              {"flow_run_id": str(FlowRunContext.get().flow_run.id)})
+    record = tracking.load_search(tracking_uri, cfg.resume) if cfg.resume else None
+    flow_run_id = str(FlowRunContext.get().flow_run.id)
+    if record is None:
+        parent_run_id = tracking.start_parent_run(tracking_uri, experiment_id,
+                                                  _parent_params(cfg, prepared, slots, in_flight),
+                                                  {"flow_run_id": flow_run_id})
+        known = {}
+    else:
+        parent_run_id, experiment_id = record.run_id, record.experiment_id
+        if cfg.mode == "batch":  # the original batch size, or the replay would diverge
+            in_flight = int(record.params.get("in_flight", in_flight))
+        tracking.close_stale_children(tracking_uri, parent_run_id)
+        tracking.reopen_run(tracking_uri, parent_run_id, {"resumed_by_flow_run_id": flow_run_id})
+        known = _known_outcomes(record)
     ctx = tracking.TrackingContext(tracking_uri, experiment_id, parent_run_id,
                                    features.preprocessor_sha256(prepared.preprocessor))
     status, metrics = "FAILED", {}
     reporter = current_reporter()
     try:
         log_preprocessor(ctx, prepared.preprocessor.to_bytes())
-        lr_rmse = linear_baseline(prepared, ctx)
+        lr_rmse = record.lr_rmse if record and record.lr_rmse is not None else linear_baseline(prepared, ctx)
         data_future = client.scatter(prepared, broadcast=True, hash=False)
         searcher = TPESearcher(reference_space(cfg.max_depth), cfg.seed, max(DEFAULT_STARTUP, in_flight))
         runner = DaskTrialRunner(data_future, ctx, cfg.rounds, cfg.threads_per_worker)
@@ -171,7 +187,7 @@ def search(config: dict) -> dict:
         search_start = time.time()
         with client.as_current():
             outcomes = run_search(searcher, runner, cfg.trials, mode=cfg.mode, in_flight=in_flight,
-                                  on_outcome=reporter.update if reporter else None)
+                                  known=known, on_outcome=reporter.update if reporter else None)
         search_wall = time.time() - search_start
         if reporter:
             reporter.stop()
@@ -207,8 +223,16 @@ def _slots(cfg: RunConfig, client) -> int:
     return max(sum(client.nthreads().values()), 1)
 
 
-def _parent_params(cfg: RunConfig, prepared, slots: int) -> dict:
-    return {
+def _known_outcomes(record: tracking.SearchRecord) -> dict[int, TrialOutcome]:
+    known = {tid: TrialOutcome(tid, decode_logged(t["params"]), t["loss"], run_id=t["run_id"], metrics=t["metrics"])
+             for tid, t in record.trials.items()}
+    for tid, failure in record.failed.items():
+        known[tid] = TrialOutcome(tid, failure["params"], None, error=failure["error"])
+    return known
+
+
+def _parent_params(cfg: RunConfig, prepared, slots: int, in_flight: int) -> dict:
+    return {"in_flight": in_flight,
         "train": cfg.train, "valid": cfg.valid, "mode": cfg.mode, "workers": cfg.workers,
         "threads_per_worker": cfg.threads_per_worker, "slots": slots, "seed": cfg.seed,
         "trials": cfg.trials, "rounds": cfg.rounds, "max_depth": cfg.max_depth,

@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from taxi_hpo import data, tracking
 from taxi_hpo.config import RunConfig
 from taxi_hpo.progress import download_progress
+
+
+def resume_config(cfg: RunConfig) -> RunConfig:
+    """For ``--resume``: the search-defining settings come from the parent run, not the flags."""
+    record = tracking.load_search(cfg.resolved_tracking_uri, cfg.resume)
+    p = record.params
+    batch = p.get("mode") == "batch"
+    return replace(
+        cfg, train=p["train"], valid=p["valid"], mode=p["mode"], trials=int(p["trials"]), seed=int(p["seed"]),
+        rounds=int(p["rounds"]), max_depth=int(p["max_depth"]),
+        batch_size=int(p["in_flight"]) if batch and p.get("in_flight") else cfg.batch_size,
+        experiment=tracking.experiment_name(cfg.resolved_tracking_uri, record.experiment_id),
+    )
 
 
 def check(cfg: RunConfig) -> None:

@@ -7,6 +7,7 @@ URI and experiment are per process and would not follow a trial to a Dask worker
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -315,3 +316,63 @@ def register_model(ctx: TrackingContext, run_id: str, preprocessor_blob: bytes, 
 def download_artifact(ctx: TrackingContext, run_id: str, artifact_path: str, dest: Path) -> Path:
     local = retrying(lambda: ctx.client().download_artifacts(run_id, artifact_path, str(dest)))
     return Path(local)
+
+
+# -- resuming a search from what the store holds ------------------------------------------------
+
+FAILED_TAG_PREFIX = "trial_failed."
+
+
+@dataclass
+class SearchRecord:
+    """A search as the tracking store remembers it."""
+
+    run_id: str
+    experiment_id: str
+    status: str
+    params: dict
+    trials: dict            # trial id -> {"params": {...str}, "loss", "run_id", "metrics"}
+    failed: dict            # trial id -> {"error", "params"}, for trials that failed for good
+    lr_rmse: float | None
+
+
+def load_search(tracking_uri: str, run_id: str) -> SearchRecord:
+    """Read a parent run and its finished trials; TrackingError when there is no such search."""
+    client = MlflowClient(tracking_uri=tracking_uri)
+    try:
+        parent = client.get_run(run_id)
+    except MlflowException as exc:
+        raise TrackingError(
+            f"no search run {run_id} in {tracking_uri}: pass the parent_run_id a search printed "
+            f"(--json) and the same --tracking-uri") from exc
+    if parent.data.tags.get("taxi_hpo.role") != "search":
+        raise TrackingError(f"run {run_id} is not a taxi-hpo search (no taxi_hpo.role=search tag): pass its parent run id")
+    trials, lr_rmse = {}, None
+    for run in child_runs(tracking_uri, run_id, status="FINISHED"):
+        tag = run.data.tags.get(TRIAL_TAG)
+        if tag is None:
+            if run.data.tags.get("model") == "LinearRegression":
+                lr_rmse = run.data.metrics.get("rmse_valid")
+            continue
+        trials[int(tag)] = {"params": dict(run.data.params), "loss": run.data.metrics.get("rmse_valid"),
+                            "run_id": run.info.run_id, "metrics": dict(run.data.metrics)}
+    failed = {int(k[len(FAILED_TAG_PREFIX):]): json.loads(v) for k, v in parent.data.tags.items()
+              if k.startswith(FAILED_TAG_PREFIX) and int(k[len(FAILED_TAG_PREFIX):]) not in trials}
+    return SearchRecord(run_id, parent.info.experiment_id, parent.info.status, dict(parent.data.params),
+                        trials, failed, lr_rmse)
+
+
+def experiment_name(tracking_uri: str, experiment_id: str) -> str:
+    return MlflowClient(tracking_uri=tracking_uri).get_experiment(experiment_id).name
+
+
+def reopen_run(tracking_uri: str, run_id: str, tags: dict) -> None:
+    client = MlflowClient(tracking_uri=tracking_uri)
+    retrying(lambda: client.update_run(run_id, status="RUNNING"))
+    retrying(lambda: client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()]))
+
+
+def mark_trial_failed(ctx: TrackingContext, trial_id: int, params: dict, error: str) -> None:
+    """Remember on the parent that a trial failed for good (its retries spent), with its point."""
+    value = json.dumps({"error": (error or "failed")[:300], "params": params})
+    retrying(lambda: ctx.client().set_tag(ctx.parent_run_id, f"{FAILED_TAG_PREFIX}{trial_id}", value))

@@ -60,27 +60,35 @@ OnOutcome = Callable[[TrialOutcome], None]
 
 
 def run_search(searcher: TPESearcher, runner: TrialRunner, n_trials: int, *, mode: str = "async",
-               in_flight: int = 1, first_trial_id: int = 0,
+               in_flight: int = 1, known: dict[int, TrialOutcome] | None = None,
                on_outcome: OnOutcome | None = None) -> list[TrialOutcome]:
-    """Run trials ``first_trial_id .. n_trials-1``; returns their outcomes in trial order.
+    """Run trials ``0 .. n_trials-1``; returns their outcomes in trial order.
 
     ``async``: ``in_flight`` trials run at all times; a new suggestion is made as each ends.
     ``batch``: ``in_flight`` trials are suggested together, started longest-first, and all
     recorded before the next batch, so suggestions depend on the seed and batch size only.
+    ``known``: outcomes of a resumed search, which are recorded instead of run again. In batch
+    mode they are replayed batch by batch, so the missing trials get the very suggestions an
+    uninterrupted search would have made.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if in_flight < 1:
         raise ValueError(f"in_flight must be >= 1, got {in_flight}")
+    known = {t: o for t, o in (known or {}).items() if t < n_trials}
     loop = _run_async if mode == "async" else _run_batches
-    outcomes = loop(searcher, runner, range(first_trial_id, n_trials), in_flight, on_outcome or _ignore)
+    outcomes = loop(searcher, runner, list(range(n_trials)), in_flight, on_outcome or _ignore, known)
     return sorted(outcomes, key=lambda o: o.trial_id)
 
 
-def _run_async(searcher, runner, trial_ids, in_flight, on_outcome) -> list[TrialOutcome]:
-    pending: dict[Hashable, int] = {}
-    todo = iter(trial_ids)
+def _run_async(searcher, runner, trial_ids, in_flight, on_outcome, known) -> list[TrialOutcome]:
     outcomes: list[TrialOutcome] = []
+    for trial_id in sorted(known):
+        searcher.add_finished(trial_id, known[trial_id].params, known[trial_id].loss)
+        outcomes.append(known[trial_id])
+        on_outcome(known[trial_id])
+    pending: dict[Hashable, int] = {}
+    todo = iter([t for t in trial_ids if t not in known])
     exhausted = False
     while True:
         while not exhausted and len(pending) < in_flight:
@@ -97,23 +105,27 @@ def _run_async(searcher, runner, trial_ids, in_flight, on_outcome) -> list[Trial
             outcomes.append(_finish(searcher, runner, handle, on_outcome))
 
 
-def _run_batches(searcher, runner, trial_ids, batch_size, on_outcome) -> list[TrialOutcome]:
+def _run_batches(searcher, runner, trial_ids, batch_size, on_outcome, known) -> list[TrialOutcome]:
     ids = list(trial_ids)
     outcomes: list[TrialOutcome] = []
     for start in range(0, len(ids), batch_size):
         batch = ids[start:start + batch_size]
         suggested = [(trial_id, searcher.suggest(trial_id)) for trial_id in batch]
+        replayed = [known[t] for t, _ in suggested if t in known]
+        for outcome in replayed:
+            if outcome.params and outcome.params != searcher.params(outcome.trial_id):
+                searcher.overwrite_params(outcome.trial_id, outcome.params)
         # Heaviest first: the straggler starts at once instead of closing the batch alone.
-        by_cost = sorted(suggested, key=lambda s: -predicted_cost(s[1]))
+        by_cost = sorted((s for s in suggested if s[0] not in known), key=lambda s: -predicted_cost(s[1]))
         pending = {runner.submit(t, p, predicted_cost(p)): t for t, p in by_cost}
         finished: list[Hashable] = []
         while pending:
             for handle in runner.wait_any(list(pending)):
                 pending.pop(handle)
                 finished.append(handle)
-        done = {h: runner.outcome(h) for h in finished}
+        done = [runner.outcome(h) for h in finished] + replayed
         # Record in trial order, so the history (and the next batch) never depends on timing.
-        for outcome in sorted(done.values(), key=lambda o: o.trial_id):
+        for outcome in sorted(done, key=lambda o: o.trial_id):
             searcher.record(outcome.trial_id, outcome.loss)
             on_outcome(outcome)
             outcomes.append(outcome)

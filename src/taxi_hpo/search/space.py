@@ -50,3 +50,13 @@ def predicted_cost(sample: dict) -> float:
     depth = float(sample.get("max_depth", MIN_MAX_DEPTH))
     rate = float(sample.get("learning_rate", 1.0))
     return depth * (1.0 + math.log1p(1.0 / max(rate, 1e-6)))
+
+
+#: How each logged (string) parameter of a trial decodes back to the space's value.
+_DECODERS = {"max_depth": int, "learning_rate": float, "reg_alpha": float, "reg_lambda": float,
+             "min_child_weight": float, "objective": str, "seed": int}
+
+
+def decode_logged(params: dict[str, str]) -> dict:
+    """A trial's parameters as MLflow stored them (strings) back to a point of the space."""
+    return {k: decode(params[k]) for k, decode in _DECODERS.items() if k in params}

@@ -60,6 +60,26 @@ class TPESearcher:
         doc["result"] = {"status": STATUS_OK, "loss": float(loss)} if ok else {"status": STATUS_FAIL}
         self.trials.refresh()
 
+    def add_finished(self, trial_id: int, params: dict, loss: float | None) -> None:
+        """Called on resume for a trial evaluated earlier: inserts it with its real parameters.
+
+        Advances the seed stream by one draw, as a suggestion would have.
+        """
+        self._rng.integers(2**31 - 1)
+        labels = list(self._domain.params)
+        misc = {"tid": trial_id, "cmd": self._domain.cmd, "workdir": self._domain.workdir,
+                "idxs": {k: [trial_id] for k in labels}, "vals": {k: [float(params[k])] for k in labels}}
+        docs = self.trials.new_trial_docs([trial_id], [None], [self._domain.new_result()], [misc])
+        self.trials.insert_trial_docs(docs)
+        self.trials.refresh()
+        self.record(trial_id, loss)
+
+    def overwrite_params(self, trial_id: int, params: dict) -> None:
+        """Called on resume when a replayed suggestion differs from what was evaluated."""
+        doc = self._doc(trial_id)
+        doc["misc"]["vals"] = {k: [float(params[k])] for k in self._domain.params}
+        self.trials.refresh()
+
     def params(self, trial_id: int) -> dict:
         """The decoded point of a suggested trial."""
         vals = {k: v[0] for k, v in self._doc(trial_id)["misc"]["vals"].items() if v}

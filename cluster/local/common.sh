@@ -1,0 +1,92 @@
+# Shared settings and helpers of the cluster/local scripts; sourced, never run.
+#
+# Every setting is an environment variable with a default here, so one host or several are
+# configured the same way (export them, or put them in a file and `source` it first).
+# Each service writes $TAXI_HPO_RUN_DIR/<name>.log and <name>.pid.
+
+: "${TAXI_HPO_RUN_DIR:=$PWD/cluster-run}"     # logs and pid files of this host's services
+: "${BIND_HOST:=0.0.0.0}"                      # where servers listen
+: "${SCHEDULER_PORT:=8786}"
+: "${DASHBOARD_PORT:=8787}"
+: "${MLFLOW_PORT:=5000}"
+: "${PREFECT_PORT:=4200}"
+: "${THREADS_PER_TRIAL:=1}"                    # = taxi-hpo run --threads-per-worker
+: "${SLOTS_PER_WORKER:=1}"                     # trials one worker process runs at once
+: "${WORKER_MEMORY:=auto}"
+: "${WORKER_HOST:=}"                           # address workers advertise (default: picked by dask)
+: "${MLFLOW_BACKEND_URI:=sqlite:///$TAXI_HPO_RUN_DIR/mlflow.db}"   # or postgresql://user:pw@host/db
+: "${MLFLOW_ARTIFACTS:=$TAXI_HPO_RUN_DIR/mlartifacts}"            # or s3://bucket/path
+: "${PREFECT_DB_URL:=}"                        # empty: sqlite under PREFECT_HOME; or postgresql+asyncpg://...
+: "${PREFECT_HOME:=$TAXI_HPO_RUN_DIR/prefect}"
+: "${TLS_DIR:=}"                               # folder made by cluster/tls/make-certs.sh: enables tls://
+: "${WAIT_S:=90}"                              # how long a start script waits for its service; 0: do not wait
+export PREFECT_HOME
+export PREFECT_SERVER_ANALYTICS_ENABLED="${PREFECT_SERVER_ANALYTICS_ENABLED:-false}"
+
+# XGBoost caps its threads at OMP_NUM_THREADS, which the nanny sets to 1 in every worker
+# process unless distributed.nanny.pre-spawn-environ says otherwise.
+THREAD_ENVIRON="{'OMP_NUM_THREADS': $THREADS_PER_TRIAL, 'MKL_NUM_THREADS': $THREADS_PER_TRIAL, 'OPENBLAS_NUM_THREADS': $THREADS_PER_TRIAL}"
+
+die() { echo "$(basename "$0"): $*" >&2; exit 1; }
+
+tls_scheme() { if [ -n "$TLS_DIR" ]; then echo tls; else echo tcp; fi; }
+
+tls_flags() {  # tls_flags ROLE: the dask CLI flags of ROLE's certificate, or nothing
+    [ -n "$TLS_DIR" ] || return 0
+    for f in ca.pem "$1.pem" "$1-key.pem"; do
+        [ -r "$TLS_DIR/$f" ] || die "$TLS_DIR/$f is missing: make it with cluster/tls/make-certs.sh $TLS_DIR"
+    done
+    echo "--tls-ca-file $TLS_DIR/ca.pem --tls-cert $TLS_DIR/$1.pem --tls-key $TLS_DIR/$1-key.pem"
+}
+
+pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+# start_daemon NAME CMD...: run CMD in its own session (so stop.sh ends its whole process
+# group), output to NAME.log, its pid in NAME.pid.
+start_daemon() {
+    local name=$1; shift
+    mkdir -p "$TAXI_HPO_RUN_DIR"
+    local pidfile="$TAXI_HPO_RUN_DIR/$name.pid" log="$TAXI_HPO_RUN_DIR/$name.log"
+    if pid_alive "$pidfile"; then
+        die "$name is already running (pid $(cat "$pidfile")): stop it with cluster/local/stop.sh $name"
+    fi
+    echo "[$(date -u +%FT%TZ)] $*" >>"$log"
+    # A background child of a non-interactive shell is no group leader, so setsid makes the
+    # new session in place and $! is its leader.
+    setsid "$@" >>"$log" 2>&1 </dev/null &
+    echo $! >"$pidfile"
+    echo "$name: pid $!, log $log"
+}
+
+# wait_port NAME HOST PORT: until HOST:PORT accepts connections, NAME's process dies, or WAIT_S.
+wait_port() {
+    local name=$1 host=$2 port=$3 waited=0
+    [ "$WAIT_S" -gt 0 ] || return 0
+    [ "$host" = 0.0.0.0 ] && host=127.0.0.1
+    while ! (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null; do
+        pid_alive "$TAXI_HPO_RUN_DIR/$name.pid" || {
+            tail -n 20 "$TAXI_HPO_RUN_DIR/$name.log" >&2; die "$name exited: see $TAXI_HPO_RUN_DIR/$name.log"; }
+        [ "$waited" -lt $((WAIT_S * 5)) ] || die "$name is not listening on $host:$port after $WAIT_S s: see $TAXI_HPO_RUN_DIR/$name.log"
+        sleep 0.2
+        waited=$((waited + 1))
+    done
+    echo "$name: listening on $host:$port"
+}
+
+# wait_log NAME PATTERN COUNT FROM_LINE: until NAME.log has COUNT lines matching PATTERN after
+# line FROM_LINE, NAME's process dies, or WAIT_S.
+wait_log() {
+    local name=$1 pattern=$2 count=$3 from=$4 waited=0 log="$TAXI_HPO_RUN_DIR/$1.log"
+    [ "$WAIT_S" -gt 0 ] || return 0
+    while [ "$(tail -n +"$((from + 1))" "$log" | grep -c -- "$pattern")" -lt "$count" ]; do
+        pid_alive "$TAXI_HPO_RUN_DIR/$name.pid" || {
+            tail -n 20 "$log" >&2; die "$name exited: see $log"; }
+        [ "$waited" -lt $((WAIT_S * 5)) ] || die "$name: '$pattern' seen fewer than $count times after $WAIT_S s: see $log"
+        sleep 0.2
+        waited=$((waited + 1))
+    done
+}
+
+log_lines() { if [ -f "$TAXI_HPO_RUN_DIR/$1.log" ]; then wc -l <"$TAXI_HPO_RUN_DIR/$1.log"; else echo 0; fi; }
+
+public_host() { if [ "$BIND_HOST" = 0.0.0.0 ]; then hostname; else echo "$BIND_HOST"; fi; }

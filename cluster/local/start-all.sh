@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Everything on this one host: Prefect, MLflow, the scheduler and N workers.
+#   cluster/local/start-all.sh [N]
+# For several hosts, run start-prefect.sh, start-mlflow.sh and start-scheduler.sh on one and
+# start-workers.sh on each of the others (see cluster/README.md).
+set -euo pipefail
+here=$(dirname "$0")
+source "$here/common.sh"
+
+n=${1:-2}
+"$here/start-prefect.sh" & prefect=$!
+"$here/start-mlflow.sh" & mlflow=$!
+"$here/start-scheduler.sh"
+# Workers on this host reach the scheduler on loopback when it listens everywhere.
+local_host=$BIND_HOST
+[ "$local_host" != 0.0.0.0 ] || local_host=127.0.0.1
+"$here/start-workers.sh" "$(tls_scheme)://$local_host:$SCHEDULER_PORT" "$n"
+wait "$prefect" || die "the Prefect server did not start: see $TAXI_HPO_RUN_DIR/prefect.log"
+wait "$mlflow" || die "the MLflow server did not start: see $TAXI_HPO_RUN_DIR/mlflow.log"
+host=$(public_host)
+cat <<MSG
+
+export PREFECT_API_URL=http://$host:$PREFECT_PORT/api
+taxi-hpo run --address $(tls_scheme)://$host:$SCHEDULER_PORT --tracking-uri http://$host:$MLFLOW_PORT \\
+    --threads-per-worker $THREADS_PER_TRIAL
+stop with: cluster/local/stop.sh   (logs and pid files in $TAXI_HPO_RUN_DIR)
+MSG

@@ -1,0 +1,282 @@
+"""The benchmark: its arithmetic on synthetic timings, its flags, its pictures, one real run."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from taxi_hpo import bench
+from taxi_hpo.bench import BenchConfig, Layout
+from taxi_hpo.errors import ConfigError
+from taxi_hpo.search import TPESearcher, TrialOutcome, reference_space, run_search
+from taxi_hpo.search.baseline import run_reference
+
+
+def trial(trial_id, started, finished, fit_s, worker="w0", loss=1.0, error=None):
+    return {"trial_id": trial_id, "started": started, "finished": finished, "fit_s": fit_s,
+            "worker": worker, "loss": loss, "error": error, "params": {}}
+
+
+def run(layout, repeat, wall_s, trials, slots=2, first_trial_s=None):
+    return {"layout": layout, "repeat": repeat, "wall_s": wall_s, "slots": slots, "trials": trials,
+            "first_trial_s": first_trial_s, "cores": 2}
+
+
+# -- layouts -------------------------------------------------------------------------------------
+
+def test_parse_layouts_reads_seq_and_w_x_t():
+    layouts = bench.parse_layouts(" seq, 2x1 ,1X2,4x3", cores=2)
+    assert layouts == (Layout("seq", 1, 2), Layout("2x1", 2, 1), Layout("1x2", 1, 2), Layout("4x3", 4, 3))
+    assert [layout.cores for layout in layouts] == [2, 2, 2, 12]
+    assert layouts[0].is_seq and not layouts[1].is_seq
+
+
+@pytest.mark.parametrize("text", ["2y1", "0x1", "2x0", "x2", "seq,", "", "2x1,2x1", "seq,SEQ", "-1x2"])
+def test_parse_layouts_rejects_bad_items(text):
+    with pytest.raises(ConfigError):
+        bench.parse_layouts(text, cores=2)
+
+
+def test_default_layouts_cover_the_cores():
+    assert bench.default_layouts(1) == "seq,1x1"
+    assert bench.default_layouts(2) == "seq,2x1,1x2"
+    assert bench.default_layouts(16) == "seq,16x1,8x2,1x16"
+
+
+# -- arithmetic ----------------------------------------------------------------------------------
+
+def test_utilisation_is_busy_over_available_slot_seconds():
+    trials = [trial(0, 100.0, 104.0, 3.0, "a"), trial(1, 100.0, 106.0, 5.5, "b"), trial(2, 104.0, 109.0, 4.0, "a")]
+    assert bench.utilisation(trials, slots=2, wall_s=10.0) == pytest.approx(15.0 / 20.0)
+    assert bench.utilisation(trials, slots=1, wall_s=15.0) == pytest.approx(1.0)
+    assert bench.utilisation(trials, slots=2, wall_s=0.0) is None
+    assert bench.utilisation([], slots=2, wall_s=5.0) == 0.0
+
+
+def test_busy_time_never_negative():
+    assert bench.busy_s(trial(0, 0.0, 0.0, 0.0)) == 0.0
+    assert bench.busy_s(trial(0, 10.0, 9.0, 0.0)) == 0.0
+
+
+def test_overheads_are_busy_minus_fit_for_finished_trials_only():
+    trials = [trial(0, 0.0, 4.0, 3.5), trial(1, 0.0, 2.0, 1.0), trial(2, 0.0, 0.0, 0.0, loss=None, error="boom"),
+              trial(3, 1.0, 3.0, 0.0, loss=None)]
+    assert bench.overheads(trials) == pytest.approx([0.5, 1.0])
+
+
+def test_percentile_interpolates_like_numpy():
+    assert bench.percentile([4.0, 1.0, 3.0, 2.0], 50) == pytest.approx(2.5)
+    assert bench.percentile([1.0, 2.0, 3.0, 4.0], 95) == pytest.approx(3.85)
+    assert bench.percentile([7.0], 95) == 7.0
+    assert bench.percentile([], 50) is None
+    values = list(np.random.default_rng(0).exponential(size=37))
+    for q in (0, 5, 50, 95, 100):
+        assert bench.percentile(values, q) == pytest.approx(float(np.percentile(values, q)))
+
+
+def test_trials_per_min_and_speedup():
+    assert bench.trials_per_min(8, 120.0) == pytest.approx(4.0)
+    assert bench.trials_per_min(8, 0.0) is None
+    assert bench.speedup(30.0, 12.0) == pytest.approx(2.5)
+    assert bench.speedup(None, 12.0) is None
+    assert bench.speedup(30.0, None) is None
+
+
+def test_run_metrics_of_one_run():
+    trials = [trial(0, 0.0, 4.0, 3.0, "a", loss=6.5), trial(1, 0.0, 6.0, 5.0, "b", loss=6.2),
+              trial(2, 4.0, 8.0, 0.0, "a", loss=None, error="KilledWorker")]
+    metrics = bench.run_metrics(run("2x1", 0, 8.0, trials, first_trial_s=3.5))
+    assert metrics["wall_s"] == 8.0
+    assert metrics["trials_per_min"] == pytest.approx(22.5)
+    assert metrics["utilisation"] == pytest.approx(14.0 / 16.0)
+    assert metrics["overhead_p50_s"] == pytest.approx(1.0)
+    assert metrics["overhead_p95_s"] == pytest.approx(1.0)
+    assert metrics["best_rmse"] == 6.2
+    assert metrics["trials_failed"] == 1
+    assert metrics["first_trial_s"] == 3.5
+
+
+def test_summarise_pairs_speedup_with_the_same_repeat_and_takes_medians():
+    runs = [
+        run("seq", 0, 10.0, [trial(0, 0.0, 10.0, 9.0, loss=6.4)], slots=1),
+        run("2x1", 0, 5.0, [trial(0, 0.0, 5.0, 4.0, loss=6.3)]),
+        run("seq", 1, 12.0, [trial(0, 0.0, 12.0, 11.0, loss=6.4)], slots=1),
+        run("2x1", 1, 8.0, [trial(0, 0.0, 8.0, 7.5, loss=6.5)]),
+        run("seq", 2, 30.0, [trial(0, 0.0, 30.0, 29.0, loss=6.4)], slots=1),
+        run("2x1", 2, 10.0, [trial(0, 0.0, 10.0, 9.0, loss=6.1)]),
+    ]
+    layouts = (Layout("seq", 1, 2), Layout("2x1", 2, 1), Layout("1x2", 1, 2))
+    seq, par = bench.summarise(runs, layouts)  # 1x2 has no runs: no row
+    assert seq["speedup_vs_seq"] == 1.0 and seq["speedup_min"] == 1.0 and seq["speedup_max"] == 1.0
+    assert seq["wall_s"] == 12.0 and seq["repeats"] == 3
+    # per repeat 10/5, 12/8, 30/10 -> median 2.0; not median(seq)/median(2x1) = 12/8
+    assert par["speedup_vs_seq"] == pytest.approx(2.0)
+    assert (par["speedup_min"], par["speedup_max"]) == (pytest.approx(1.5), pytest.approx(3.0))
+    assert par["wall_s"] == 8.0
+    assert par["best_rmse"] == 6.3
+    assert par["overhead_p50_s"] == pytest.approx(1.0)
+    assert par["utilisation"] == pytest.approx(0.5)
+    assert par["trials_per_min"] == pytest.approx(60.0 / 8.0)
+    assert (par["workers"], par["threads"], par["cores"]) == (2, 1, 2)
+
+
+def test_summarise_without_seq_has_no_speedup():
+    rows = bench.summarise([run("2x1", 0, 5.0, [trial(0, 0.0, 5.0, 4.0)])], (Layout("2x1", 2, 1),))
+    assert rows[0]["speedup_vs_seq"] is None and rows[0]["speedup_min"] is None
+
+
+def _row(layout, speedup, utilisation=0.95, overhead=0.1, rmse=6.3, first=5.0):
+    return {"layout": layout, "speedup_vs_seq": speedup, "utilisation": utilisation,
+            "overhead_p50_s": overhead, "best_rmse": rmse, "first_trial_s": first}
+
+
+def test_goal_checks_judge_the_fastest_parallel_layout_and_give_the_gap():
+    rows = [_row("seq", 1.0, rmse=6.35), _row("2x1", 1.2, utilisation=0.8, overhead=0.4, rmse=6.30, first=12.0),
+            _row("1x2", 1.1)]
+    goals = {g["goal"]: g for g in bench.goal_checks(rows, cores=2, mode="async")}
+    assert {g["layout"] for g in goals.values()} == {"2x1"}
+    assert goals["speedup_vs_seq"]["met"] is False
+    assert goals["speedup_vs_seq"]["gap"] == pytest.approx(-0.2)
+    assert goals["utilisation"]["met"] is False and goals["utilisation"]["gap"] == pytest.approx(-0.1)
+    assert goals["overhead_p50_s"]["met"] is False and goals["overhead_p50_s"]["gap"] == pytest.approx(0.15)
+    assert goals["first_trial_s"]["met"] is False
+    assert goals["best_rmse_minus_seq"]["met"] is True
+    assert goals["best_rmse_minus_seq"]["measured"] == pytest.approx(-0.05)
+    batch = {g["goal"]: g for g in bench.goal_checks(rows, cores=16, mode="batch")}
+    assert batch["utilisation"]["met"] is True and batch["speedup_vs_seq"]["target"] == ">= 2"
+    assert bench.goal_checks([_row("2x1", None)], cores=2, mode="async") == []
+
+
+# -- flags ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("changes", [{"trials": 0}, {"trials": -3}, {"repeats": 0}, {"rounds": 0},
+                                     {"mode": "eager"}, {"max_depth": 3}, {"layouts": ()}])
+def test_bench_config_rejects_bad_settings(changes):
+    settings = {"layouts": (Layout("seq", 1, 2), Layout("2x1", 2, 1)), **changes}
+    with pytest.raises(ConfigError):
+        BenchConfig(**settings)
+
+
+@pytest.mark.parametrize("flags", [["--layouts", "2by1"], ["--trials", "0"], ["--layouts", "seq,2x1,seq"]])
+def test_cli_bad_flags_print_one_line_and_exit_2(flags, capsys, tmp_path):
+    from taxi_hpo import cli
+
+    assert cli.main(["bench", *flags, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("taxi-hpo: error:") and "\n" not in err
+    assert not (tmp_path / "bench.json").exists()
+
+
+# -- the baseline --------------------------------------------------------------------------------
+
+def _quadratic(params: dict) -> float:
+    return (params["learning_rate"] - 0.3) ** 2 + params["max_depth"] / 100.0
+
+
+def test_reference_fmin_suggests_what_the_searcher_suggests_one_at_a_time():
+    space = reference_space(20)
+    seen: list[dict] = []
+
+    def evaluate(trial_id, params):
+        seen.append(params)
+        loss = None if trial_id == 3 else _quadratic(params)  # a failure is told, not raised
+        return TrialOutcome(trial_id, params, loss, error=None if loss is not None else "boom")
+
+    outcomes = run_reference(space, evaluate, 24, seed=7)  # past the 20 random start-up trials
+    assert [o.trial_id for o in outcomes] == list(range(24))
+    assert outcomes[3].loss is None and all(o.ok for o in outcomes if o.trial_id != 3)
+
+    class Inline:
+        def __init__(self):
+            self.done = {}
+
+        def submit(self, trial_id, params, priority):
+            self.done[trial_id] = evaluate(trial_id, params)
+            return trial_id
+
+        def wait_any(self, handles):
+            return list(handles)
+
+        def outcome(self, handle):
+            return self.done.pop(handle)
+
+    reference_params = list(seen)
+    seen.clear()
+    run_search(TPESearcher(space, seed=7), Inline(), 24, in_flight=1)
+    assert seen == reference_params
+
+
+def test_reference_rejects_an_empty_budget():
+    with pytest.raises(ValueError):
+        run_reference(reference_space(20), lambda i, p: TrialOutcome(i, p, 1.0), 0, seed=1)
+
+
+# -- pictures and table --------------------------------------------------------------------------
+
+def _synthetic_result():
+    runs = [
+        run("seq", 0, 10.0, [trial(0, 0.0, 5.0, 4.5, "p:1", 6.4), trial(1, 5.0, 10.0, 4.5, "p:1", 6.3)], slots=1),
+        run("2x1", 0, 6.0, [trial(0, 1.0, 6.0, 4.0, "a", 6.4), trial(1, 1.0, 4.0, 0.0, "b", None, "boom")]),
+        run("4x1", 0, 6.0, [trial(0, 1.0, 6.0, 4.0, "a", 6.4)], slots=4),
+    ]
+    layouts = (Layout("seq", 1, 2), Layout("2x1", 2, 1), Layout("4x1", 4, 1))
+    rows = bench.summarise(runs, layouts)
+    return {"machine": {"cores": 2}, "runs": runs, "layouts": rows, "goals": bench.goal_checks(rows, 2, "async"),
+            "settings": {"trials": 2, "rounds": 3, "max_depth": 5, "mode": "async", "seed": 1, "repeats": 1}}
+
+
+def test_pictures_are_written(tmp_path):
+    result = _synthetic_result()
+    bench.plot_speedup(result, tmp_path / "speedup.png")
+    bench.plot_timeline(result, tmp_path / "timeline.png")
+    for name in ("speedup.png", "timeline.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_table_lists_every_layout_and_the_missed_goals():
+    text = bench.format_table(_synthetic_result())
+    lines = text.splitlines()
+    assert lines[0].split()[:4] == ["layout", "wall_s", "trials_per_min", "speedup_vs_seq"]
+    assert [line.split()[0] for line in lines[1:4]] == ["seq", "2x1", "4x1"]
+    assert any(line.startswith("goal missed: utilisation >= 0.9 on 2x1") for line in lines)
+    assert not any(line.startswith("goal missed: speedup") for line in lines)  # 10 / 6 >= 1.4
+
+
+# -- one real run --------------------------------------------------------------------------------
+
+@pytest.mark.integration
+def test_bench_runs_seq_and_a_parallel_layout(data_dir, prefect_api_url, workdir, capsys):
+    from taxi_hpo import cli, tracking
+
+    out = workdir / "bench-out"
+    code = cli.main(["bench", "--layouts", "seq,2x1", "--trials", "2", "--rounds", "3", "--max-depth", "5",
+                     "--data-dir", str(data_dir), "--out", str(out), "--json"])
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out)
+    for name in ("bench.json", "speedup.png", "timeline.png"):
+        assert (out / name).stat().st_size > 0
+    saved = json.loads((out / "bench.json").read_text())
+    assert printed["layouts"] == saved["layouts"]
+    assert printed["machine"]["cores"] >= 1 and "xgboost" in "".join(printed["machine"]["packages"])
+    rows = {row["layout"]: row for row in printed["layouts"]}
+    assert list(rows) == ["seq", "2x1"]
+    assert rows["seq"]["speedup_vs_seq"] == 1.0
+    runs = {r["layout"]: r for r in saved["runs"]}
+    assert rows["2x1"]["speedup_vs_seq"] == pytest.approx(runs["seq"]["wall_s"] / runs["2x1"]["wall_s"], rel=1e-3)
+    for name, row in rows.items():
+        trials = runs[name]["trials"]
+        assert len(trials) == 2 and all(t["loss"] is not None and t["fit_s"] > 0 for t in trials)
+        assert row["best_rmse"] == pytest.approx(min(t["loss"] for t in trials), abs=1e-4)
+        assert row["trials_per_min"] == pytest.approx(120.0 / row["wall_s"], rel=1e-3)
+        assert 0 < row["utilisation"] <= 1.0 + 1e-6
+        assert 0 <= row["overhead_p50_s"] <= row["overhead_p95_s"]
+        assert not math.isnan(row["best_rmse"])
+    assert len({t["worker"] for t in runs["seq"]["trials"]}) == 1
+    # the baseline logs its trials like the parallel search: one FINISHED child run per trial
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    for name in rows:
+        children = tracking.child_runs(uri, runs[name]["parent_run_id"], status="FINISHED")
+        assert len([c for c in children if c.data.tags.get(tracking.TRIAL_TAG) is not None]) == 2
