@@ -280,3 +280,49 @@ def test_bench_runs_seq_and_a_parallel_layout(data_dir, prefect_api_url, workdir
     for name in rows:
         children = tracking.child_runs(uri, runs[name]["parent_run_id"], status="FINISHED")
         assert len([c for c in children if c.data.tags.get(tracking.TRIAL_TAG) is not None]) == 2
+
+
+# -- the sample-efficiency study's pure parts -----------------------------------------------------
+
+def _study():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "sample_efficiency.py"
+    spec = importlib.util.spec_from_file_location("sample_efficiency", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_study_runs_k_in_flight_with_fifo_completion():
+    from hyperopt.base import JOB_STATE_NEW
+
+    study = _study()
+    order, pending_at_suggest = [], []
+
+    def evaluate(trial_id, params):
+        order.append(trial_id)
+        return TrialOutcome(trial_id, params, None if trial_id == 2 else _quadratic(params))
+
+    class Spy(TPESearcher):
+        def suggest(self, trial_id):
+            pending_at_suggest.append(sum(1 for d in self.trials.trials if d["state"] == JOB_STATE_NEW))
+            return super().suggest(trial_id)
+
+    runner = study.FifoRunner(evaluate)
+    outcomes = run_search(Spy(reference_space(10), 3), runner, 9, in_flight=3)
+    assert order == list(range(9))  # oldest first
+    assert pending_at_suggest == [0, 1, 2, 2, 2, 2, 2, 2, 2]  # k - 1 liars once the pipe is full
+    assert [o.trial_id for o in outcomes] == list(range(9)) and outcomes[2].loss is None
+
+
+def test_study_best_so_far_checkpoints_and_table():
+    study = _study()
+    assert study.best_so_far([None, 3.0, 4.0, None, 2.0]) == [None, 3.0, 3.0, 3.0, 2.0]
+    assert study.checkpoints(32) == [4, 8, 16, 32] and study.checkpoints(6) == [4, 6]
+    curves = {1: [[5.0, 4.0, 4.0, 4.0], [6.0, 6.0, 5.0, 2.0]], 4: [[5.0, 5.0, 5.0, 3.3], [6.0, 6.0, 6.0, 3.3]]}
+    table = study.markdown_table(curves, 4)
+    rows = [line for line in table.splitlines() if line.startswith("| 1 ") or line.startswith("| 4 ")]
+    assert rows[0] == "| 1 | 3.0000 ± 1.4142 | +0.00 % |"
+    assert rows[1] == "| 4 | 3.3000 ± 0.0000 | +10.00 % |"

@@ -7,6 +7,8 @@
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
+# Server-side jobs (GenAI evaluation) are unused here; off, the server runs 8 fewer processes.
+export MLFLOW_SERVER_ENABLE_JOB_EXECUTION="${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}"
 case "$MLFLOW_ARTIFACTS" in *://*) ;; *) mkdir -p "$MLFLOW_ARTIFACTS" ;; esac
 start_daemon mlflow mlflow server --host "$BIND_HOST" --port "$MLFLOW_PORT" \
     --backend-store-uri "$MLFLOW_BACKEND_URI" --artifacts-destination "$MLFLOW_ARTIFACTS" \

@@ -9,6 +9,7 @@ The arithmetic comes first as small pure functions; then the runs, the pictures,
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -17,7 +18,6 @@ import re
 import statistics
 import sys
 import time
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -33,7 +33,7 @@ _LAYOUT_RE = re.compile(r"^(\d+)x(\d+)$")
 
 # -- layouts -------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Layout:
     """How trials run: ``workers`` slots with ``threads`` XGBoost threads each (seq: 1 x cores)."""
 
@@ -198,7 +198,7 @@ def goal_checks(rows: list[dict], cores: int, mode: str) -> list[dict]:
 
 # -- settings ------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class BenchConfig:
     """Everything ``taxi-hpo bench`` was asked to do, validated when built."""
 
@@ -272,11 +272,12 @@ def _cpu_model() -> str:
 
 # -- the runs ------------------------------------------------------------------------------------
 
-def _trial_record(outcome_or_dict, params: dict | None = None) -> dict:
-    get = outcome_or_dict.get if isinstance(outcome_or_dict, dict) else lambda k: getattr(outcome_or_dict, k)
-    return {"trial_id": get("trial_id"), "loss": get("loss"), "started": get("started"),
-            "finished": get("finished"), "fit_s": get("fit_s"), "worker": get("worker"),
-            "error": get("error"), "params": params if params is not None else get("params")}
+TRIAL_KEYS = ("trial_id", "loss", "started", "finished", "fit_s", "worker", "error", "params")
+
+
+def _trial_record(values: dict) -> dict:
+    """What bench.json keeps of a trial: its timings, loss, slot and point."""
+    return {key: values.get(key) for key in TRIAL_KEYS}
 
 
 def run_seq(cfg: BenchConfig, layout: Layout, prepared, repeat: int) -> dict:
@@ -314,7 +315,7 @@ def run_seq(cfg: BenchConfig, layout: Layout, prepared, repeat: int) -> dict:
         raise
     finally:
         tracking.end_run(uri, parent, status, metrics=metrics)
-    records = [_trial_record(o) for o in outcomes]
+    records = [_trial_record(dataclasses.asdict(o)) for o in outcomes]
     return {"layout": SEQ, "repeat": repeat, "slots": 1, "cores": layout.cores, "wall_s": round(wall, 3),
             "first_trial_s": _first_start(records, called), "parent_run_id": parent, "trials": records}
 
@@ -326,7 +327,7 @@ def run_parallel(cfg: BenchConfig, layout: Layout, repeat: int) -> dict:
     called = time.time()
     summary = flows.execute(cfg.run_config(layout))
     params = summary.get("trial_params") or [None] * len(summary["trials"])
-    records = [_trial_record(t, p) for t, p in zip(summary["trials"], params)]
+    records = [_trial_record({**t, "params": p}) for t, p in zip(summary["trials"], params)]
     return {"layout": layout.name, "repeat": repeat, "slots": summary["slots"], "cores": layout.cores,
             "wall_s": summary["search_wall_s"], "flow_wall_s": summary["wall_s"],
             "first_trial_s": _first_start(records, called), "parent_run_id": summary["parent_run_id"],
@@ -414,8 +415,9 @@ def plot_speedup(result: dict, path: Path) -> None:
     ax.set_xticks(x, [r["layout"] for r in rows])
     ax.set_xlabel("layout (workers x threads)")
     ax.set_ylabel("speedup over seq (search wall)")
+    ax.set_ylim(0, 1.25 * max([1.0] + [v for v in values if not math.isnan(v)] + [r["cores"] for r in rows]))
     ax.set_title(_caption(result), fontsize=8)
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=8, loc="upper center", ncol=2, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -437,7 +439,7 @@ def plot_timeline(result: dict, path: Path) -> None:
     runs = [_representative([r for r in result["runs"] if r["layout"] == n]) for n in names]
     heights = [max(len({t["worker"] for t in run["trials"]}), run["slots"], 1) for run in runs]
     fig, axes = plt.subplots(len(runs), 1, sharex=True, squeeze=False,
-                             figsize=(10, 1.0 + sum(0.45 * h + 0.6 for h in heights)),
+                             figsize=(10, 1.4 + sum(0.45 * h + 0.6 for h in heights)),
                              gridspec_kw={"height_ratios": heights})
     for ax, run in zip(axes[:, 0], runs):
         _gantt(ax, run)
@@ -446,9 +448,9 @@ def plot_timeline(result: dict, path: Path) -> None:
 
     legend = [Patch(color=_BUSY, label="slot busy (fit + overhead)"), Patch(color=_FIT, label="XGBoost fit time"),
               Patch(color=_FAILED, label="failed trial")]
-    axes[0, 0].legend(handles=legend, loc="upper right", fontsize=7)
     fig.suptitle(_caption(result), fontsize=8)
-    fig.tight_layout()
+    fig.legend(handles=legend, loc="lower center", ncol=3, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 

@@ -85,7 +85,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         register=not args.no_register, resume=args.resume,
     )
     if cfg.resume:
-        cfg = preflight.resume_config(cfg)
+        from taxi_hpo.config import default_data_dir
+
+        cfg = preflight.resume_config(cfg, data_dir_given=args.data_dir != default_data_dir())
     preflight.check(cfg)
     from taxi_hpo import flows
 

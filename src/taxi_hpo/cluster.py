@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Callable
 
 import distributed
 from prefect_dask import DaskTaskRunner
@@ -48,10 +49,23 @@ class ClusterSpec:
         }
 
 
-def probe_scheduler(address: str, timeout_s: float = 10.0) -> dict:
-    """Connect once to an existing scheduler; returns {'workers': n, 'threads': n, 'versions': {...}}.
+def probe_scheduler(address: str, timeout_s: float = 10.0,
+                    worker_probe: Callable[[], dict] | None = None) -> dict:
+    """Connect once to an existing scheduler and describe its workers.
 
-    Raises ClusterError with one line when it cannot be reached in ``timeout_s`` or has no workers.
+    Args:
+        address: ``tcp://host:port`` or ``tls://host:port``; TLS uses the certificates of the
+            dask config (see :func:`tls_client_files`).
+        timeout_s: how long to wait for the scheduler.
+        worker_probe: run on every worker (``client.run``); it must import only what a bare
+            worker has (define it inside a function, so it is pickled by value).
+
+    Returns:
+        ``{'workers': n, 'threads': n, 'versions': {addr: taxi_hpo version}}``, plus
+        ``'probes': {addr: result or exception}`` when ``worker_probe`` is given.
+
+    Raises:
+        ClusterError: one line, when it cannot be reached in ``timeout_s`` or has no workers.
     """
     try:
         with distributed.Client(address, timeout=timeout_s, set_as_default=False) as client:
@@ -59,16 +73,34 @@ def probe_scheduler(address: str, timeout_s: float = 10.0) -> dict:
             workers = info.get("workers", {})
             threads = sum(w.get("nthreads", 0) for w in workers.values())
             versions = _worker_versions(client) if workers else {}
+            probes = client.run(worker_probe, on_error="return") if workers and worker_probe else None
     except (OSError, TimeoutError, distributed.TimeoutError) as exc:
+        hint = ("; over TLS, also check that this client's certificates (DASK_CONFIG) are signed by "
+                "the cluster's CA" if address.startswith("tls://") else "")
         raise ClusterError(
             f"Dask scheduler {address} is unreachable within {timeout_s:g} s ({type(exc).__name__}): "
-            f"start it or fix --address"
+            f"start it or fix --address{hint}"
         ) from exc
     except ValueError as exc:
         raise ClusterError(f"--address {address!r} is not a Dask scheduler address ({exc})") from exc
     if not workers:
         raise ClusterError(f"Dask scheduler {address} has no workers: start some with `dask worker {address}`")
-    return {"workers": len(workers), "threads": threads, "versions": versions}
+    result = {"workers": len(workers), "threads": threads, "versions": versions}
+    if probes is not None:
+        result["probes"] = probes
+    return result
+
+
+def tls_client_files() -> dict:
+    """The client's TLS files from the dask config: ``{'ca_file', 'cert', 'key'}`` (None if unset).
+
+    The documented way to set them is ``DASK_CONFIG=<dir>/client.yaml`` as written by
+    ``cluster/tls/make-certs.sh``, or the ``DASK_DISTRIBUTED__COMM__TLS__CA_FILE``,
+    ``..._TLS__CLIENT__CERT`` and ``..._TLS__CLIENT__KEY`` variables. ``distributed.Client``
+    (and so ``DaskTaskRunner``) reads the same settings.
+    """
+    security = distributed.Security()
+    return {"ca_file": security.tls_ca_file, "cert": security.tls_client_cert, "key": security.tls_client_key}
 
 
 def _worker_versions(client: distributed.Client) -> dict:

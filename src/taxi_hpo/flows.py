@@ -233,7 +233,8 @@ def _known_outcomes(record: tracking.SearchRecord) -> dict[int, TrialOutcome]:
 
 def _parent_params(cfg: RunConfig, prepared, slots: int, in_flight: int) -> dict:
     return {"in_flight": in_flight,
-        "train": cfg.train, "valid": cfg.valid, "mode": cfg.mode, "workers": cfg.workers,
+        "train": cfg.train, "valid": cfg.valid, "data_dir": str(Path(cfg.data_dir).resolve()),
+        "mode": cfg.mode, "workers": cfg.workers,
         "threads_per_worker": cfg.threads_per_worker, "slots": slots, "seed": cfg.seed,
         "trials": cfg.trials, "rounds": cfg.rounds, "max_depth": cfg.max_depth,
         "batch_size": cfg.batch_size or "", "address": cfg.address or "local",

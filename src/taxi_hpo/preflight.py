@@ -10,13 +10,17 @@ from taxi_hpo.config import RunConfig
 from taxi_hpo.progress import download_progress
 
 
-def resume_config(cfg: RunConfig) -> RunConfig:
-    """For ``--resume``: the search-defining settings come from the parent run, not the flags."""
+def resume_config(cfg: RunConfig, data_dir_given: bool = False) -> RunConfig:
+    """For ``--resume``: the search-defining settings come from the parent run, not the flags.
+
+    The data folder too, unless ``--data-dir`` was given explicitly.
+    """
     record = tracking.load_search(cfg.resolved_tracking_uri, cfg.resume)
     p = record.params
     batch = p.get("mode") == "batch"
+    data_dir = cfg.data_dir if data_dir_given or not p.get("data_dir") else p["data_dir"]
     return replace(
-        cfg, train=p["train"], valid=p["valid"], mode=p["mode"], trials=int(p["trials"]), seed=int(p["seed"]),
+        cfg, data_dir=data_dir, train=p["train"], valid=p["valid"], mode=p["mode"], trials=int(p["trials"]), seed=int(p["seed"]),
         rounds=int(p["rounds"]), max_depth=int(p["max_depth"]),
         batch_size=int(p["in_flight"]) if batch and p.get("in_flight") else cfg.batch_size,
         experiment=tracking.experiment_name(cfg.resolved_tracking_uri, record.experiment_id),

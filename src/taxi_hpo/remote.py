@@ -1,11 +1,220 @@
-"""Checks before a search runs on an existing scheduler: what remote workers need."""
+"""Checks before a search runs on an existing scheduler: what remote workers need.
+
+Every trial task carries the flow's settings to its worker, so what the workers need is
+decided here, on the client, before anything is submitted:
+
+- a Prefect API that outlives this process: ``PREFECT_API_URL`` must be set (otherwise
+  ``taxi-hpo run`` starts a temporary server in this process, on loopback);
+- when any worker is on another host (or the scheduler is): an ``http(s)://`` MLflow tracking
+  server that serves the artifacts too, not a sqlite file or ``file:`` folder (only this machine
+  has it) nor a database URI (each worker would write artifacts to its own disk); and neither
+  URL on loopback;
+- ``taxi_hpo`` importable on every worker at this client's version, under the same Python and
+  Prefect minor versions (tasks and their arguments are pickled), and both servers answering
+  from every worker (a probe run there through ``client.run``);
+- for ``tls://``: this client's certificates in the dask config.
+
+Each failure is one line.
+"""
 
 from __future__ import annotations
 
-from taxi_hpo import cluster
+import platform
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import prefect
+
+import taxi_hpo
+from taxi_hpo import cluster, tracking
 from taxi_hpo.config import RunConfig
+from taxi_hpo.errors import ClusterError, TrackingError
+from taxi_hpo.prefect_api import configured_api_url
+
+PROBE_TIMEOUT_S = 5.0
+_LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost", "::1", "0.0.0.0"}
 
 
-def check(cfg: RunConfig) -> dict:
-    """Fail early, with one line, when remote workers could not run the search."""
-    return cluster.probe_scheduler(cfg.address)
+def check(cfg: RunConfig, timeout_s: float = 10.0) -> dict:
+    """Fail early, with one line, when remote workers could not run the search.
+
+    A scheduler on another host is taken to have its workers elsewhere too, so the URLs are
+    checked before connecting; for a loopback scheduler, after seeing where its workers are.
+
+    Returns:
+        What :func:`cluster.probe_scheduler` found, with each worker's probe result.
+
+    Raises:
+        TrackingError: the tracking URI is not one remote workers can use or reach.
+        ClusterError: anything else the workers lack, or the scheduler cannot be reached.
+    """
+    tracking_uri, api_url = cfg.resolved_tracking_uri, configured_api_url()
+    check_tls(cfg.address)
+    scheduler_host = urlsplit(cfg.address if "://" in cfg.address else f"tcp://{cfg.address}").hostname
+    if not is_loopback(scheduler_host):
+        check_placement(tracking_uri, api_url, f"scheduler {cfg.address}")
+    urls = {name: _health(url) for name, url in (("MLflow tracking server", tracking_uri), ("Prefect API", api_url))
+            if url and url.startswith(("http://", "https://"))}
+    info = cluster.probe_scheduler(cfg.address, timeout_s, worker_probe=make_worker_probe(urls, PROBE_TIMEOUT_S))
+    probes = info["probes"]
+    _check_probes_ran(probes)
+    remote = sorted(addr for addr in probes if not is_loopback(urlsplit(addr).hostname))
+    check_placement(tracking_uri, api_url, f"worker {remote[0]}" if remote else None)
+    check_workers(probes, tracking_uri, api_url, client_environment())
+    warn_threads(probes, cfg.threads_per_worker)
+    return info
+
+
+# -- where the servers are: no network ---------------------------------------------------------
+
+def check_placement(tracking_uri: str, api_url: str | None, remote: str | None) -> None:
+    """Raise when the stores cannot serve workers; ``remote`` names one on another host, if any.
+
+    Args:
+        tracking_uri: the MLflow tracking URI the search will use.
+        api_url: ``PREFECT_API_URL``, or None when unset.
+        remote: e.g. ``"worker tcp://10.0.0.7:40331"``; None when every worker is on loopback.
+    """
+    if not api_url:
+        raise ClusterError(
+            "--address needs a Prefect API that outlives this process, but PREFECT_API_URL is not set: start "
+            "one (cluster/local/start-prefect.sh) and export PREFECT_API_URL=http://HOST:4200/api")
+    if remote is None:
+        return
+    if tracking.is_local_uri(tracking_uri):
+        raise TrackingError(
+            f"--tracking-uri {tracking_uri} is a store on this machine that the {remote} cannot open: start a "
+            f"tracking server (cluster/local/start-mlflow.sh) and pass --tracking-uri http://HOST:5000")
+    if urlsplit(tracking_uri).scheme not in ("http", "https", "databricks"):
+        raise TrackingError(
+            f"--tracking-uri {tracking_uri} is a database: each worker would write artifacts to its own disk; "
+            f"run `mlflow server --backend-store-uri {tracking_uri} --artifacts-destination ...` and pass "
+            f"its http:// URI instead")
+    for what, url, fix in (("--tracking-uri", tracking_uri, "--tracking-uri http://HOST:5000"),
+                           ("PREFECT_API_URL", api_url, "PREFECT_API_URL=http://HOST:4200/api")):
+        if is_loopback(urlsplit(url).hostname):
+            raise ClusterError(f"{what} {url} is loopback, which the {remote} cannot reach: give an address "
+                               f"of this host that it can ({fix})")
+
+
+def check_tls(address: str) -> None:
+    """A ``tls://`` scheduler needs this client's CA and certificate from the dask config."""
+    if not address.startswith("tls://"):
+        return
+    files = cluster.tls_client_files()
+    missing = [what for what, key in (("CA file", "ca_file"), ("client certificate", "cert")) if not files[key]]
+    if missing:
+        raise ClusterError(
+            f"--address {address} uses TLS but the dask config gives no {' and no '.join(missing)}: export "
+            f"DASK_CONFIG=<dir>/client.yaml as made by cluster/tls/make-certs.sh <dir>")
+    for key, path in files.items():
+        if path and not Path(path).is_file():
+            raise ClusterError(f"TLS {key} {path} (from the dask config) does not exist: fix DASK_CONFIG "
+                               f"or make the files with cluster/tls/make-certs.sh")
+
+
+# -- what the workers report ------------------------------------------------------------------
+
+def client_environment() -> dict:
+    """This process's side of the version comparison."""
+    return {"taxi_hpo": taxi_hpo.__version__, "python": platform.python_version(), "prefect": prefect.__version__}
+
+
+def make_worker_probe(urls: dict[str, str], timeout_s: float):
+    """A function for ``client.run``: versions, OMP threads, and which ``urls`` fail from there.
+
+    Built inside a function so that cloudpickle sends it by value: it must run on a worker
+    where ``taxi_hpo`` is not importable, to say so.
+    """
+    def probe() -> dict:
+        import importlib
+        import os
+        import platform
+        import socket
+        import urllib.error
+        import urllib.request
+
+        def version(module: str) -> str | None:
+            try:
+                return importlib.import_module(module).__version__
+            except ImportError:
+                return None
+
+        unreachable = {}
+        for name, url in urls.items():
+            try:
+                urllib.request.urlopen(url, timeout=timeout_s).close()
+            except urllib.error.HTTPError:
+                pass  # it answered: reachable, whatever it thinks of the path
+            except Exception as exc:  # noqa: BLE001 - reported, not raised
+                unreachable[name] = f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
+        return {"taxi_hpo": version("taxi_hpo"), "prefect": version("prefect"),
+                "python": platform.python_version(), "host": socket.gethostname(),
+                "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "unreachable": unreachable}
+
+    return probe
+
+
+def check_workers(probes: dict, tracking_uri: str, api_url: str, client: dict) -> None:
+    """Raise the first problem in the workers' probe results: versions, then reachability."""
+    _check_versions(probes, client)
+    for addr, result in sorted(probes.items()):
+        for name, reason in sorted(result["unreachable"].items()):
+            mlflow = name.startswith("MLflow")
+            error = TrackingError if mlflow else ClusterError
+            raise error(f"worker {addr} (host {result['host']}) cannot reach the {name} "
+                        f"{tracking_uri if mlflow else api_url} ({reason}): make it listen on an address the "
+                        f"workers can reach, or fix the URL")
+
+
+def _check_probes_ran(probes: dict) -> None:
+    for addr, result in sorted(probes.items()):
+        if isinstance(result, BaseException):
+            raise ClusterError(f"worker {addr} could not run the pre-flight probe "
+                               f"({type(result).__name__}: {result}): check its log")
+
+
+def _check_versions(probes: dict, client: dict) -> None:
+    missing = sorted(addr for addr, r in probes.items() if r["taxi_hpo"] is None)
+    if missing:
+        raise ClusterError(
+            f"taxi_hpo is not importable on {len(missing)} of {len(probes)} workers ({', '.join(missing[:3])}): "
+            f"install taxi-hpo {client['taxi_hpo']} in the workers' environment and restart them")
+    for key, name, same in (("taxi_hpo", "taxi_hpo", _same), ("python", "Python", _same_minor),
+                            ("prefect", "Prefect", _same_minor)):
+        for addr, result in sorted(probes.items()):
+            if not same(result[key], client[key]):
+                raise ClusterError(
+                    f"worker {addr} runs {name} {result[key]} but this client runs {client[key]}: "
+                    f"install the same version on both (tasks are pickled between them)")
+
+
+def warn_threads(probes: dict, threads_per_trial: int) -> None:
+    """XGBoost caps its threads at the worker's OMP_NUM_THREADS: warn when that is lower."""
+    low = sorted({r["omp_num_threads"] for r in probes.values()
+                  if str(r.get("omp_num_threads")).isdigit() and int(r["omp_num_threads"]) < threads_per_trial})
+    if low:
+        sys.stderr.write(
+            f"taxi-hpo: warning: workers run with OMP_NUM_THREADS={','.join(low)} but --threads-per-worker is "
+            f"{threads_per_trial}, so XGBoost uses fewer threads: start the workers with "
+            f"THREADS_PER_TRIAL={threads_per_trial} (cluster/local/start-workers.sh)\n")
+
+
+def is_loopback(host: str | None) -> bool:
+    """True for names and addresses that mean "this machine" wherever they are used."""
+    if not host:
+        return False
+    return host.lower() in _LOOPBACK_NAMES or host.startswith("127.")
+
+
+def _health(url: str) -> str:
+    return url.rstrip("/") + "/health"
+
+
+def _same(a: str | None, b: str | None) -> bool:
+    return a == b
+
+
+def _same_minor(a: str | None, b: str | None) -> bool:
+    return a is not None and b is not None and a.split(".")[:2] == b.split(".")[:2]

@@ -32,6 +32,10 @@ with warnings.catch_warnings():
 
 from taxi_hpo.errors import TrackingError
 
+# mlflow configures its loggers at import (INFO): schema-migration chatter is noise for users.
+logging.getLogger("mlflow").setLevel(os.environ.get("MLFLOW_LOGGING_LEVEL", "WARNING").upper())
+logging.getLogger("alembic").setLevel(logging.WARNING)
+
 # Fail fast on an unreachable server instead of MLflow's default minutes of HTTP retries;
 # our own retry (below) decides how long a trial waits for the store.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")

@@ -36,7 +36,8 @@ def run_trial(trial_id: int, params: dict, data: PreparedData, ctx: tracking.Tra
     earlier = tracking.finished_trial_run(ctx, trial_id)
     if earlier is not None:
         return _outcome_from_run(trial_id, params, earlier, started)
-    run_id = tracking.start_child_run(ctx, f"trial-{trial_id:04d}", {tracking.TRIAL_TAG: str(trial_id)})
+    run_id = tracking.start_child_run(ctx, f"trial-{trial_id:04d}",
+                                      {tracking.TRIAL_TAG: str(trial_id), "worker": slot_name()})
     try:
         fit = models.fit_xgboost(xgb_params(params, nthread), data, rounds)
         metrics = {"rmse_train": fit.rmse_train, "rmse_valid": fit.rmse_valid,

@@ -1,0 +1,142 @@
+"""Faults on real processes: a killed worker, a killed flow, Ctrl-C, a trial that raises."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from taxi_hpo import tracking
+
+pytestmark = pytest.mark.integration
+
+SMALL = ["--rounds", "8", "--max-depth", "8", "--no-register"]
+
+
+def trial_runs(db: Path) -> list[tuple[str, str, str]]:
+    """(trial id, status, worker tag) of every trial run in the store."""
+    if not db.exists():
+        return []
+    query = """select t.value, r.status, coalesce(w.value, '') from runs r
+               join tags t on t.run_uuid = r.run_uuid and t.key = 'trial_id'
+               left join tags w on w.run_uuid = r.run_uuid and w.key = 'worker'"""
+    try:
+        with sqlite3.connect(db, timeout=5) as conn:
+            return [tuple(row) for row in conn.execute(query)]
+    except sqlite3.OperationalError:  # the store is still being created
+        return []
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def start_cli(workdir: Path, api_url: str, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "PREFECT_API_URL": api_url, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "taxi_hpo.cli", "run", *args, "--json"], cwd=workdir,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 300) -> dict:
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err[-3000:]
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def assert_gone(pids: list[int], within: float = 10.0) -> None:
+    deadline = time.time() + within
+    alive = pids
+    while time.time() < deadline:
+        alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        if not alive:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"processes still alive: {alive}")
+
+
+def finished_once(db: Path, n: int) -> None:
+    rows = trial_runs(db)
+    finished = sorted(int(t) for t, status, _ in rows if status == "FINISHED")
+    assert finished == list(range(n)), rows
+    assert not [r for r in rows if r[1] == "RUNNING"], rows
+
+
+def test_killed_worker_reruns_trial_once(prefect_api_url, data_dir, workdir):
+    proc = start_cli(workdir, prefect_api_url, "--data-dir", str(data_dir), "--trials", "6", "--workers", "2",
+                     "--rounds", "60", "--max-depth", "14", "--no-register")
+    db = workdir / "mlflow.db"
+    running = wait_for(lambda: [r for r in trial_runs(db) if r[1] == "RUNNING"], 120, "a running trial")
+    victim = int(running[0][2].split(":")[1])
+    os.kill(victim, signal.SIGKILL)
+    summary = finish(proc)
+    assert (summary["trials_done"], summary["trials_failed"]) == (6, 0)
+    finished_once(db, 6)
+    killed = [r for r in trial_runs(db) if r[1] in ("KILLED", "FAILED")]
+    assert killed and all(int(r[2].split(":")[1]) == victim for r in killed)
+    assert summary["preprocessor_artifacts"] == 1
+
+
+def test_killed_flow_resumes_with_the_same_batch_suggestions(prefect_api_url, data_dir, workdir, tmp_path):
+    args = ["--data-dir", str(data_dir), "--trials", "6", "--workers", "2", "--mode", "batch",
+            "--batch-size", "2", *SMALL]
+    reference_dir = tmp_path / "reference"
+    reference_dir.mkdir()
+    reference = finish(start_cli(reference_dir, prefect_api_url, *args))
+
+    proc = start_cli(workdir, prefect_api_url, *args)
+    db = workdir / "mlflow.db"
+    wait_for(lambda: len([r for r in trial_runs(db) if r[1] == "FINISHED"]) >= 3, 180, "three finished trials")
+    children = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+    proc.kill()
+    proc.wait()
+    assert_gone(children)  # the worker watchdog: no orphans left to write runs
+    parent = _only_parent(db)
+    resumed = finish(start_cli(workdir, prefect_api_url, "--resume", parent, "--workers", "1"))
+    assert resumed["parent_run_id"] == parent
+    assert resumed["trial_params"] == reference["trial_params"]
+    assert resumed["trials_done"] == 6 and resumed["preprocessor_artifacts"] == 1
+    finished_once(db, 6)
+    assert tracking.run_status(f"sqlite:///{db}", parent) == "FINISHED"
+
+
+def test_ctrl_c_kills_run_cleans_up_and_resumes(prefect_api_url, data_dir, workdir):
+    proc = start_cli(workdir, prefect_api_url, "--data-dir", str(data_dir), "--trials", "8", "--workers", "2",
+                     "--rounds", "30", "--max-depth", "10", "--no-register")
+    db = workdir / "mlflow.db"
+    wait_for(lambda: [r for r in trial_runs(db) if r[1] == "FINISHED"], 180, "a finished trial")
+    children = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+    sent = time.time()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert time.time() - sent < 20
+    assert_gone(children, within=5)
+    parent = _only_parent(db)
+    uri = f"sqlite:///{db}"
+    assert tracking.run_status(uri, parent) == "KILLED"
+    assert not [r for r in trial_runs(db) if r[1] == "RUNNING"]
+    resumed = finish(start_cli(workdir, prefect_api_url, "--resume", parent))
+    assert resumed["trials_done"] == 8
+    finished_once(db, 8)
+
+
+def _only_parent(db: Path) -> str:
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("""select r.run_uuid from runs r join tags t on t.run_uuid = r.run_uuid
+                               where t.key = 'taxi_hpo.role' and t.value = 'search'""").fetchall()
+    assert len(rows) == 1, rows
+    return rows[0][0]

@@ -1,0 +1,395 @@
+"""``--address``: the pre-flight checks, and real searches on hosts made of network namespaces.
+
+The integration tests build three "hosts" on this machine: the root namespace (the client, the
+MLflow and Prefect servers) and namespaces for the scheduler and two workers, on one bridge,
+each with its own hostname. Every service is started and stopped by the cluster/local scripts,
+so they cannot rot. Needs root, ``ip`` (iproute2) and ``unshare`` (util-linux); without them
+the tests skip, except on CI (``CI=true``), where they fail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dask.config
+import pytest
+from mlflow.tracking import MlflowClient
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from taxi_hpo import cluster, remote, tracking
+from taxi_hpo.config import RunConfig
+from taxi_hpo.errors import ClusterError, TrackingError
+
+REPO = Path(__file__).resolve().parents[1]
+LOCAL = REPO / "cluster" / "local"
+VENV_BIN = Path(sys.executable).parent
+SMALL = ["--rounds", "3", "--max-depth", "5", "--no-register"]
+THREADS = "2"  # XGBoost threads per trial: the workers' OMP_NUM_THREADS must follow it
+
+
+# -- unit: the one-line refusals -------------------------------------------------------------
+
+def one_line(exc_info) -> str:
+    text = str(exc_info.value)
+    assert "\n" not in text and text
+    return text
+
+
+@pytest.fixture
+def api_url_unset():
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        yield
+
+
+@pytest.fixture
+def api_url_set():
+    with temporary_settings(updates={PREFECT_API_URL: "http://10.213.0.1:4200/api"}):
+        yield
+
+
+def cfg(tmp_path, address="tcp://10.213.0.2:8786", **kw) -> RunConfig:
+    return RunConfig(address=address, workdir=str(tmp_path), **kw)
+
+
+@pytest.mark.parametrize("uri", [None, "file:///tmp/mlruns", "/tmp/mlruns"])
+def test_local_tracking_store_refused_for_remote_scheduler(tmp_path, api_url_set, uri):
+    with pytest.raises(TrackingError) as exc:
+        remote.check(cfg(tmp_path, tracking_uri=uri))  # refused before any connection
+    assert "remote" not in one_line(exc) and "start-mlflow.sh" in str(exc.value)
+    assert "--tracking-uri" in str(exc.value)
+
+
+def test_database_tracking_uri_refused_for_remote_scheduler(tmp_path, api_url_set):
+    with pytest.raises(TrackingError) as exc:
+        remote.check(cfg(tmp_path, tracking_uri="postgresql://mlflow@db/mlflow"))
+    assert "artifacts-destination" in one_line(exc)
+
+
+def test_missing_prefect_api_refused(tmp_path, api_url_unset):
+    with pytest.raises(ClusterError) as exc:
+        remote.check(cfg(tmp_path, tracking_uri="http://10.213.0.1:5000"))
+    assert "PREFECT_API_URL is not set" in one_line(exc)
+
+
+def test_loopback_urls_refused_for_remote_scheduler(tmp_path):
+    with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:4200/api"}):
+        with pytest.raises(ClusterError) as exc:
+            remote.check(cfg(tmp_path, tracking_uri="http://10.213.0.1:5000"))
+    assert "PREFECT_API_URL http://127.0.0.1:4200/api is loopback" in one_line(exc)
+
+
+def test_tls_without_client_certificates_refused(tmp_path, api_url_set):
+    with dask.config.set({"distributed.comm.tls.ca-file": None, "distributed.comm.tls.client.cert": None}):
+        with pytest.raises(ClusterError) as exc:
+            remote.check(cfg(tmp_path, address="tls://10.213.0.2:8786", tracking_uri="http://10.213.0.1:5000"))
+    assert "DASK_CONFIG" in one_line(exc) and "no CA file" in str(exc.value)
+
+
+def test_unreachable_loopback_scheduler(tmp_path, api_url_set):
+    with pytest.raises(ClusterError) as exc:
+        remote.check(cfg(tmp_path, address="tcp://127.0.0.1:9"), timeout_s=2)
+    assert "unreachable within 2 s" in one_line(exc)
+
+
+def probe(**kw) -> dict:
+    result = {"taxi_hpo": "0.1.0", "prefect": "3.9.1", "python": "3.11.4", "host": "w1",
+              "omp_num_threads": "1", "unreachable": {}}
+    return {**result, **kw}
+
+
+CLIENT = {"taxi_hpo": "0.1.0", "prefect": "3.9.0", "python": "3.11.9"}
+
+
+@pytest.mark.parametrize("bad, expected", [
+    ({"taxi_hpo": None}, "taxi_hpo is not importable on 1 of 2 workers (tcp://10.213.0.4:1)"),
+    ({"taxi_hpo": "0.0.9"}, "runs taxi_hpo 0.0.9 but this client runs 0.1.0"),
+    ({"python": "3.12.1"}, "runs Python 3.12.1 but this client runs 3.11.9"),
+    ({"unreachable": {"Prefect API": "URLError: refused"}}, "cannot reach the Prefect API http://h:4200/api"),
+])
+def test_worker_probe_failures(bad, expected):
+    probes = {"tcp://10.213.0.3:1": probe(), "tcp://10.213.0.4:1": probe(**bad)}
+    with pytest.raises(ClusterError) as exc:
+        remote.check_workers(probes, "http://h:5000", "http://h:4200/api", CLIENT)
+    assert expected in one_line(exc)
+
+
+def test_unreachable_tracking_server_is_a_tracking_error():
+    probes = {"tcp://10.213.0.3:1": probe(unreachable={"MLflow tracking server": "URLError: refused"})}
+    with pytest.raises(TrackingError) as exc:
+        remote.check_workers(probes, "http://h:5000", "http://h:4200/api", CLIENT)
+    assert "worker tcp://10.213.0.3:1 (host w1) cannot reach the MLflow tracking server http://h:5000" in one_line(exc)
+
+
+def test_sqlite_store_allowed_when_every_worker_is_local():
+    remote.check_placement("sqlite:////tmp/mlflow.db", "http://127.0.0.1:4200/api", None)
+    with pytest.raises(TrackingError):
+        remote.check_placement("sqlite:////tmp/mlflow.db", "http://127.0.0.1:4200/api", "worker tcp://10.0.0.7:1")
+
+
+def test_thread_warning(capsys):
+    remote.warn_threads({"a": probe(omp_num_threads="1")}, 2)
+    assert "OMP_NUM_THREADS=1 but --threads-per-worker is 2" in capsys.readouterr().err
+    remote.warn_threads({"a": probe(omp_num_threads="2")}, 2)
+    assert capsys.readouterr().err == ""
+
+
+# -- the hosts: network namespaces on one bridge ---------------------------------------------
+
+def _namespaces_unavailable() -> str | None:
+    """Why namespaces cannot be made here, or None."""
+    if sys.platform != "linux":
+        return "network namespaces need Linux"
+    if os.geteuid() != 0:
+        return "network namespaces need root"
+    for tool, package in (("ip", "iproute2"), ("unshare", "util-linux"), ("setsid", "util-linux")):
+        if shutil.which(tool) is None:
+            return f"`{tool}` is missing: apt-get install {package}"
+    probe_ns = f"thpo-probe-{os.getpid()}"
+    made = subprocess.run(["ip", "netns", "add", probe_ns], capture_output=True, text=True)
+    subprocess.run(["ip", "netns", "del", probe_ns], capture_output=True)
+    if made.returncode != 0:
+        return f"`ip netns add` failed: {made.stderr.strip()}"
+    return None
+
+
+def require_namespaces() -> None:
+    reason = _namespaces_unavailable()
+    if reason is None:
+        return
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI must run the namespace tests, but {reason}")
+    pytest.skip(reason)
+
+
+@dataclass
+class Host:
+    name: str
+    ip: str
+    run_dir: Path
+    netns: str | None = None  # None: the root namespace
+
+
+@dataclass
+class Net:
+    """A bridge in the root namespace (the client host, ``.1``) and one namespace per host."""
+
+    tag: str
+    subnet: str
+    root: Path
+    hosts: dict[str, Host] = field(default_factory=dict)
+
+    @property
+    def bridge(self) -> str:
+        return f"thbr{self.tag}"
+
+    def up(self, names: list[str]) -> None:
+        _ip("link", "add", self.bridge, "type", "bridge")
+        _ip("addr", "add", f"{self.subnet}.1/24", "dev", self.bridge)
+        _ip("link", "set", self.bridge, "up")
+        self.hosts["client"] = Host("client", f"{self.subnet}.1", self.root / "client")
+        for i, name in enumerate(names, start=2):
+            netns, outer = f"thpo{self.tag}-{name}", f"th{self.tag}v{i}"
+            _ip("netns", "add", netns)
+            self.hosts[name] = Host(name, f"{self.subnet}.{i}", self.root / name, netns)
+            _ip("link", "add", outer, "type", "veth", "peer", "name", f"th{self.tag}p{i}")
+            _ip("link", "set", outer, "master", self.bridge, "up")
+            _ip("link", "set", f"th{self.tag}p{i}", "netns", netns)
+            _ip("-n", netns, "link", "set", f"th{self.tag}p{i}", "name", "eth0")
+            _ip("-n", netns, "addr", "add", f"{self.subnet}.{i}/24", "dev", "eth0")
+            _ip("-n", netns, "link", "set", "eth0", "up")
+            _ip("-n", netns, "link", "set", "lo", "up")
+
+    def script(self, host: str, script: str, *args: str, env: dict | None = None) -> subprocess.Popen:
+        """Start a cluster/local script on ``host``: in its namespace, under its own hostname."""
+        h = self.hosts[host]
+        argv = [str(LOCAL / script), *args]
+        if h.netns:
+            argv = ["ip", "netns", "exec", h.netns, "unshare", "--uts", "sh", "-c",
+                    'hostname "$0" && exec "$@"', f"thpo-{host}", *argv]
+        full_env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
+                    "TAXI_HPO_RUN_DIR": str(h.run_dir), "PREFECT_HOME": str(h.run_dir / "prefect"),
+                    "BIND_HOST": h.ip, "THREADS_PER_TRIAL": THREADS, **(env or {})}
+        return subprocess.Popen(argv, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def down(self) -> None:
+        """Stop every service by its pid file, then anything left in the namespaces; delete them."""
+        for h in self.hosts.values():
+            if h.run_dir.is_dir():
+                subprocess.run([str(LOCAL / "stop.sh")], env={**os.environ, "TAXI_HPO_RUN_DIR": str(h.run_dir),
+                                                             "STOP_WAIT_S": "5"}, capture_output=True, timeout=120)
+        for h in self.hosts.values():
+            if h.netns:
+                pids = subprocess.run(["ip", "netns", "pids", h.netns], capture_output=True, text=True).stdout.split()
+                for pid in pids:  # only processes we started live in our namespaces
+                    try:
+                        os.kill(int(pid), 9)
+                    except (ProcessLookupError, ValueError):
+                        pass
+                subprocess.run(["ip", "netns", "del", h.netns], capture_output=True)
+        subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
+
+
+def _ip(*args: str) -> None:
+    proc = subprocess.run(["ip", *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"ip {' '.join(args)}: {proc.stderr.strip()}")
+
+
+def wait_all(procs: dict[str, subprocess.Popen], timeout: float = 150) -> None:
+    for name, proc in procs.items():
+        out, _ = proc.communicate(timeout=timeout)
+        assert proc.returncode == 0, f"{name} did not start:\n{out}"
+
+
+def free_port(ip: str) -> int:
+    with socket.socket() as s:
+        s.bind((ip, 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory):
+    require_namespaces()
+    tag = f"{os.getpid() % 1000:03d}"
+    subnet = f"10.213.{100 + os.getpid() % 150}"
+    n = Net(tag, subnet, tmp_path_factory.mktemp("hosts"))
+    try:
+        n.up(["sched", "w1", "w2"])
+        yield n
+    finally:
+        n.down()
+
+
+@dataclass
+class Stack:
+    tracking_uri: str
+    api_url: str
+    address: str
+    client_home: Path
+
+
+def start_cluster(net: Net, tls_dir: Path | None = None) -> dict[str, subprocess.Popen]:
+    """The scheduler and one worker process on each worker host, all at once."""
+    env = {"TLS_DIR": str(tls_dir)} if tls_dir else {}
+    scheme = "tls" if tls_dir else "tcp"
+    address = f"{scheme}://{net.hosts['sched'].ip}:8786"
+    return {
+        "scheduler": net.script("sched", "start-scheduler.sh", env=env),
+        **{f"workers on {w}": net.script(w, "start-workers.sh", address, "1", env=env) for w in ("w1", "w2")},
+    }
+
+
+@pytest.fixture(scope="module")
+def stack(net, tmp_path_factory) -> Stack:
+    """MLflow and Prefect on the client host, a tcp:// scheduler and two worker hosts."""
+    client = net.hosts["client"]
+    mlflow_port, prefect_port = free_port(client.ip), free_port(client.ip)
+    wait_all({
+        "mlflow": net.script("client", "start-mlflow.sh", env={"MLFLOW_PORT": str(mlflow_port), "MLFLOW_WORKERS": "1"}),
+        "prefect": net.script("client", "start-prefect.sh", env={"PREFECT_PORT": str(prefect_port)}),
+        **start_cluster(net),
+    })
+    return Stack(f"http://{client.ip}:{mlflow_port}", f"http://{client.ip}:{prefect_port}/api",
+                 f"tcp://{net.hosts['sched'].ip}:8786", tmp_path_factory.mktemp("client-home"))
+
+
+def run_search(stack: Stack, address: str, data_dir: Path, cwd: Path, *args: str,
+               env: dict | None = None) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "PREFECT_API_URL": stack.api_url, "PREFECT_HOME": str(stack.client_home), **(env or {})}
+    return subprocess.run(
+        [str(VENV_BIN / "taxi-hpo"), "run", "--address", address, "--tracking-uri", stack.tracking_uri,
+         "--data-dir", str(data_dir), "--threads-per-worker", THREADS, *SMALL, "--json", *args],
+        cwd=cwd, env=full_env, capture_output=True, text=True, timeout=240)
+
+
+def summary_of(proc: subprocess.CompletedProcess) -> dict:
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def assert_ran_remotely(s: dict, stack: Stack, trials: int) -> None:
+    """Trials on the worker hosts; every run, artifact and the one preprocessor in the server."""
+    assert (s["trials_done"], s["trials_failed"]) == (trials, 0)
+    hosts = {t["worker"].split(":")[0] for t in s["trials"]}
+    assert hosts <= {"thpo-w1", "thpo-w2"} and socket.gethostname() not in hosts
+    assert all(int(t["worker"].split(":")[1]) != os.getpid() for t in s["trials"])
+    assert s["tracking_uri"] == stack.tracking_uri and s["preprocessor_artifacts"] == 1
+    client = MlflowClient(stack.tracking_uri)
+    children = tracking.child_runs(stack.tracking_uri, s["parent_run_id"])
+    trial_runs = [r for r in children if tracking.TRIAL_TAG in r.data.tags]
+    assert len(trial_runs) == trials and all(r.info.status == "FINISHED" for r in children)
+    for run in trial_runs:
+        assert run.info.artifact_uri.startswith("mlflow-artifacts:/")  # served through the server
+        assert [a.path for a in client.list_artifacts(run.info.run_id, "model")] == ["model/booster.ubj"]
+
+
+# -- integration: tcp:// ---------------------------------------------------------------------
+
+@pytest.mark.integration
+def test_preflight_probes_the_workers(stack, tmp_path):
+    with temporary_settings(updates={PREFECT_API_URL: stack.api_url}):
+        info = remote.check(cfg(tmp_path, address=stack.address, tracking_uri=stack.tracking_uri,
+                                threads_per_worker=int(THREADS)))
+        assert info["workers"] == 2 and set(info["versions"].values()) == {remote.client_environment()["taxi_hpo"]}
+        assert {p["host"] for p in info["probes"].values()} == {"thpo-w1", "thpo-w2"}
+        assert {p["omp_num_threads"] for p in info["probes"].values()} == {THREADS}
+        unused = stack.tracking_uri.rsplit(":", 1)[0] + ":9"
+        with pytest.raises(TrackingError) as exc:
+            remote.check(cfg(tmp_path, address=stack.address, tracking_uri=unused))
+        assert f"cannot reach the MLflow tracking server {unused}" in one_line(exc)
+
+
+@pytest.mark.integration
+def test_search_on_remote_workers(stack, data_dir, tmp_path):
+    s = summary_of(run_search(stack, stack.address, data_dir, tmp_path, "--trials", "3"))
+    assert s["slots"] == 2
+    assert_ran_remotely(s, stack, 3)
+    # The trials are task runs of the search's flow run in the shared Prefect API (the UI's view).
+    flow_run_id = MlflowClient(stack.tracking_uri).get_run(s["parent_run_id"]).data.tags["flow_run_id"]
+    with temporary_settings(updates={PREFECT_API_URL: stack.api_url}):
+        with get_client(sync_client=True) as client:
+            flow_run = client.read_flow_run(flow_run_id)
+            task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])))
+    trials = sorted(t.name for t in task_runs if t.name.startswith("trial-"))
+    assert flow_run.state.is_completed() and trials == ["trial-0", "trial-1", "trial-2"]
+    assert all(t.state.is_completed() for t in task_runs if t.name.startswith("trial-"))
+
+
+# -- integration: tls:// ---------------------------------------------------------------------
+
+@pytest.mark.integration
+def test_search_over_tls(net, stack, data_dir, tmp_path):
+    for host in ("w1", "w2", "sched"):  # this host pair now speaks TLS only
+        subprocess.run([str(LOCAL / "stop.sh")], env={**os.environ, "TAXI_HPO_RUN_DIR": str(net.hosts[host].run_dir)},
+                       capture_output=True, timeout=120, check=True)
+    certs, stranger = tmp_path / "certs", tmp_path / "other-ca"
+    for out in (certs, stranger):
+        subprocess.run([str(REPO / "cluster" / "tls" / "make-certs.sh"), str(out), net.hosts["sched"].ip],
+                       check=True, capture_output=True)
+    wait_all(start_cluster(net, tls_dir=certs))
+    address = f"tls://{net.hosts['sched'].ip}:8786"
+
+    # Refused: no certificates at all, and certificates of another CA.
+    proc = run_search(stack, address, data_dir, tmp_path, "--trials", "2")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "DASK_CONFIG" in proc.stderr, proc.stderr
+    with dask.config.set({"distributed.comm.tls.ca-file": str(stranger / "ca.pem"),
+                          "distributed.comm.tls.client.cert": str(stranger / "client.pem"),
+                          "distributed.comm.tls.client.key": str(stranger / "client-key.pem")}):
+        with pytest.raises(ClusterError, match="unreachable"):
+            cluster.probe_scheduler(address, timeout_s=3)
+    with pytest.raises(ClusterError):
+        cluster.probe_scheduler(address.replace("tls://", "tcp://"), timeout_s=3)
+
+    s = summary_of(run_search(stack, address, data_dir, tmp_path, "--trials", "2",
+                              env={"DASK_CONFIG": str(certs / "client.yaml")}))
+    assert_ran_remotely(s, stack, 2)
