@@ -317,6 +317,7 @@ def run_seq(cfg: BenchConfig, layout: Layout, prepared, repeat: int) -> dict:
         tracking.end_run(uri, parent, status, metrics=metrics)
     records = [_trial_record(dataclasses.asdict(o)) for o in outcomes]
     return {"layout": SEQ, "repeat": repeat, "slots": 1, "cores": layout.cores, "wall_s": round(wall, 3),
+            "search_started": start,
             "first_trial_s": _first_start(records, called), "parent_run_id": parent, "trials": records}
 
 
@@ -330,6 +331,7 @@ def run_parallel(cfg: BenchConfig, layout: Layout, repeat: int) -> dict:
     records = [_trial_record({**t, "params": p}) for t, p in zip(summary["trials"], params)]
     return {"layout": layout.name, "repeat": repeat, "slots": summary["slots"], "cores": layout.cores,
             "wall_s": summary["search_wall_s"], "flow_wall_s": summary["wall_s"],
+            "search_started": summary.get("search_started"),
             "first_trial_s": _first_start(records, called), "parent_run_id": summary["parent_run_id"],
             "trials": records}
 
@@ -443,7 +445,8 @@ def plot_timeline(result: dict, path: Path) -> None:
                              gridspec_kw={"height_ratios": heights})
     for ax, run in zip(axes[:, 0], runs):
         _gantt(ax, run)
-    axes[-1, 0].set_xlabel("seconds since the run's first trial started")
+    axes[-1, 0].set_xlim(left=0)
+    axes[-1, 0].set_xlabel("seconds since the search started")
     from matplotlib.patches import Patch
 
     legend = [Patch(color=_BUSY, label="slot busy (fit + overhead)"), Patch(color=_FIT, label="XGBoost fit time"),
@@ -457,7 +460,8 @@ def plot_timeline(result: dict, path: Path) -> None:
 
 def _gantt(ax, run: dict) -> None:
     trials = [t for t in run["trials"] if t["started"]]
-    t0 = min((t["started"] for t in trials), default=0.0)
+    # The gap before the first bar is the time the search spent before any trial ran.
+    t0 = run.get("search_started") or max((t["finished"] for t in trials), default=0.0) - run["wall_s"]
     slots = sorted({t["worker"] for t in trials}, key=lambda w: min(t["started"] for t in trials if t["worker"] == w))
     row = {w: i for i, w in enumerate(slots)}
     for t in trials:

@@ -177,9 +177,11 @@ def search(config: dict) -> dict:
     status, metrics = "FAILED", {}
     reporter = current_reporter()
     try:
+        data_future = client.scatter(prepared, broadcast=True, hash=False)
+        warming = _warm_workers(client, data_future)  # overlaps with the two steps below
         log_preprocessor(ctx, prepared.preprocessor.to_bytes())
         lr_rmse = record.lr_rmse if record and record.lr_rmse is not None else linear_baseline(prepared, ctx)
-        data_future = client.scatter(prepared, broadcast=True, hash=False)
+        client.gather(warming, errors="skip")
         searcher = TPESearcher(reference_space(cfg.max_depth), cfg.seed, max(DEFAULT_STARTUP, in_flight))
         runner = DaskTrialRunner(data_future, ctx, cfg.rounds, cfg.threads_per_worker)
         if reporter:
@@ -195,6 +197,7 @@ def search(config: dict) -> dict:
                    if cfg.register else None)
         summary = _summary(cfg, ctx, outcomes, lr_rmse, slots, search_wall, time.time() - wall_start,
                            version, pre["cached"], client)
+        summary["search_started"] = search_start
         summary["submit_bytes_max"] = max(runner.submit_bytes.values(), default=0)
         summary["data_bytes"] = prepared.nbytes
         metrics = {k: summary[k] for k in ("best_rmse", "lr_rmse", "utilisation", "search_wall_s")
@@ -209,6 +212,13 @@ def search(config: dict) -> dict:
             reporter.stop()
         tracking.close_stale_children(tracking_uri, parent_run_id)
         tracking.end_run(tracking_uri, parent_run_id, status, metrics=metrics)
+
+
+def _warm_workers(client, data_future) -> list:
+    """One warm-up task per worker: imports and XGBoost matrices ready before the first trial."""
+    workers = list(client.scheduler_info(n_workers=-1)["workers"])
+    return [client.submit(trials.warm_up, data_future, workers=[w], allow_other_workers=False, pure=False)
+            for w in workers]
 
 
 def _interrupted() -> bool:
@@ -232,9 +242,9 @@ def _known_outcomes(record: tracking.SearchRecord) -> dict[int, TrialOutcome]:
 
 
 def _parent_params(cfg: RunConfig, prepared, slots: int, in_flight: int) -> dict:
-    return {"in_flight": in_flight,
+    return {
         "train": cfg.train, "valid": cfg.valid, "data_dir": str(Path(cfg.data_dir).resolve()),
-        "mode": cfg.mode, "workers": cfg.workers,
+        "mode": cfg.mode, "workers": cfg.workers, "in_flight": in_flight,
         "threads_per_worker": cfg.threads_per_worker, "slots": slots, "seed": cfg.seed,
         "trials": cfg.trials, "rounds": cfg.rounds, "max_depth": cfg.max_depth,
         "batch_size": cfg.batch_size or "", "address": cfg.address or "local",

@@ -39,7 +39,10 @@ def prefect_api(startup_timeout_s: int = 60) -> Iterator[str]:
     os.environ["PREFECT_API_URL"] = server.api_url  # inherited by Dask worker processes
     try:
         with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
-            yield server.api_url
+            try:
+                yield server.api_url
+            finally:
+                _flush_api_logs()
     finally:
         if previous is None:
             os.environ.pop("PREFECT_API_URL", None)
@@ -47,6 +50,16 @@ def prefect_api(startup_timeout_s: int = 60) -> Iterator[str]:
             os.environ["PREFECT_API_URL"] = previous
         server.stop()
         SubprocessASGIServer._instances.pop(None, None)
+
+
+def _flush_api_logs() -> None:
+    """Send queued flow and task logs before the server goes, not into a closed port at exit."""
+    try:
+        from prefect.logging.handlers import APILogHandler
+
+        APILogHandler.flush()
+    except Exception:  # noqa: BLE001 - best effort: losing a log line must not fail the search
+        pass
 
 
 __all__ = ["prefect_api", "configured_api_url", "prefect"]

@@ -25,6 +25,12 @@ def slot_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident() % 10000}"
 
 
+def warm_up(data: PreparedData) -> int:
+    """Run on each worker before the search: build the matrices this slot's trials will reuse."""
+    models.matrices(data)
+    return models.matrix_builds()
+
+
 def run_trial(trial_id: int, params: dict, data: PreparedData, ctx: tracking.TrackingContext,
               rounds: int, nthread: int) -> dict:
     """Fit, log and score trial ``trial_id``; raises on failure (the task's retry policy decides).

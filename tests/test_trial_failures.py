@@ -1,0 +1,67 @@
+"""A trial that raises or returns NaN: retried per the task policy, then a failed result."""
+
+from __future__ import annotations
+
+import pytest
+from prefect import flow
+from prefect.context import FlowRunContext
+from prefect_dask import DaskTaskRunner
+
+from taxi_hpo import data, features, flows, tracking
+from taxi_hpo.search import TPESearcher, reference_space, run_search
+
+pytestmark = pytest.mark.integration
+
+GOOD = {"max_depth": 4, "learning_rate": 0.5, "reg_alpha": 0.02, "reg_lambda": 0.01,
+        "min_child_weight": 1.0, "objective": "reg:squarederror", "seed": 42}
+BAD = {
+    0: {**GOOD, "max_depth": -1},          # XGBoost rejects it
+    1: {**GOOD, "learning_rate": 1e30},     # diverges: NaN RMSE
+}
+
+
+class ScriptedSearcher(TPESearcher):
+    """Real TPE history, but trials 0 and 1 get parameters that fail."""
+
+    def suggest(self, trial_id):
+        params = super().suggest(trial_id)
+        return BAD.get(trial_id, params)
+
+
+@pytest.fixture(scope="module")
+def prepared(data_dir):
+    return features.prepare_data(data.load(data_dir / "green_tripdata_2021-01.parquet"),
+                                 data.load(data_dir / "green_tripdata_2021-02.parquet"), "t", "v")
+
+
+def test_failing_trials_are_retried_then_recorded_as_failed(prefect_api_url, prepared, workdir, tracking_uri):
+    experiment_id = tracking.prepare_store(tracking_uri, "failures", workdir / "mlartifacts")
+    parent = tracking.start_parent_run(tracking_uri, experiment_id, {}, {"taxi_hpo.role": "search"})
+    ctx = tracking.TrackingContext(tracking_uri, experiment_id, parent, "sha")
+    searcher = ScriptedSearcher(reference_space(6), seed=42)
+
+    @flow(task_runner=DaskTaskRunner(cluster_kwargs={"n_workers": 1, "threads_per_worker": 2,
+                                                     "processes": False, "dashboard_address": ":0"}))
+    def search_with_failures():
+        client = FlowRunContext.get().task_runner.client
+        runner = flows.DaskTrialRunner(client.scatter(prepared, broadcast=True), ctx, rounds=3, nthread=1)
+        with client.as_current():
+            return run_search(searcher, runner, 4, mode="async", in_flight=2)
+
+    outcomes = search_with_failures()
+    assert [o.ok for o in outcomes] == [False, False, True, True]
+    assert "max_depth" in outcomes[0].error or "Invalid" in outcomes[0].error
+    assert "nan" in outcomes[1].error
+    # TPE keeps learning from them: STATUS_FAIL, not dropped.
+    statuses = {d["tid"]: d["result"]["status"] for d in searcher.trials.trials}
+    assert statuses == {0: "fail", 1: "fail", 2: "ok", 3: "ok"}
+    # One FAILED run per attempt (the task retries once), none left RUNNING, the failure on the parent.
+    runs = tracking.child_runs(tracking_uri, parent)
+    by_trial = {}
+    for run in runs:
+        by_trial.setdefault(run.data.tags["trial_id"], []).append(run.info.status)
+    assert sorted(by_trial["0"]) == ["FAILED", "FAILED"] and sorted(by_trial["1"]) == ["FAILED", "FAILED"]
+    assert by_trial["2"] == ["FINISHED"] and by_trial["3"] == ["FINISHED"]
+    record = tracking.load_search(tracking_uri, parent)
+    assert set(record.failed) == {0, 1} and set(record.trials) == {2, 3}
+    assert record.failed[1]["params"]["learning_rate"] == 1e30
