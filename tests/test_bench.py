@@ -230,8 +230,10 @@ def _synthetic_result():
 
 def test_pictures_are_written(tmp_path):
     result = _synthetic_result()
-    bench.plot_speedup(result, tmp_path / "speedup.png")
-    bench.plot_timeline(result, tmp_path / "timeline.png")
+    from taxi_hpo import bench_plots
+
+    bench_plots.plot_speedup(result, tmp_path / "speedup.png")
+    bench_plots.plot_timeline(result, tmp_path / "timeline.png")
     for name in ("speedup.png", "timeline.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -72,7 +72,7 @@ def _quiet_libraries() -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from taxi_hpo import preflight
+    from taxi_hpo import preflight, prefect_api
     from taxi_hpo.config import RunConfig
     from taxi_hpo.progress import ProgressBar
 
@@ -84,6 +84,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         max_rmse=args.max_rmse, max_inference_time=args.max_inference_time,
         register=not args.no_register, resume=args.resume,
     )
+    prefect_api.start_early()  # seconds of server start overlap the checks below
     if cfg.resume:
         from taxi_hpo.config import default_data_dir
 

@@ -18,6 +18,7 @@ import distributed
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
+from prefect_dask import DaskTaskRunner
 
 from taxi_hpo import data as data_mod
 from taxi_hpo import features, models, registry, tracking, trials
@@ -289,11 +290,18 @@ def _timing(o: TrialOutcome) -> dict:
 
 
 def execute(cfg: RunConfig, reporter: Reporter | None = None) -> dict:
-    """Run the search flow against one Prefect API and the cluster ``cfg`` asks for."""
+    """Run the search flow against one Prefect API and the cluster ``cfg`` asks for.
+
+    A local cluster and the Prefect API server start side by side (each takes seconds).
+    """
     spec = ClusterSpec(workers=cfg.workers, threads_per_worker=cfg.threads_per_worker, address=cfg.address)
     token = _REPORTER.set(reporter)
+    local = spec.start_local() if cfg.address is None else None
     try:
         with prefect_api():
-            return search.with_options(task_runner=spec.task_runner())(cfg.to_dict())
+            runner = DaskTaskRunner(address=local.address()) if local else spec.task_runner()
+            return search.with_options(task_runner=runner)(cfg.to_dict())
     finally:
         _REPORTER.reset(token)
+        if local:
+            local.close()

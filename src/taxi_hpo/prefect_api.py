@@ -8,6 +8,7 @@ start one server here, point this process and the workers it spawns at it, stop 
 from __future__ import annotations
 
 import os
+import threading
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -19,6 +20,41 @@ def configured_api_url() -> str | None:
     return PREFECT_API_URL.value() or None
 
 
+_EARLY: dict = {}
+
+
+def start_early(startup_timeout_s: int = 60) -> None:
+    """Begin starting the server in the background, to overlap with checks and the cluster start.
+
+    Does nothing when an API is configured. ``prefect_api()`` then waits for this server.
+    """
+    if configured_api_url() or _EARLY:
+        return
+    server = _new_server()
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            server.start(timeout=startup_timeout_s)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=start, name="taxi-hpo-prefect-server", daemon=True)
+    thread.start()
+    _EARLY.update(server=server, thread=thread, errors=errors)
+
+
+def _new_server():
+    from prefect.server.api.server import SubprocessASGIServer
+
+    # No telemetry: the server would log an error per attempt on a machine without internet.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    server = SubprocessASGIServer()
+    # Register it as the default ephemeral server so nothing in this process starts a second.
+    SubprocessASGIServer._instances[None] = server
+    return server
+
+
 @contextmanager
 def prefect_api(startup_timeout_s: int = 60) -> Iterator[str]:
     """Yield the API URL everything uses: the configured one, or a server started for this run."""
@@ -28,13 +64,15 @@ def prefect_api(startup_timeout_s: int = 60) -> Iterator[str]:
         return
     from prefect.server.api.server import SubprocessASGIServer
 
-    # No telemetry: the server would log an error per attempt on a machine without internet.
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-
-    server = SubprocessASGIServer()
-    # Register it as the default ephemeral server so nothing in this process starts a second.
-    SubprocessASGIServer._instances[None] = server
-    server.start(timeout=startup_timeout_s)
+    if _EARLY:
+        server = _EARLY["server"]
+        _EARLY["thread"].join()
+        if _EARLY["errors"]:
+            raise _EARLY["errors"][0]
+        _EARLY.clear()
+    else:
+        server = _new_server()
+        server.start(timeout=startup_timeout_s)
     previous = os.environ.get("PREFECT_API_URL")
     os.environ["PREFECT_API_URL"] = server.api_url  # inherited by Dask worker processes
     try:
