@@ -15,7 +15,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from taxi_hpo import cluster, remote, tracking
+from taxi_hpo import cli, cluster, remote, tracking
 from taxi_hpo.config import RunConfig
 from taxi_hpo.errors import ClusterError, TrackingError
 
@@ -65,8 +64,14 @@ def cfg(tmp_path, address="tcp://10.213.0.2:8786", **kw) -> RunConfig:
 def test_local_tracking_store_refused_for_remote_scheduler(tmp_path, api_url_set, uri):
     with pytest.raises(TrackingError) as exc:
         remote.check(cfg(tmp_path, tracking_uri=uri))  # refused before any connection
-    assert "remote" not in one_line(exc) and "start-mlflow.sh" in str(exc.value)
-    assert "--tracking-uri" in str(exc.value)
+    assert "that the scheduler tcp://10.213.0.2:8786 cannot open" in one_line(exc)
+    assert "start-mlflow.sh" in str(exc.value)
+
+
+def test_cli_refuses_sqlite_store_for_remote_scheduler_in_one_line(data_dir, workdir, api_url_set, capsys):
+    assert cli.main(["run", "--address", "tcp://10.213.0.2:8786", "--data-dir", str(data_dir)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("taxi-hpo: error: --tracking-uri sqlite:///")
 
 
 def test_database_tracking_uri_refused_for_remote_scheduler(tmp_path, api_url_set):
@@ -151,7 +156,8 @@ def _namespaces_unavailable() -> str | None:
         return "network namespaces need Linux"
     if os.geteuid() != 0:
         return "network namespaces need root"
-    for tool, package in (("ip", "iproute2"), ("unshare", "util-linux"), ("setsid", "util-linux")):
+    for tool, package in (("ip", "iproute2"), ("unshare", "util-linux"), ("setsid", "util-linux"),
+                          ("hostname", "hostname"), ("openssl", "openssl")):
         if shutil.which(tool) is None:
             return f"`{tool}` is missing: apt-get install {package}"
     probe_ns = f"thpo-probe-{os.getpid()}"
@@ -216,7 +222,8 @@ class Net:
         if h.netns:
             argv = ["ip", "netns", "exec", h.netns, "unshare", "--uts", "sh", "-c",
                     'hostname "$0" && exec "$@"', f"thpo-{host}", *argv]
-        full_env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
+        inherited = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+        full_env = {**inherited, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
                     "TAXI_HPO_RUN_DIR": str(h.run_dir), "PREFECT_HOME": str(h.run_dir / "prefect"),
                     "BIND_HOST": h.ip, "THREADS_PER_TRIAL": THREADS, **(env or {})}
         return subprocess.Popen(argv, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -305,7 +312,8 @@ def stack(net, tmp_path_factory) -> Stack:
 
 def run_search(stack: Stack, address: str, data_dir: Path, cwd: Path, *args: str,
                env: dict | None = None) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "PREFECT_API_URL": stack.api_url, "PREFECT_HOME": str(stack.client_home), **(env or {})}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("DASK_")}  # no TLS unless given
+    full_env = {**clean, "PREFECT_API_URL": stack.api_url, "PREFECT_HOME": str(stack.client_home), **(env or {})}
     return subprocess.run(
         [str(VENV_BIN / "taxi-hpo"), "run", "--address", address, "--tracking-uri", stack.tracking_uri,
          "--data-dir", str(data_dir), "--threads-per-worker", THREADS, *SMALL, "--json", *args],

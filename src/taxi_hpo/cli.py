@@ -34,23 +34,29 @@ def _add_search_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=42, help="TPE seed (default 42)")
 
 
+def _add_run_flags(p: argparse.ArgumentParser) -> None:
+    """Flags shared by `run` and `serve`: the search's size, cluster, tracking and registry."""
+    p.add_argument("--trials", type=int, default=20, help="number of TPE trials (default 20)")
+    p.add_argument("--workers", type=int, default=2, help="local Dask worker processes (default 2)")
+    p.add_argument("--threads-per-worker", type=int, default=1, help="XGBoost threads per trial (default 1)")
+    p.add_argument("--address", default=None, help="existing Dask scheduler, tcp://host:8786 or tls://host:8786 (TLS certificates from "
+                        "DASK_CONFIG; see cluster/README.md)")
+    p.add_argument("--mode", choices=["async", "batch"], default="async",
+                     help="async: refill each free slot at once (default); batch: synchronous, reproducible batches")
+    p.add_argument("--batch-size", type=int, default=None, help="trials per batch in batch mode (default: slots)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default sqlite:///$PWD/mlflow.db)")
+    p.add_argument("--experiment", default="nyc-taxi-hpo", help="MLflow experiment (default nyc-taxi-hpo)")
+    p.add_argument("--max-rmse", type=float, default=6.5, help="register only below this RMSE (default 6.5)")
+    p.add_argument("--max-inference-time", type=float, default=20e-6,
+                     help="register only below this many seconds per row (default 20e-6)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="taxi-hpo", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = sub.add_parser("run", help="run a parallel TPE search")
     _add_search_flags(run)
-    run.add_argument("--trials", type=int, default=20, help="number of TPE trials (default 20)")
-    run.add_argument("--workers", type=int, default=2, help="local Dask worker processes (default 2)")
-    run.add_argument("--threads-per-worker", type=int, default=1, help="XGBoost threads per trial (default 1)")
-    run.add_argument("--address", default=None, help="existing Dask scheduler, e.g. tcp://host:8786")
-    run.add_argument("--mode", choices=["async", "batch"], default="async",
-                     help="async: refill each free slot at once (default); batch: synchronous, reproducible batches")
-    run.add_argument("--batch-size", type=int, default=None, help="trials per batch in batch mode (default: slots)")
-    run.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default sqlite:///$PWD/mlflow.db)")
-    run.add_argument("--experiment", default="nyc-taxi-hpo", help="MLflow experiment (default nyc-taxi-hpo)")
-    run.add_argument("--max-rmse", type=float, default=6.5, help="register only below this RMSE (default 6.5)")
-    run.add_argument("--max-inference-time", type=float, default=20e-6,
-                     help="register only below this many seconds per row (default 20e-6)")
+    _add_run_flags(run)
     run.add_argument("--resume", metavar="PARENT_RUN_ID", default=None,
                      help="finish an interrupted search: rebuild its TPE history from the tracking store, "
                           "run only the missing trials")
@@ -59,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     from taxi_hpo import bench, serve
 
     bench.add_parser(sub, _add_search_flags)
-    serve.add_parser(sub, _add_search_flags)
+    serve.add_parser(sub, _add_search_flags, _add_run_flags)
     return parser
 
 

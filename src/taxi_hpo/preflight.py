@@ -20,8 +20,8 @@ def resume_config(cfg: RunConfig, data_dir_given: bool = False) -> RunConfig:
     batch = p.get("mode") == "batch"
     data_dir = cfg.data_dir if data_dir_given or not p.get("data_dir") else p["data_dir"]
     return replace(
-        cfg, data_dir=data_dir, train=p["train"], valid=p["valid"], mode=p["mode"], trials=int(p["trials"]), seed=int(p["seed"]),
-        rounds=int(p["rounds"]), max_depth=int(p["max_depth"]),
+        cfg, data_dir=data_dir, train=p["train"], valid=p["valid"], mode=p["mode"], trials=int(p["trials"]),
+        seed=int(p["seed"]), rounds=int(p["rounds"]), max_depth=int(p["max_depth"]),
         batch_size=int(p["in_flight"]) if batch and p.get("in_flight") else cfg.batch_size,
         experiment=tracking.experiment_name(cfg.resolved_tracking_uri, record.experiment_id),
     )
@@ -32,9 +32,9 @@ def check(cfg: RunConfig) -> None:
     for spec in (cfg.train, cfg.valid):
         month = data.resolve(spec, Path(cfg.data_dir), download_progress())
         data.load(month.path)
-    # Creates the store from this (the flow's) process before any worker can race to migrate it.
-    tracking.prepare_store(cfg.resolved_tracking_uri, cfg.experiment, Path(cfg.workdir) / "mlartifacts")
-    if cfg.address:
+    if cfg.address:  # before the store is created: a remote run may refuse a local one
         from taxi_hpo import remote
 
         remote.check(cfg)
+    # Creates the store from this (the flow's) process before any worker can race to migrate it.
+    tracking.prepare_store(cfg.resolved_tracking_uri, cfg.experiment, Path(cfg.workdir) / "mlartifacts")

@@ -33,6 +33,9 @@ from taxi_hpo.errors import ClusterError, TrackingError
 from taxi_hpo.prefect_api import configured_api_url
 
 PROBE_TIMEOUT_S = 5.0
+# A real API call: MLflow answers /health whatever the Host header, but refuses other calls
+# from names outside its --allowed-hosts.
+MLFLOW_PROBE_PATH = "/api/2.0/mlflow/experiments/search?max_results=1"
 _LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost", "::1", "0.0.0.0"}
 
 
@@ -54,8 +57,9 @@ def check(cfg: RunConfig, timeout_s: float = 10.0) -> dict:
     scheduler_host = urlsplit(cfg.address if "://" in cfg.address else f"tcp://{cfg.address}").hostname
     if not is_loopback(scheduler_host):
         check_placement(tracking_uri, api_url, f"scheduler {cfg.address}")
-    urls = {name: _health(url) for name, url in (("MLflow tracking server", tracking_uri), ("Prefect API", api_url))
-            if url and url.startswith(("http://", "https://"))}
+    urls = {name: url.rstrip("/") + path for name, url, path in (
+        ("MLflow tracking server", tracking_uri, MLFLOW_PROBE_PATH), ("Prefect API", api_url or "", "/health"))
+        if url.startswith(("http://", "https://"))}
     info = cluster.probe_scheduler(cfg.address, timeout_s, worker_probe=make_worker_probe(urls, PROBE_TIMEOUT_S))
     probes = info["probes"]
     _check_probes_ran(probes)
@@ -145,8 +149,10 @@ def make_worker_probe(urls: dict[str, str], timeout_s: float):
         for name, url in urls.items():
             try:
                 urllib.request.urlopen(url, timeout=timeout_s).close()
-            except urllib.error.HTTPError:
-                pass  # it answered: reachable, whatever it thinks of the path
+            except urllib.error.HTTPError as exc:
+                if exc.code == 403:  # answered, but will refuse the work: say so now
+                    unreachable[name] = "HTTP 403 Forbidden; for MLflow, add this host name to --allowed-hosts"
+                # other codes (e.g. 401 before credentials): it answered, so it is reachable
             except Exception as exc:  # noqa: BLE001 - reported, not raised
                 unreachable[name] = f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
         return {"taxi_hpo": version("taxi_hpo"), "prefect": version("prefect"),
@@ -206,10 +212,6 @@ def is_loopback(host: str | None) -> bool:
     if not host:
         return False
     return host.lower() in _LOOPBACK_NAMES or host.startswith("127.")
-
-
-def _health(url: str) -> str:
-    return url.rstrip("/") + "/health"
 
 
 def _same(a: str | None, b: str | None) -> bool:

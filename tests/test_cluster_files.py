@@ -1,0 +1,190 @@
+"""cluster/: the scripts parse, and compose and Kubernetes say what cluster/local does.
+
+The local scripts are the reference (the namespace tests run them): each start script's
+program, flags and ports must reappear in docker-compose.yml and the Kubernetes manifests.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import shlex
+import subprocess
+from pathlib import Path
+
+import dask.config
+import distributed
+import pytest
+import yaml
+
+from taxi_hpo import cluster
+
+CLUSTER = Path(__file__).resolve().parents[1] / "cluster"
+LOCAL = CLUSTER / "local"
+# Flags that only make sense on a bare host (where to bind, which certificates, names).
+HOST_ONLY = {"--host", "--protocol", "--name", "--allowed-hosts", "--tls-ca-file", "--tls-cert", "--tls-key"}
+
+
+def defaults() -> dict[str, str]:
+    text = (LOCAL / "common.sh").read_text()
+    return dict(re.findall(r': "\$\{(\w+):=([^}]*)\}"', text))
+
+
+def thread_environ_keys() -> set[str]:
+    line = next(l for l in (LOCAL / "common.sh").read_text().splitlines() if l.startswith("THREAD_ENVIRON="))
+    return set(re.findall(r"'(\w+)':", line))
+
+
+def script_command(script: str) -> tuple[str, set[str]]:
+    """The program (e.g. ``dask worker``) and flags of a start script's ``start_daemon`` line."""
+    text = (LOCAL / script).read_text().replace("\\\n", " ")
+    line = next(l for l in text.splitlines() if l.lstrip().startswith("start_daemon "))
+    words = line.split()[2:]
+    program = " ".join(w for w in words[:3] if not w.startswith(("-", '"', "$")))
+    return program, set(re.findall(r"(?<![\w-])--[a-z][\w-]*", line))
+
+
+SERVICES = {  # local script -> compose service / Kubernetes workload
+    "start-scheduler.sh": ("scheduler", "scheduler"),
+    "start-workers.sh": ("worker", "worker"),
+    "start-mlflow.sh": ("mlflow", "mlflow"),
+    "start-prefect.sh": ("prefect", "prefect"),
+}
+PORT_OF = {"start-scheduler.sh": "SCHEDULER_PORT", "start-mlflow.sh": "MLFLOW_PORT", "start-prefect.sh": "PREFECT_PORT"}
+
+
+def test_scripts_parse():
+    for script in sorted(LOCAL.glob("*.sh")) + [CLUSTER / "tls" / "make-certs.sh"]:
+        proc = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+        assert proc.returncode == 0, f"{script.name}: {proc.stderr}"
+    for script in LOCAL.glob("*.sh"):
+        if script.name != "common.sh":
+            assert script.stat().st_mode & 0o111, f"{script.name} is not executable"
+
+
+def test_thread_variables_match_the_local_cluster():
+    assert thread_environ_keys() == set(cluster.THREAD_ENV)
+
+
+# -- docker compose ----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load((CLUSTER / "compose" / "docker-compose.yml").read_text())
+
+
+@pytest.mark.parametrize("script", list(SERVICES))
+def test_compose_runs_what_the_local_scripts_run(compose, script):
+    service = compose["services"][SERVICES[script][0]]
+    command = service["command"].split()
+    program, flags = script_command(script)
+    assert " ".join(command).startswith(program)
+    assert flags - HOST_ONLY <= set(command), f"{script}: {sorted(flags - HOST_ONLY - set(command))} missing"
+    if script in PORT_OF:
+        port = defaults()[PORT_OF[script]]
+        assert command[command.index("--port") + 1] == port
+        assert f"{port}:{port}" in service["ports"]
+
+
+def test_compose_wiring(compose):
+    d, services = defaults(), compose["services"]
+    scheduler = services["scheduler"]["command"].split()
+    assert scheduler[scheduler.index("--dashboard-address") + 1].endswith(f":{d['DASHBOARD_PORT']}")
+    assert f"tcp://scheduler:{d['SCHEDULER_PORT']}" in services["worker"]["command"].split()
+    environ = ast.literal_eval(services["worker"]["environment"]["DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON"])
+    assert set(environ) == thread_environ_keys() and len(set(environ.values())) == 1
+    assert services["mlflow"]["environment"]["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
+    assert services["client"]["environment"]["PREFECT_API_URL"] == f"http://prefect:{d['PREFECT_PORT']}/api"
+    assert all(s.get("image") == "taxi-hpo:0.1.0" for n, s in services.items() if n != "postgres")
+    assert (CLUSTER / "compose" / services["mlflow"]["build"]["dockerfile"].split("/")[-1]).is_file()
+
+
+# -- Kubernetes --------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def k8s() -> dict[str, dict]:
+    """Every container of the manifests by name, with its kind."""
+    containers = {}
+    for path in sorted((CLUSTER / "kubernetes").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            for spec in _pod_specs(doc):
+                for c in spec["containers"]:
+                    containers[c["name"]] = c
+    return containers
+
+
+def _pod_specs(doc: dict):
+    if doc["kind"] == "DaskCluster":
+        yield doc["spec"]["worker"]["spec"]
+        yield doc["spec"]["scheduler"]["spec"]
+    elif doc["kind"] in ("Deployment", "StatefulSet", "Job"):
+        yield doc["spec"]["template"]["spec"]
+
+
+def _argv(container: dict) -> list[str]:
+    words = container.get("command", []) + container.get("args", [])
+    if words[:2] == ["sh", "-c"]:
+        return shlex.split(" ".join(words[2:]))
+    return words
+
+
+@pytest.mark.parametrize("script", list(SERVICES))
+def test_kubernetes_runs_what_the_local_scripts_run(k8s, script):
+    container = k8s[SERVICES[script][1]]
+    argv = _argv(container)
+    program, flags = script_command(script)
+    assert " ".join(argv).replace("exec ", "", 1).startswith(program)
+    missing = flags - HOST_ONLY - {"--nworkers"} - set(argv)  # one worker process per pod
+    assert not missing, f"{script}: {sorted(missing)} missing"
+    if script in PORT_OF:
+        port = defaults()[PORT_OF[script]]
+        assert argv[argv.index("--port") + 1] == port
+        assert int(port) in {p["containerPort"] for p in container["ports"]}
+
+
+def test_kubernetes_wiring(k8s):
+    d = defaults()
+    env = {e["name"]: e.get("value") for e in k8s["worker"]["env"]}
+    environ = ast.literal_eval(env["DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON"])
+    assert set(environ) == thread_environ_keys()
+    client = k8s["client"]
+    argv = _argv(client)
+    assert argv[argv.index("--address") + 1] == f"tcp://taxi-hpo-scheduler:{d['SCHEDULER_PORT']}"
+    assert argv[argv.index("--tracking-uri") + 1] == f"http://mlflow:{d['MLFLOW_PORT']}"
+    assert {e["name"]: e["value"] for e in client["env"]}["PREFECT_API_URL"] == f"http://prefect:{d['PREFECT_PORT']}/api"
+    services = {doc["metadata"]["name"]: doc for path in (CLUSTER / "kubernetes").glob("*.yaml")
+                for doc in yaml.safe_load_all(path.read_text()) if doc["kind"] == "Service"}
+    assert services["mlflow"]["spec"]["ports"][0]["port"] == int(d["MLFLOW_PORT"])
+    assert services["prefect"]["spec"]["ports"][0]["port"] == int(d["PREFECT_PORT"])
+
+
+def _dotted(tree: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}: dask.config.set replaces whole nested dicts."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_dotted(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+# -- TLS ---------------------------------------------------------------------------------------
+
+def test_tls_configs_are_distributed_configs(tmp_path):
+    subprocess.run([str(CLUSTER / "tls" / "make-certs.sh"), str(tmp_path), "10.213.0.2"], check=True,
+                   capture_output=True)
+    for role in ("scheduler", "worker", "client"):
+        config = list(dask.config.collect_yaml([str(tmp_path / f"{role}.yaml")]))[0]
+        with dask.config.set(_dotted(config)):
+            security = distributed.Security()
+            assert security.require_encryption
+            assert security.tls_ca_file == str(tmp_path / "ca.pem")
+            assert getattr(security, f"tls_{role}_cert") == str(tmp_path / f"{role}.pem")
+            assert getattr(security, f"tls_{role}_key") == str(tmp_path / f"{role}-key.pem")
+            if role == "client":
+                assert cluster.tls_client_files()["cert"] == str(tmp_path / "client.pem")
+        verify = subprocess.run(["openssl", "verify", "-CAfile", str(tmp_path / "ca.pem"), str(tmp_path / f"{role}.pem")],
+                                capture_output=True, text=True)
+        assert verify.returncode == 0, verify.stderr
+    assert oct((tmp_path / "worker-key.pem").stat().st_mode & 0o777) == "0o600"
