@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections import defaultdict
 
 import mlflow
@@ -24,7 +25,8 @@ def run_cli(capsys, *args) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def test_search_end_to_end(prefect_api_url, data_dir, workdir, capsys):
+def test_search_end_to_end(prefect_api_url, data_dir, workdir, capsys, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     s = run_cli(capsys, "--data-dir", str(data_dir), "--trials", "6", "--workers", "2", *SMALL,
                 "--max-rmse", "10")
     assert s["lr_rmse"] == pytest.approx(7.7587, abs=1e-4)
@@ -34,6 +36,9 @@ def test_search_end_to_end(prefect_api_url, data_dir, workdir, capsys):
     assert s["registered_version"] == "1"
     assert 0 < s["utilisation"] <= 1 and s["search_wall_s"] <= s["wall_s"]
     assert s["tracking_uri"] == f"sqlite:///{workdir / 'mlflow.db'}"
+    # The nanny writes OMP_NUM_THREADS into the process that starts it; it must not stay there
+    # (it would cap XGBoost in this process, e.g. the benchmark's sequential baseline).
+    assert "OMP_NUM_THREADS" not in os.environ
 
     # Sharing: each worker built its XGBoost matrices once; no trial shipped the data itself.
     builds = defaultdict(list)

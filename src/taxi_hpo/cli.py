@@ -36,6 +36,7 @@ def _add_search_flags(p: argparse.ArgumentParser) -> None:
 
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
     """Flags shared by `run` and `serve`: the search's size, cluster, tracking and registry."""
+    p.add_argument("--no-register", action="store_true", help="do not register the best model")
     p.add_argument("--trials", type=int, default=20, help="number of TPE trials (default 20)")
     p.add_argument("--workers", type=int, default=2, help="local Dask worker processes (default 2)")
     p.add_argument("--threads-per-worker", type=int, default=1, help="XGBoost threads per trial (default 1)")
@@ -60,7 +61,6 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", metavar="PARENT_RUN_ID", default=None,
                      help="finish an interrupted search: rebuild its TPE history from the tracking store, "
                           "run only the missing trials")
-    run.add_argument("--no-register", action="store_true", help="do not register the best model")
     run.add_argument("--json", action="store_true", help="print one JSON object on stdout at the end")
     from taxi_hpo import bench, serve
 

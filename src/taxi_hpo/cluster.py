@@ -12,6 +12,7 @@ import threading
 from dataclasses import dataclass
 from typing import Callable
 
+import dask
 import distributed
 from prefect_dask import DaskTaskRunner
 
@@ -30,9 +31,10 @@ class ClusterSpec:
     connect_timeout_s: float = 10.0
 
     def task_runner(self) -> DaskTaskRunner:
-        if self.address:
-            return DaskTaskRunner(address=self.address)
-        return DaskTaskRunner(cluster_class=distributed.LocalCluster, cluster_kwargs=self.local_kwargs())
+        """The runner for an existing scheduler (a local cluster starts with ``start_local``)."""
+        if not self.address:
+            raise ValueError("no address: start a local cluster with start_local() and use its address")
+        return DaskTaskRunner(address=self.address)
 
     def start_local(self) -> "LocalClusterStart":
         """Begin starting the LocalCluster in the background (overlaps the Prefect server start)."""
@@ -64,6 +66,14 @@ class LocalClusterStart:
     def __init__(self, spec: ClusterSpec):
         self._cluster = None
         self._error: BaseException | None = None
+        # The nanny writes its pre-spawn variables into *this* process's environment
+        # (os.environ.update before spawning, also on every worker restart) and never undoes
+        # it: OMP_NUM_THREADS=1 would then cap XGBoost in this process and in everything it
+        # starts later. Give the nanny our value, and put the environment back on close.
+        self._saved_env = {name: os.environ.get(name) for name in THREAD_ENV}
+        threads = str(spec.threads_per_worker)
+        dask.config.set({"distributed.nanny.pre-spawn-environ": {
+            **dask.config.get("distributed.nanny.pre-spawn-environ", {}), **{n: threads for n in THREAD_ENV}}})
         self._thread = threading.Thread(target=self._start, args=(spec,), name="taxi-hpo-cluster", daemon=True)
         self._thread.start()
 
@@ -81,8 +91,15 @@ class LocalClusterStart:
 
     def close(self) -> None:
         self._thread.join()
-        if self._cluster is not None:
-            self._cluster.close()
+        try:
+            if self._cluster is not None:
+                self._cluster.close()
+        finally:
+            for name, value in self._saved_env.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
 
 
 def probe_scheduler(address: str, timeout_s: float = 10.0,
