@@ -179,7 +179,7 @@ def search(config: dict) -> dict:
     reporter = current_reporter()
     try:
         data_future = client.scatter(prepared, broadcast=True, hash=False)
-        warming = _warm_workers(client, data_future)  # overlaps with the two steps below
+        warming = _warm_workers(client, data_future, ctx)  # overlaps with the two steps below
         log_preprocessor(ctx, prepared.preprocessor.to_bytes())
         lr_rmse = record.lr_rmse if record and record.lr_rmse is not None else linear_baseline(prepared, ctx)
         client.gather(warming, errors="skip")
@@ -215,11 +215,21 @@ def search(config: dict) -> dict:
         tracking.end_run(tracking_uri, parent_run_id, status, metrics=metrics)
 
 
-def _warm_workers(client, data_future) -> list:
-    """One warm-up task per worker: imports and XGBoost matrices ready before the first trial."""
+def _warm_workers(client, data_future, ctx: tracking.TrackingContext) -> list:
+    """One warm-up task per worker: imports, matrices and store ready before the first trial."""
     workers = list(client.scheduler_info(n_workers=-1)["workers"])
-    return [client.submit(trials.warm_up, data_future, workers=[w], allow_other_workers=False, pure=False)
+    return [client.submit(_warm_worker, data_future, ctx, workers=[w], allow_other_workers=False, pure=False)
             for w in workers]
+
+
+def _warm_worker(prepared, ctx: tracking.TrackingContext) -> int:
+    # Prefect's task engine and its API client load lazily on a worker's first task: ~1 s.
+    import prefect.task_engine  # noqa: F401
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as api:
+        api.api_healthcheck()
+    return trials.warm_up(prepared, ctx)
 
 
 def _interrupted() -> bool:

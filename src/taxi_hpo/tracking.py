@@ -160,6 +160,11 @@ def run_status(tracking_uri: str, run_id: str) -> str:
     return MlflowClient(tracking_uri=tracking_uri).get_run(run_id).info.status
 
 
+def warm(ctx: TrackingContext) -> None:
+    """Open the store in this process (MLflow caches it per URI) before the first trial needs it."""
+    retrying(lambda: ctx.client().get_experiment(ctx.experiment_id))
+
+
 # -- the guard: one preprocessor artifact per search ------------------------------------------
 
 def log_preprocessor_once(ctx: TrackingContext, blob: bytes) -> bool:
