@@ -16,7 +16,7 @@ import pytest
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="taxi-hpo-tests-"))
 os.environ["PREFECT_HOME"] = str(_SESSION_HOME / "prefect")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
 os.environ.setdefault("TAXI_HPO_DASHBOARD", ":0")  # parallel clusters must not fight over :8787
 os.environ.pop("PREFECT_API_URL", None)
 

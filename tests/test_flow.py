@@ -64,6 +64,15 @@ def test_search_end_to_end(prefect_api_url, data_dir, workdir, capsys, monkeypat
         assert [a.path for a in client.list_artifacts(run.info.run_id, "model")] == ["model/booster.ubj"]
     assert s["submit_bytes_max"] < s["data_bytes"] / 100
 
+    # Each trial's line reached the Prefect API from its worker, under the search's flow run.
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    with get_client(sync_client=True) as api:
+        logs = api.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[parent.data.tags["flow_run_id"]])))
+    trial_lines = [log.message for log in logs if log.message.startswith("trial ") and "rmse_valid" in log.message]
+    assert len(trial_lines) == 6, [log.message for log in logs]
+
     # The registered pyfunc predicts minutes from raw TLC rows (2023 layout: int ids).
     mlflow.set_tracking_uri(s["tracking_uri"])
     model = mlflow.pyfunc.load_model("models:/nyc-taxi-duration@staging")

@@ -22,7 +22,7 @@ import dask.config
 import pytest
 from mlflow.tracking import MlflowClient
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId, FlowRunFilter, FlowRunFilterId
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from taxi_hpo import cli, cluster, remote, tracking
@@ -368,6 +368,10 @@ def test_search_on_remote_workers(stack, data_dir, tmp_path):
         with get_client(sync_client=True) as client:
             flow_run = client.read_flow_run(flow_run_id)
             task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])))
+            logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run.id])))
+    # Each trial's log line was shipped to the API from the remote worker that ran it.
+    shipped = [log.message for log in logs if log.message.startswith("trial ") and "rmse_valid" in log.message]
+    assert len(shipped) == 3 and all(" on thpo-w" in m for m in shipped), shipped
     trials = sorted(t.name for t in task_runs if t.name.startswith("trial-"))
     assert flow_run.state.is_completed() and trials == ["trial-0", "trial-1", "trial-2"]
     assert all(t.state.is_completed() for t in task_runs if t.name.startswith("trial-"))

@@ -70,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _quiet_libraries() -> None:
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    # Quiet terminal, full record: Prefect's console shows warnings only, while flow and task
+    # logs (INFO) still go to the Prefect API, from local and remote workers alike.
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
     logging.getLogger("distributed").setLevel(logging.ERROR)
     logging.getLogger("mlflow").setLevel(logging.WARNING)
@@ -118,6 +120,12 @@ def _print_summary(s: dict) -> None:
         print("no trial met the registration thresholds: nothing registered")
 
 
+def _interrupted_exit() -> int:
+    sys.stderr.write("taxi-hpo: interrupted; the search's parent run is marked KILLED: "
+                     "finish it with `taxi-hpo run --resume PARENT_RUN_ID`\n")
+    return 130
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_libraries()
@@ -134,8 +142,12 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"taxi-hpo: error: {exc}\n")
         return EXIT_USAGE
     except KeyboardInterrupt:
-        sys.stderr.write("taxi-hpo: interrupted; the parent run is marked KILLED\n")
-        return 130
+        return _interrupted_exit()
+    except Exception:
+        flows = sys.modules.get("taxi_hpo.flows")
+        if flows is not None and flows.interrupted():  # Ctrl-C surfaced as another exception
+            return _interrupted_exit()
+        raise
     return 0
 
 

@@ -6,6 +6,9 @@ Each task calls one function of the core or the tracking adapter; the search loo
 
 from __future__ import annotations
 
+import signal
+import sys
+import threading
 import time
 from contextvars import ContextVar
 from datetime import timedelta
@@ -15,7 +18,7 @@ from typing import Protocol
 import cloudpickle
 import dask
 import distributed
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
 from prefect_dask import DaskTaskRunner
@@ -87,7 +90,11 @@ def linear_baseline(prepared, ctx: tracking.TrackingContext) -> float:
       cache_policy=NO_CACHE)
 def trial(trial_id: int, params: dict, prepared, ctx: tracking.TrackingContext, rounds: int,
           nthread: int) -> dict:
-    return trials.run_trial(trial_id, params, prepared, ctx, rounds, nthread)
+    result = trials.run_trial(trial_id, params, prepared, ctx, rounds, nthread)
+    # Shipped to the Prefect API from whichever worker ran it (shown under the task run).
+    get_run_logger().info("trial %d on %s: rmse_valid %.4f, fit %.2f s, MLflow run %s", trial_id,
+                          result["worker"], result["loss"], result["fit_s"], result["run_id"])
+    return result
 
 
 @task(name="register-best", cache_policy=NO_CACHE)
@@ -99,14 +106,23 @@ def register_best(outcomes: list[TrialOutcome], prepared, ctx: tracking.Tracking
 # -- the executor the scheduler drives ---------------------------------------------------------
 
 class DaskTrialRunner:
-    """Submits trial tasks through the flow's DaskTaskRunner; handles are trial ids."""
+    """Submits trial tasks through the flow's DaskTaskRunner; handles are trial ids.
 
-    def __init__(self, data_future, ctx: tracking.TrackingContext, rounds: int, nthread: int):
-        self._data = data_future
+    A future Dask reports as cancelled (seen under heavy load after a worker died: "already
+    forgotten") is submitted again, with the data scattered again if its copy went too; trials
+    are idempotent in the tracking store, so a rerun never makes a second finished run.
+    """
+
+    MAX_RESUBMITS = 3
+
+    def __init__(self, data_future, ctx: tracking.TrackingContext, rounds: int, nthread: int,
+                 prepared=None, client=None):
+        self._data, self._prepared, self._client = data_future, prepared, client
         self._ctx, self._rounds, self._nthread = ctx, rounds, nthread
         self._futures: dict[int, object] = {}
         self._params: dict[int, dict] = {}
-        self.keys: dict[int, str] = {}
+        self._priority: dict[int, float] = {}
+        self.resubmits: dict[int, int] = {}
         self.submit_bytes: dict[int, int] = {}
 
     def submit(self, trial_id: int, params: dict, priority: float) -> int:
@@ -119,13 +135,28 @@ class DaskTrialRunner:
             future = trial.submit(**parameters)
         self._futures[trial_id] = future
         self._params[trial_id] = params
-        self.keys[trial_id] = future.wrapped_future.key
+        self._priority[trial_id] = priority
         return trial_id
 
     def wait_any(self, handles):
-        futures = [self._futures[h].wrapped_future for h in handles]
-        distributed.wait(futures, return_when="FIRST_COMPLETED")
-        return [h for h in handles if self._futures[h].wrapped_future.done()]
+        while True:
+            futures = {h: self._futures[h].wrapped_future for h in handles}
+            try:
+                distributed.wait(list(futures.values()), return_when="FIRST_COMPLETED")
+            except distributed.client.FuturesCancelledError:
+                pass  # handled below
+            for h, future in futures.items():
+                if future.cancelled() and self.resubmits.get(h, 0) < self.MAX_RESUBMITS:
+                    self._resubmit(h)
+            done = [h for h in handles if self._futures[h].wrapped_future.done()]
+            if done:
+                return done
+
+    def _resubmit(self, trial_id: int) -> None:
+        self.resubmits[trial_id] = self.resubmits.get(trial_id, 0) + 1
+        if self._data.cancelled() and self._prepared is not None and self._client is not None:
+            self._data = self._client.scatter(self._prepared, broadcast=True, hash=False)
+        self.submit(trial_id, self._params[trial_id], self._priority[trial_id])
 
     def outcome(self, handle: int) -> TrialOutcome:
         future = self._futures.pop(handle)
@@ -184,7 +215,7 @@ def search(config: dict) -> dict:
         lr_rmse = record.lr_rmse if record and record.lr_rmse is not None else linear_baseline(prepared, ctx)
         client.gather(warming, errors="skip")
         searcher = TPESearcher(reference_space(cfg.max_depth), cfg.seed, max(DEFAULT_STARTUP, in_flight))
-        runner = DaskTrialRunner(data_future, ctx, cfg.rounds, cfg.threads_per_worker)
+        runner = DaskTrialRunner(data_future, ctx, cfg.rounds, cfg.threads_per_worker, prepared, client)
         if reporter:
             reporter.start(cfg.trials, client.dashboard_link)
         search_start = time.time()
@@ -232,10 +263,22 @@ def _warm_worker(prepared, ctx: tracking.TrackingContext) -> int:
     return trials.warm_up(prepared, ctx)
 
 
+_SIGINT = threading.Event()
+
+
+def _on_sigint(signum, frame):
+    _SIGINT.set()
+    raise KeyboardInterrupt
+
+
+def interrupted() -> bool:
+    """True once Ctrl-C reached ``execute``, even where a library wrapped the KeyboardInterrupt
+    in another exception (pydantic does, when it lands inside a serializer)."""
+    return _SIGINT.is_set()
+
+
 def _interrupted() -> bool:
-    import sys
-    exc = sys.exc_info()[1]
-    return isinstance(exc, KeyboardInterrupt)
+    return interrupted() or isinstance(sys.exc_info()[1], KeyboardInterrupt)
 
 
 def _slots(cfg: RunConfig, client) -> int:
@@ -306,6 +349,9 @@ def execute(cfg: RunConfig, reporter: Reporter | None = None) -> dict:
     """
     spec = ClusterSpec(workers=cfg.workers, threads_per_worker=cfg.threads_per_worker, address=cfg.address)
     token = _REPORTER.set(reporter)
+    _SIGINT.clear()
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, _on_sigint) if in_main else None
     local = spec.start_local() if cfg.address is None else None
     try:
         with prefect_api():
@@ -313,5 +359,7 @@ def execute(cfg: RunConfig, reporter: Reporter | None = None) -> dict:
             return search.with_options(task_runner=runner)(cfg.to_dict())
     finally:
         _REPORTER.reset(token)
+        if in_main:
+            signal.signal(signal.SIGINT, previous)
         if local:
             local.close()
