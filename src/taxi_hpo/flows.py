@@ -187,7 +187,7 @@ def search(config: dict) -> dict:
     valid_file = data_mod.resolve(cfg.valid, Path(cfg.data_dir))
     pre = preprocess(str(train_file.path), str(valid_file.path))
     prepared = pre["data"]
-    client = FlowRunContext.get().task_runner.client  # starts the cluster on first access
+    client = FlowRunContext.get().task_runner.client  # connects to the cluster execute() started
     slots = _slots(cfg, client)
     in_flight = slots if cfg.mode == "async" else (cfg.batch_size or slots)
     record = tracking.load_search(tracking_uri, cfg.resume) if cfg.resume else None

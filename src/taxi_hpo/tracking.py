@@ -64,11 +64,6 @@ class TrackingContext:
         return MlflowClient(tracking_uri=self.tracking_uri)
 
 
-def default_tracking_uri(workdir: Path | None = None) -> str:
-    """``sqlite:///<absolute>/mlflow.db`` in the working folder (absolute: workers share it)."""
-    return f"sqlite:///{Path(workdir or os.getcwd()).resolve() / 'mlflow.db'}"
-
-
 def is_local_uri(uri: str) -> bool:
     """True for stores only this machine can open (a sqlite file, a folder)."""
     return uri.startswith(("sqlite:", "file:")) or "://" not in uri
