@@ -27,7 +27,7 @@ from taxi_hpo import data as data_mod
 from taxi_hpo import features, models, registry, tracking, trials
 from taxi_hpo.cluster import ClusterSpec
 from taxi_hpo.config import RunConfig
-from taxi_hpo.prefect_api import prefect_api
+from taxi_hpo.prefect_api import flush_logs, prefect_api
 from taxi_hpo.search import TPESearcher, TrialOutcome, reference_space, run_search
 from taxi_hpo.search.space import decode_logged
 from taxi_hpo.search.tpe import DEFAULT_STARTUP
@@ -225,6 +225,7 @@ def search(config: dict) -> dict:
         search_wall = time.time() - search_start
         if reporter:
             reporter.stop()
+        _flush_worker_logs(client)
         version = (register_best(outcomes, prepared, ctx, cfg.max_rmse, cfg.max_inference_time)
                    if cfg.register else None)
         summary = _summary(cfg, ctx, outcomes, lr_rmse, slots, search_wall, time.time() - wall_start,
@@ -261,6 +262,16 @@ def _warm_worker(prepared, ctx: tracking.TrackingContext) -> int:
     with get_client(sync_client=True) as api:
         api.api_healthcheck()
     return trials.warm_up(prepared, ctx)
+
+
+def _flush_worker_logs(client, timeout_s: float = 10.0) -> None:
+    """Trial log lines wait up to 2 s in each worker's queue: send them before the flow ends."""
+    workers = list(client.scheduler_info(n_workers=-1)["workers"])
+    futures = [client.submit(flush_logs, workers=[w], allow_other_workers=False, pure=False) for w in workers]
+    try:
+        distributed.wait(futures, timeout=timeout_s)
+    except Exception:  # noqa: BLE001 - a late log line is not worth failing a finished search
+        pass
 
 
 _SIGINT = threading.Event()

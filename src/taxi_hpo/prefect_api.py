@@ -80,7 +80,7 @@ def prefect_api(startup_timeout_s: int = 60) -> Iterator[str]:
             try:
                 yield server.api_url
             finally:
-                _flush_api_logs()
+                flush_logs()
     finally:
         if previous is None:
             os.environ.pop("PREFECT_API_URL", None)
@@ -90,14 +90,20 @@ def prefect_api(startup_timeout_s: int = 60) -> Iterator[str]:
         SubprocessASGIServer._instances.pop(None, None)
 
 
-def _flush_api_logs() -> None:
-    """Send queued flow and task logs before the server goes, not into a closed port at exit."""
+def flush_logs(timeout_s: float = 5.0) -> bool:
+    """Send the log lines this process has queued for the API now, and wait for them.
+
+    Prefect batches log lines in a background service (every 2 s); a process that ends, or an
+    API that stops, before the next batch loses them. Call from a thread without a running
+    event loop (the main thread, a Dask task). True when the queue drained within the timeout.
+    """
     try:
-        from prefect.logging.handlers import APILogHandler
+        from prefect.logging.handlers import APILogWorker
 
-        APILogHandler.flush()
+        done, pending = APILogWorker.drain_all(timeout=timeout_s, at_exit=False)
+        return not pending
     except Exception:  # noqa: BLE001 - best effort: losing a log line must not fail the search
-        pass
+        return False
 
 
-__all__ = ["prefect_api", "configured_api_url", "prefect"]
+__all__ = ["prefect_api", "configured_api_url", "flush_logs", "prefect"]
