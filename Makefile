@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-ARGS   ?= --trials 8 --workers 2 --rounds 30 --max-depth 30
+ARGS   ?= --trials 8 --rounds 30 --max-depth 30
 PYTEST_ARGS ?=
 
 .PHONY: run test bench install clean

@@ -22,7 +22,7 @@ def run_cli(capsys, *args) -> dict:
     code = cli.main(["run", *args, "--json"])
     out, err = capsys.readouterr()
     assert code == 0, err
-    return json.loads(out.strip().splitlines()[-1])
+    return {**json.loads(out.strip().splitlines()[-1]), "stderr": err}
 
 
 def test_search_end_to_end(prefect_api_url, data_dir, workdir, capsys, monkeypatch):
@@ -36,6 +36,7 @@ def test_search_end_to_end(prefect_api_url, data_dir, workdir, capsys, monkeypat
     assert s["registered_version"] == "1"
     assert 0 < s["utilisation"] <= 1 and s["search_wall_s"] <= s["wall_s"]
     assert s["tracking_uri"] == f"sqlite:///{workdir / 'mlflow.db'}"
+    assert "Dask: 2 workers x 1 XGBoost thread, 2 trials at a time (local cluster)" in s["stderr"]
     # The nanny writes OMP_NUM_THREADS into the process that starts it; it must not stay there
     # (it would cap XGBoost in this process, e.g. the benchmark's sequential baseline).
     assert "OMP_NUM_THREADS" not in os.environ

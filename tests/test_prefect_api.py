@@ -15,13 +15,13 @@ PROBE = textwrap.dedent('''
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
     from prefect.context import FlowRunContext
-    from taxi_hpo.prefect_api import flush_logs
+    from taxi_hpo.prefect_api import flush_to_api
 
     @flow
     def probe(flush: bool) -> int:
         get_run_logger().info("queued marker line")
         if flush:
-            assert flush_logs()
+            assert flush_to_api()
         run_id = FlowRunContext.get().flow_run.id
         with get_client(sync_client=True) as client:
             logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
@@ -32,7 +32,7 @@ PROBE = textwrap.dedent('''
 
 
 @pytest.mark.integration
-def test_flush_logs_sends_queued_lines_before_returning(prefect_api_url, tmp_path):
+def test_flush_to_api_sends_queued_lines_before_returning(prefect_api_url, tmp_path):
     script = tmp_path / "probe.py"
     script.write_text(PROBE)
     # A batch interval far longer than the probe: without a flush the line is still queued.

@@ -21,6 +21,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+from taxi_hpo.config import usable_cores
 from taxi_hpo.errors import ConfigError
 
 SEQ = "seq"
@@ -248,9 +249,8 @@ def machine_facts() -> dict:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             continue
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {
-        "cores": os.cpu_count(), "cores_usable": affinity, "cpu": _cpu_model(),
+        "cores": os.cpu_count(), "cores_usable": usable_cores(), "cpu": _cpu_model(),
         "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
         if hasattr(os, "sysconf") else None,
         "platform": platform.platform(), "python": platform.python_version(), "packages": versions,
@@ -350,7 +350,7 @@ def run_bench(cfg: BenchConfig, log=None) -> dict:
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    cores = os.cpu_count() or 1
+    cores = usable_cores()
     result = {"machine": machine_facts(), "settings": cfg.describe(), "runs": []}
     preflight.check(cfg.run_config(cfg.layouts[0]))
     with prefect_api():
@@ -385,7 +385,7 @@ def _write_json(path: Path, payload: dict) -> None:
 
 
 def add_parser(sub, add_search_flags) -> None:
-    cores = os.cpu_count() or 1
+    cores = usable_cores()
     p = sub.add_parser("bench", help="benchmark layouts against the sequential reference search",
                        description=__doc__)
     add_search_flags(p)
@@ -401,7 +401,7 @@ def add_parser(sub, add_search_flags) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    cores = os.cpu_count() or 1
+    cores = usable_cores()
     cfg = BenchConfig(layouts=parse_layouts(args.layouts, cores), trials=args.trials, rounds=args.rounds,
                       max_depth=args.max_depth, seed=args.seed, repeats=args.repeats, mode=args.mode,
                       out=args.out, train=args.train, valid=args.valid, data_dir=args.data_dir,

@@ -36,9 +36,13 @@ def _add_search_flags(p: argparse.ArgumentParser) -> None:
 
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
     """Flags shared by `run` and `serve`: the search's size, cluster, tracking and registry."""
+    from taxi_hpo.config import default_workers
+
     p.add_argument("--no-register", action="store_true", help="do not register the best model")
     p.add_argument("--trials", type=int, default=20, help="number of TPE trials (default 20)")
-    p.add_argument("--workers", type=int, default=2, help="local Dask worker processes (default 2)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="local Dask worker processes (default: usable cores / --threads-per-worker, "
+                        f"{default_workers(1)} here with 1 thread)")
     p.add_argument("--threads-per-worker", type=int, default=1, help="XGBoost threads per trial (default 1)")
     p.add_argument("--address", default=None, help="existing Dask scheduler, tcp://host:8786 or tls://host:8786 (TLS certificates from "
                         "DASK_CONFIG; see cluster/README.md)")
@@ -76,6 +80,9 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
     logging.getLogger("distributed").setLevel(logging.ERROR)
     logging.getLogger("mlflow").setLevel(logging.WARNING)
+    from taxi_hpo.prefect_api import quiet_drain_warnings
+
+    quiet_drain_warnings()
     warnings.filterwarnings("ignore", message=".*type hints to the `predict` method.*")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,6 +18,30 @@ def default_data_dir() -> str:
     return os.environ.get("TAXI_HPO_DATA_DIR", "./data")
 
 
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+
+
+def usable_cores(cpu_max: Path = CGROUP_CPU_MAX) -> int:
+    """CPUs this process may run on: its affinity mask, capped by a cgroup v2 CPU quota (a
+    container's ``--cpus``, a Kubernetes limit), which ``os.cpu_count()`` ignores."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(cores, 1)
+
+
+def default_workers(threads_per_worker: int) -> int:
+    """One worker process per ``threads_per_worker`` usable cores: every core runs a trial."""
+    return max(1, usable_cores() // max(1, threads_per_worker))
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Everything ``taxi-hpo run`` was asked to do."""
@@ -25,7 +50,7 @@ class RunConfig:
     valid: str = "2021-02"
     data_dir: str = field(default_factory=default_data_dir)
     trials: int = 20
-    workers: int = 2
+    workers: int | None = None  # None: default_workers(threads_per_worker)
     threads_per_worker: int = 1
     address: str | None = None
     mode: str = "async"
@@ -42,6 +67,8 @@ class RunConfig:
     workdir: str = field(default_factory=os.getcwd)
 
     def __post_init__(self):
+        if self.workers is None and isinstance(self.threads_per_worker, int):
+            object.__setattr__(self, "workers", default_workers(self.threads_per_worker))
         positive = {"--trials": self.trials, "--workers": self.workers,
                     "--threads-per-worker": self.threads_per_worker, "--rounds": self.rounds}
         if self.batch_size is not None:

@@ -27,7 +27,7 @@ from taxi_hpo import data as data_mod
 from taxi_hpo import features, models, registry, tracking, trials
 from taxi_hpo.cluster import ClusterSpec
 from taxi_hpo.config import RunConfig
-from taxi_hpo.prefect_api import flush_logs, prefect_api
+from taxi_hpo.prefect_api import flush_to_api, prefect_api, quiet_drain_warnings
 from taxi_hpo.search import TPESearcher, TrialOutcome, reference_space, run_search
 from taxi_hpo.search.space import decode_logged
 from taxi_hpo.search.tpe import DEFAULT_STARTUP
@@ -217,7 +217,7 @@ def search(config: dict) -> dict:
         searcher = TPESearcher(reference_space(cfg.max_depth), cfg.seed, max(DEFAULT_STARTUP, in_flight))
         runner = DaskTrialRunner(data_future, ctx, cfg.rounds, cfg.threads_per_worker, prepared, client)
         if reporter:
-            reporter.start(cfg.trials, client.dashboard_link)
+            reporter.start(cfg.trials, client.dashboard_link, _layout(cfg, client, slots))
         search_start = time.time()
         with client.as_current():
             outcomes = run_search(searcher, runner, cfg.trials, mode=cfg.mode, in_flight=in_flight,
@@ -225,7 +225,7 @@ def search(config: dict) -> dict:
         search_wall = time.time() - search_start
         if reporter:
             reporter.stop()
-        _flush_worker_logs(client)
+        _flush_workers(client)
         version = (register_best(outcomes, prepared, ctx, cfg.max_rmse, cfg.max_inference_time)
                    if cfg.register else None)
         summary = _summary(cfg, ctx, outcomes, lr_rmse, slots, search_wall, time.time() - wall_start,
@@ -261,13 +261,14 @@ def _warm_worker(prepared, ctx: tracking.TrackingContext) -> int:
 
     with get_client(sync_client=True) as api:
         api.api_healthcheck()
+    quiet_drain_warnings()
     return trials.warm_up(prepared, ctx)
 
 
-def _flush_worker_logs(client, timeout_s: float = 10.0) -> None:
-    """Trial log lines wait up to 2 s in each worker's queue: send them before the flow ends."""
+def _flush_workers(client, timeout_s: float = 10.0) -> None:
+    """Trial log lines and events wait in each worker's queue (up to 2 s): send them before the flow ends."""
     workers = list(client.scheduler_info(n_workers=-1)["workers"])
-    futures = [client.submit(flush_logs, workers=[w], allow_other_workers=False, pure=False) for w in workers]
+    futures = [client.submit(flush_to_api, workers=[w], allow_other_workers=False, pure=False) for w in workers]
     try:
         distributed.wait(futures, timeout=timeout_s)
     except Exception:  # noqa: BLE001 - a late log line is not worth failing a finished search
@@ -296,6 +297,13 @@ def _slots(cfg: RunConfig, client) -> int:
     if cfg.address is None:
         return cfg.workers
     return max(sum(client.nthreads().values()), 1)
+
+
+def _layout(cfg: RunConfig, client, slots: int) -> str:
+    where = f"scheduler {cfg.address}" if cfg.address else "local cluster"
+    workers = len(client.nthreads())
+    return (f"{workers} worker{'s' * (workers != 1)} x {cfg.threads_per_worker} XGBoost "
+            f"thread{'s' * (cfg.threads_per_worker != 1)}, {slots} trial{'s' * (slots != 1)} at a time ({where})")
 
 
 def _known_outcomes(record: tracking.SearchRecord) -> dict[int, TrialOutcome]:

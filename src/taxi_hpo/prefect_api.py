@@ -7,7 +7,9 @@ start one server here, point this process and the workers it spawns at it, stop 
 
 from __future__ import annotations
 
+import logging
 import os
+import socket
 import threading
 from contextlib import contextmanager
 from typing import Iterator
@@ -50,9 +52,20 @@ def _new_server():
     # No telemetry: the server would log an error per attempt on a machine without internet.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     server = SubprocessASGIServer()
+    # Prefect picks a random port in 8000-8999, which holds Dask's dashboard port 8787: the
+    # cluster starts at the same time, and one of the two lost the race (measured: a uvicorn
+    # "address already in use" traceback on the terminal). A port from the OS's ephemeral range
+    # cannot collide with a well-known one.
+    server.port = _free_port()
     # Register it as the default ephemeral server so nothing in this process starts a second.
     SubprocessASGIServer._instances[None] = server
     return server
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 @contextmanager
@@ -80,7 +93,7 @@ def prefect_api(startup_timeout_s: int = 60) -> Iterator[str]:
             try:
                 yield server.api_url
             finally:
-                flush_logs()
+                flush_to_api()
     finally:
         if previous is None:
             os.environ.pop("PREFECT_API_URL", None)
@@ -90,20 +103,45 @@ def prefect_api(startup_timeout_s: int = 60) -> Iterator[str]:
         SubprocessASGIServer._instances.pop(None, None)
 
 
-def flush_logs(timeout_s: float = 5.0) -> bool:
-    """Send the log lines this process has queued for the API now, and wait for them.
+def flush_to_api(timeout_s: float = 5.0) -> bool:
+    """Send the log lines and events this process has queued for the API now, and wait.
 
-    Prefect batches log lines in a background service (every 2 s); a process that ends, or an
-    API that stops, before the next batch loses them. Call from a thread without a running
-    event loop (the main thread, a Dask task). True when the queue drained within the timeout.
+    Prefect ships both from background services (log lines in 2 s batches); a process that
+    ends, or an API that stops, before they run loses them or hangs at exit on them ("Error
+    logging to API", "Still processing items"). Call from a thread without a running event loop
+    (the main thread, a Dask task). True when everything was sent within the timeout.
     """
     try:
+        from prefect.events.worker import EventsWorker
         from prefect.logging.handlers import APILogWorker
+    except ImportError:  # a Prefect without these services: nothing queued to send
+        return True
+    sent = True
+    for service in (APILogWorker, EventsWorker):
+        try:
+            _, pending = service.drain_all(timeout=timeout_s, at_exit=False)
+            sent = sent and not pending
+        except Exception:  # noqa: BLE001 - best effort: a lost log line must not fail the search
+            sent = False
+    return sent
 
-        done, pending = APILogWorker.drain_all(timeout=timeout_s, at_exit=False)
-        return not pending
-    except Exception:  # noqa: BLE001 - best effort: losing a log line must not fail the search
-        return False
+
+def _is_drain_chatter(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Still processing items")
 
 
-__all__ = ["prefect_api", "configured_api_url", "flush_logs", "prefect"]
+def quiet_drain_warnings() -> None:
+    """Drop Prefect's "Still processing items: 1 items remaining..." warnings in this process.
+
+    Its services print it whenever they are drained (at exit, or by ``flush_to_api``) with an
+    item still queued, and the item it counts is the stop marker itself (measured: the queue
+    held only ``None``): noise on every terminal, never news. Other warnings of those
+    services (a full queue dropping items) still show.
+    """
+    for name in ("EventsWorker", "APILogWorker"):
+        service_logger = logging.getLogger(name)
+        if _is_drain_chatter not in service_logger.filters:
+            service_logger.addFilter(_is_drain_chatter)
+
+
+__all__ = ["prefect_api", "configured_api_url", "flush_to_api", "quiet_drain_warnings", "prefect"]

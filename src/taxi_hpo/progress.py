@@ -20,7 +20,9 @@ class ProgressBar:
         self.failed = 0
         self.best: float | None = None
 
-    def start(self, total: int, dashboard: str | None) -> None:
+    def start(self, total: int, dashboard: str | None, layout: str | None = None) -> None:
+        if layout:
+            self.console.print(f"Dask: {layout}")
         if dashboard:
             self.console.print(f"Dask dashboard: {dashboard}")
         self._progress = Progress(

@@ -1,0 +1,42 @@
+"""Run settings: the default layout fills the cores this process may use, and no more."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from taxi_hpo.config import RunConfig, usable_cores
+from taxi_hpo.errors import ConfigError
+
+AFFINITY = len(os.sched_getaffinity(0))
+
+
+def test_default_workers_fill_the_usable_cores():
+    assert 1 <= usable_cores() <= AFFINITY  # fewer under a cgroup CPU quota
+    assert RunConfig().workers == usable_cores()
+    assert RunConfig(threads_per_worker=2).workers == max(1, usable_cores() // 2)
+    assert RunConfig(threads_per_worker=64).workers == 1
+    assert RunConfig(workers=5, threads_per_worker=2).workers == 5  # an explicit count is kept
+    with pytest.raises(ConfigError, match="--workers must be a positive whole number"):
+        RunConfig(workers=0)
+
+
+@pytest.mark.skipif(shutil.which("taskset") is None, reason="needs taskset (util-linux)")
+def test_default_workers_follow_the_affinity_mask():
+    probe = "from taxi_hpo.config import RunConfig; print(RunConfig().workers, RunConfig(threads_per_worker=2).workers)"
+    out = subprocess.run(["taskset", "-c", "0", sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["1", "1"]
+
+
+@pytest.mark.parametrize("cpu_max, cap", [("max 100000\n", None), ("150000 100000\n", 2), ("50000 100000\n", 1),
+                                          ("garbage\n", None)])
+def test_a_cgroup_cpu_quota_caps_the_cores(tmp_path, cpu_max, cap):
+    path = tmp_path / "cpu.max"
+    path.write_text(cpu_max)
+    assert usable_cores(path) == (AFFINITY if cap is None else min(AFFINITY, cap))
+    assert usable_cores(tmp_path / "missing") == AFFINITY
