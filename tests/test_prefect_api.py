@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
+import urllib.request
 
+import psutil
 import pytest
 
 PROBE = textwrap.dedent('''
@@ -46,3 +50,56 @@ def test_flush_to_api_sends_queued_lines_before_returning(prefect_api_url, tmp_p
 
     assert lines_seen("hold") == "marker lines in the API: 0"
     assert lines_seen("flush") == "marker lines in the API: 1"
+
+
+SERVER_HOLDER = textwrap.dedent('''
+    import sys, time
+    from taxi_hpo import prefect_api
+    url = prefect_api.start_early()
+    print(prefect_api._EARLY["server"].process.pid, url, flush=True)
+    with prefect_api.prefect_api() as ready:
+        assert ready == url
+        print("ready", flush=True)
+        time.sleep(600)
+''')
+
+
+def _health(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def _gone(pid: int, within: float) -> bool:
+    deadline = time.time() + within
+    while time.time() < deadline:
+        if not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("how", ["Ctrl-C", "SIGKILL"])
+def test_temporary_server_serves_and_ends_with_its_process(tmp_path, how):
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect")
+    holder = subprocess.Popen([sys.executable, "-c", SERVER_HOLDER], env=env, cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        pid, url = holder.stdout.readline().split()
+        assert holder.stdout.readline().strip() == "ready", holder.stderr.read()[-2000:]
+        assert url.startswith("http://127.0.0.1:") and int(url.split(":")[2].split("/")[0]) != 8787
+        assert _health(url)
+        if how == "Ctrl-C":
+            holder.send_signal(signal.SIGINT)  # the context exits and stops the server
+        else:
+            holder.kill()  # no cleanup code runs: the parent-death signal ends the server
+        holder.wait(timeout=30)
+        assert _gone(int(pid), within=10), f"server {pid} outlived its process ({how})"
+        assert not _health(url)
+    finally:
+        if holder.poll() is None:
+            holder.kill()

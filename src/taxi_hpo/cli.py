@@ -87,9 +87,8 @@ def _quiet_libraries() -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from taxi_hpo import preflight, prefect_api
+    from taxi_hpo import prefect_api
     from taxi_hpo.config import RunConfig
-    from taxi_hpo.progress import ProgressBar
 
     cfg = RunConfig(
         train=args.train, valid=args.valid, data_dir=args.data_dir, trials=args.trials,
@@ -99,7 +98,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         max_rmse=args.max_rmse, max_inference_time=args.max_inference_time,
         register=not args.no_register, resume=args.resume,
     )
-    prefect_api.start_early()  # seconds of server start overlap the checks below
+    # The API server takes seconds to start: launched before the heavy imports and the checks.
+    prefect_api.start_early()
+    from taxi_hpo import preflight
+    from taxi_hpo.progress import ProgressBar
+
     if cfg.resume:
         from taxi_hpo.config import default_data_dir
 

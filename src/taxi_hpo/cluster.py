@@ -36,11 +36,12 @@ class ClusterSpec:
             raise ValueError("no address: start a local cluster with start_local() and use its address")
         return DaskTaskRunner(address=self.address)
 
-    def start_local(self) -> "LocalClusterStart":
-        """Begin starting the LocalCluster in the background (overlaps the Prefect server start)."""
-        return LocalClusterStart(self)
+    def start_local(self, env: dict[str, str] | None = None) -> "LocalClusterStart":
+        """Begin starting the LocalCluster in the background (overlaps the Prefect server start);
+        ``env`` is added to the worker processes' environment."""
+        return LocalClusterStart(self, env or {})
 
-    def local_kwargs(self) -> dict:
+    def local_kwargs(self, env: dict[str, str] | None = None) -> dict:
         # The nanny sets OMP_NUM_THREADS=1 in each worker (distributed.nanny.pre-spawn-environ)
         # and XGBoost caps nthread at it: measured CPU/wall 1.06 instead of 1.83 with 2 threads.
         threads = str(self.threads_per_worker)
@@ -48,11 +49,12 @@ class ClusterSpec:
             "n_workers": self.workers,
             "threads_per_worker": 1,
             "processes": True,
-            "env": {name: threads for name in THREAD_ENV},
+            "env": {**(env or {}), **{name: threads for name in THREAD_ENV}},
             "dashboard_address": os.environ.get("TAXI_HPO_DASHBOARD", ":8787"),
             "silence_logs": 40,
-            # Workers exit within a second if the flow process dies (no orphans writing runs).
-            "preload": ["taxi_hpo.worker_watchdog"],
+            # Workers exit within a second if the flow process dies (no orphans writing runs),
+            # and import what trials need while they wait for the first one.
+            "preload": ["taxi_hpo.worker_watchdog", "taxi_hpo.worker_imports"],
         }
 
 
@@ -63,7 +65,7 @@ class LocalClusterStart:
     and a duplicate keeps the address but not a cluster object.
     """
 
-    def __init__(self, spec: ClusterSpec):
+    def __init__(self, spec: ClusterSpec, env: dict[str, str]):
         self._cluster = None
         self._error: BaseException | None = None
         # The nanny writes its pre-spawn variables into *this* process's environment
@@ -74,12 +76,12 @@ class LocalClusterStart:
         threads = str(spec.threads_per_worker)
         dask.config.set({"distributed.nanny.pre-spawn-environ": {
             **dask.config.get("distributed.nanny.pre-spawn-environ", {}), **{n: threads for n in THREAD_ENV}}})
-        self._thread = threading.Thread(target=self._start, args=(spec,), name="taxi-hpo-cluster", daemon=True)
+        self._thread = threading.Thread(target=self._start, args=(spec, env), name="taxi-hpo-cluster", daemon=True)
         self._thread.start()
 
-    def _start(self, spec: ClusterSpec) -> None:
+    def _start(self, spec: ClusterSpec, env: dict[str, str]) -> None:
         try:
-            self._cluster = distributed.LocalCluster(**spec.local_kwargs())
+            self._cluster = distributed.LocalCluster(**spec.local_kwargs(env))
         except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
             self._error = exc
 

@@ -21,13 +21,14 @@ import distributed
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
+from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect_dask import DaskTaskRunner
 
 from taxi_hpo import data as data_mod
 from taxi_hpo import features, models, registry, tracking, trials
 from taxi_hpo.cluster import ClusterSpec
 from taxi_hpo.config import RunConfig
-from taxi_hpo.prefect_api import flush_to_api, prefect_api, quiet_drain_warnings
+from taxi_hpo.prefect_api import flush_to_api, prefect_api, quiet_drain_warnings, start_early
 from taxi_hpo.search import TPESearcher, TrialOutcome, reference_space, run_search
 from taxi_hpo.search.space import decode_logged
 from taxi_hpo.search.tpe import DEFAULT_STARTUP
@@ -250,16 +251,19 @@ def search(config: dict) -> dict:
 def _warm_workers(client, data_future, ctx: tracking.TrackingContext) -> list:
     """One warm-up task per worker: imports, matrices and store ready before the first trial."""
     workers = list(client.scheduler_info(n_workers=-1)["workers"])
-    return [client.submit(_warm_worker, data_future, ctx, workers=[w], allow_other_workers=False, pure=False)
-            for w in workers]
+    api_url = PREFECT_API_URL.value()
+    return [client.submit(_warm_worker, data_future, ctx, api_url, workers=[w], allow_other_workers=False,
+                          pure=False) for w in workers]
 
 
-def _warm_worker(prepared, ctx: tracking.TrackingContext) -> int:
-    # Prefect's task engine and its API client load lazily on a worker's first task: ~1 s.
+def _warm_worker(prepared, ctx: tracking.TrackingContext, api_url: str) -> int:
+    # Prefect's task engine and its API client load lazily on a worker's first task: ~1 s. The
+    # flow's API explicitly: a remote worker started without PREFECT_API_URL would otherwise
+    # start a temporary server of its own here.
     import prefect.task_engine  # noqa: F401
     from prefect.client.orchestration import get_client
 
-    with get_client(sync_client=True) as api:
+    with temporary_settings(updates={PREFECT_API_URL: api_url}), get_client(sync_client=True) as api:
         api.api_healthcheck()
     quiet_drain_warnings()
     return trials.warm_up(prepared, ctx)
@@ -371,7 +375,11 @@ def execute(cfg: RunConfig, reporter: Reporter | None = None) -> dict:
     _SIGINT.clear()
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, _on_sigint) if in_main else None
-    local = spec.start_local() if cfg.address is None else None
+    # Workers get the API's URL in their environment: a worker process without one starts a
+    # temporary API server of its own the first time anything Prefect runs there outside a task
+    # (measured: two extra servers, ~5 s before the first trial on 2 cores).
+    api_url = start_early()
+    local = spec.start_local({"PREFECT_API_URL": api_url}) if cfg.address is None else None
     try:
         with prefect_api():
             runner = DaskTaskRunner(address=local.address()) if local else spec.task_runner()

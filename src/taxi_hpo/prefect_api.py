@@ -7,10 +7,14 @@ start one server here, point this process and the workers it spawns at it, stop 
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import socket
-import threading
+import subprocess
+import sys
+import time
+import urllib.request
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -22,50 +26,111 @@ def configured_api_url() -> str | None:
     return PREFECT_API_URL.value() or None
 
 
-_EARLY: dict = {}
+class TemporaryServer:
+    """Prefect's temporary API server, as ``SubprocessASGIServer`` runs it (uvicorn on Prefect's
+    ``create_app`` factory, UI off, ephemeral mode), launched without importing Prefect's server
+    package into this process: 3.4 s of imports that would compete with the run's own start.
 
-
-def start_early(startup_timeout_s: int = 60) -> None:
-    """Begin starting the server in the background, to overlap with checks and the cluster start.
-
-    Does nothing when an API is configured. ``prefect_api()`` then waits for this server.
+    On Linux the server is asked to end with this process, even on SIGKILL: no orphan server.
     """
-    if configured_api_url() or _EARLY:
-        return
-    server = _new_server()
-    errors: list[BaseException] = []
 
-    def start() -> None:
+    def __init__(self, port: int | None = None):
+        self.port = port or _free_port()
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api"
+
+    def launch(self) -> "TemporaryServer":
+        # The server also ends when the *thread* that launched it does (Linux's parent-death
+        # signal): launch from the thread that holds ``prefect_api()``, normally the main one.
+        import prefect
+
+        # No telemetry by default: the server would log an error per attempt without internet.
+        env = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", **os.environ, "PREFECT_UI_ENABLED": "0",
+               "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1",
+               **prefect.settings.get_current_settings().to_environment_variables(exclude_unset=True)}
+        env.pop("PREFECT_API_URL", None)
+        uvicorn_args = ["--app-dir", str(prefect.__module_path__.parent), "--factory",
+                        "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self.port),
+                        "--log-level", "error", "--lifespan", "on"]
+        self.process = subprocess.Popen([sys.executable, "-c", _BOOT, str(os.getpid()), *uvicorn_args], env=env)
+        atexit.register(self.stop)  # a run that fails before prefect_api() takes it over
+        return self
+
+    def wait_ready(self, timeout_s: float) -> str:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            code = self.process.poll()
+            if code == 3:  # the port was taken between choosing and binding it: another one
+                self.port = _free_port()
+                self.launch()
+                continue
+            if code is not None:
+                raise RuntimeError(f"the temporary Prefect API server exited with code {code}")
+            try:
+                with urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        return self.api_url
+            except OSError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"the temporary Prefect API server did not answer within {timeout_s:.0f} s")
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.terminate()
         try:
-            server.start(timeout=startup_timeout_s)
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
-            errors.append(exc)
-
-    thread = threading.Thread(target=start, name="taxi-hpo-prefect-server", daemon=True)
-    thread.start()
-    _EARLY.update(server=server, thread=thread, errors=errors)
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
 
 
-def _new_server():
-    from prefect.server.api.server import SubprocessASGIServer
-
-    # No telemetry: the server would log an error per attempt on a machine without internet.
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    server = SubprocessASGIServer()
-    # Prefect picks a random port in 8000-8999, which holds Dask's dashboard port 8787: the
-    # cluster starts at the same time, and one of the two lost the race (measured: a uvicorn
-    # "address already in use" traceback on the terminal). A port from the OS's ephemeral range
-    # cannot collide with a well-known one.
-    server.port = _free_port()
-    # Register it as the default ephemeral server so nothing in this process starts a second.
-    SubprocessASGIServer._instances[None] = server
-    return server
+# ``python -m uvicorn ARGS`` that first asks Linux to SIGTERM it when this process dies (set in
+# the child itself: no preexec_fn, which is unsafe in a threaded parent).
+_BOOT = """
+import os, runpy, signal, sys
+parent = int(sys.argv[1])
+if sys.platform == "linux":
+    import ctypes
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        sys.exit(0)
+sys.argv = ["uvicorn", *sys.argv[2:]]
+runpy.run_module("uvicorn", run_name="__main__", alter_sys=True)
+"""
 
 
 def _free_port() -> int:
+    # An OS-assigned port: Prefect's own choice (random in 8000-8999) holds Dask's dashboard
+    # port 8787, and the cluster starts at the same time (measured: a uvicorn "address already
+    # in use" traceback on the terminal).
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+_EARLY: dict = {}
+
+
+def start_early() -> str:
+    """Launch the server now, to start while the run imports, checks and starts its cluster.
+
+    Returns the API URL everything will use: the configured one (nothing is launched), or the
+    one this server will listen on, known before it is up, so that a local cluster started
+    meanwhile hands it to its workers. ``prefect_api()`` then waits for this server.
+    """
+    configured = configured_api_url()
+    if configured:
+        return configured
+    if "server" not in _EARLY:
+        _EARLY["server"] = TemporaryServer().launch()
+    return _EARLY["server"].api_url
 
 
 @contextmanager
@@ -75,32 +140,24 @@ def prefect_api(startup_timeout_s: int = 60) -> Iterator[str]:
     if url:
         yield url
         return
-    from prefect.server.api.server import SubprocessASGIServer
-
-    if _EARLY:
-        server = _EARLY["server"]
-        _EARLY["thread"].join()
-        if _EARLY["errors"]:
-            raise _EARLY["errors"][0]
-        _EARLY.clear()
-    else:
-        server = _new_server()
-        server.start(timeout=startup_timeout_s)
-    previous = os.environ.get("PREFECT_API_URL")
-    os.environ["PREFECT_API_URL"] = server.api_url  # inherited by Dask worker processes
+    server = _EARLY.pop("server", None) or TemporaryServer().launch()
     try:
-        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
-            try:
-                yield server.api_url
-            finally:
-                flush_to_api()
+        url = server.wait_ready(startup_timeout_s)
+        previous = os.environ.get("PREFECT_API_URL")
+        os.environ["PREFECT_API_URL"] = url  # inherited by Dask worker processes
+        try:
+            with temporary_settings(updates={PREFECT_API_URL: url}):
+                try:
+                    yield url
+                finally:
+                    flush_to_api()
+        finally:
+            if previous is None:
+                os.environ.pop("PREFECT_API_URL", None)
+            else:
+                os.environ["PREFECT_API_URL"] = previous
     finally:
-        if previous is None:
-            os.environ.pop("PREFECT_API_URL", None)
-        else:
-            os.environ["PREFECT_API_URL"] = previous
         server.stop()
-        SubprocessASGIServer._instances.pop(None, None)
 
 
 def flush_to_api(timeout_s: float = 5.0) -> bool:
