@@ -8,10 +8,12 @@ the next suggestion is made. Executors (Prefect on Dask, a thread pool in tests)
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Protocol, Sequence
 
 from taxi_hpo.search.space import predicted_cost
-from taxi_hpo.search.tpe import TPESearcher
+
+if TYPE_CHECKING:  # hyperopt (1 s of imports) only where a search runs, not for the CLI's checks
+    from taxi_hpo.search.tpe import TPESearcher
 
 MODES = ("async", "batch")
 

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import math
 
-from hyperopt import hp
-from hyperopt.pyll import scope
-
 from taxi_hpo.errors import ConfigError
 
 MIN_MAX_DEPTH = 4
@@ -17,6 +14,9 @@ SEED = 42
 
 def reference_space(max_depth: int = DEFAULT_MAX_DEPTH) -> dict:
     """The MLOps-Zoomcamp space; ``max_depth`` caps the depth range (4..max_depth)."""
+    from hyperopt import hp  # here: importing the constants above must stay light
+    from hyperopt.pyll import scope
+
     if max_depth < MIN_MAX_DEPTH:
         raise ConfigError(
             f"--max-depth {max_depth} is below the space's lower bound {MIN_MAX_DEPTH}: "
