@@ -53,8 +53,10 @@ def test_flush_to_api_sends_queued_lines_before_returning(prefect_api_url, tmp_p
 
 
 SERVER_HOLDER = textwrap.dedent('''
-    import sys, time
+    import signal, sys, time
     from taxi_hpo import prefect_api
+    # A shell that starts a job in the background makes it ignore SIGINT, and children inherit that.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     url = prefect_api.start_early()
     print(prefect_api._EARLY["server"].process.pid, url, flush=True)
     with prefect_api.prefect_api() as ready:
