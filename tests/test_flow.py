@@ -37,6 +37,8 @@ def test_search_end_to_end(prefect_api_url, data_dir, workdir, capsys, monkeypat
     assert 0 < s["utilisation"] <= 1 and s["search_wall_s"] <= s["wall_s"]
     assert s["tracking_uri"] == f"sqlite:///{workdir / 'mlflow.db'}"
     assert "Dask: 2 workers x 1 XGBoost thread, 2 trials at a time (local cluster)" in s["stderr"]
+    # A quiet terminal: no MLflow progress bars or registry chatter around the run's own summary.
+    assert "Downloading artifacts" not in s["stderr"] and "Successfully registered" not in s["stderr"]
     # The nanny writes OMP_NUM_THREADS into the process that starts it; it must not stay there
     # (it would cap XGBoost in this process, e.g. the benchmark's sequential baseline).
     assert "OMP_NUM_THREADS" not in os.environ

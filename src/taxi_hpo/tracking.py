@@ -7,6 +7,8 @@ URI and experiment are per process and would not follow a trial to a Dask worker
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import os
@@ -35,6 +37,8 @@ from taxi_hpo.errors import TrackingError
 # mlflow configures its loggers at import (INFO): schema-migration chatter is noise for users.
 logging.getLogger("mlflow").setLevel(os.environ.get("MLFLOW_LOGGING_LEVEL", "WARNING").upper())
 logging.getLogger("alembic").setLevel(logging.WARNING)
+# Registration downloads two small artifacts; three tqdm bars for them are noise on the terminal.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 # Fail fast on an unreachable server instead of MLflow's default minutes of HTTP retries;
 # our own retry (below) decides how long a trial waits for the store.
@@ -310,7 +314,10 @@ def register_model(ctx: TrackingContext, run_id: str, preprocessor_blob: bytes, 
                 pip_requirements=requirements,
                 code_paths=[str(Path(taxi_hpo.__file__).parent)],
             )
-    version = mlflow.register_model(info.model_uri, MODEL_NAME)
+    # MLflow prints "Successfully registered model ..." / "Created version ..." to stderr
+    # unconditionally; the run's summary says what was registered, once.
+    with contextlib.redirect_stderr(io.StringIO()):
+        version = mlflow.register_model(info.model_uri, MODEL_NAME)
     client = ctx.client()
     client.set_registered_model_alias(MODEL_NAME, ALIAS, version.version)
     client.set_model_version_tag(MODEL_NAME, version.version, "parent_run_id", ctx.parent_run_id)
