@@ -4,8 +4,8 @@ Usage: .venv/bin/python benchmarks/first_trial.py --data-dir ../shared/data [--r
 
 Each repeat runs the real CLI in a fresh temporary folder (new sqlite MLflow store) with no
 PREFECT_API_URL, so it starts its own Prefect API server (on your Prefect database, as `taxi-hpo
-run` does) and LocalCluster. The first repeat may also preprocess; later ones hit the cache. A tiny search (2 trials, 5 rounds, depth <= 6): the figure is start-up, not
-search. Prints one JSON line per repeat and a summary with the machine's load average, since on a
+run` does) and LocalCluster. The first repeat may also preprocess; later ones hit the cache.
+A tiny search (2 trials, 5 rounds, depth <= 6): the figure is start-up, not search. Prints one JSON line per repeat and a summary with the machine's load average, since on a
 shared machine other processes stretch start-up the most.
 """
 
@@ -20,6 +20,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from taxi_hpo.config import usable_cores
 
 CLI = Path(sys.executable).with_name("taxi-hpo")
 
@@ -52,7 +54,7 @@ def main() -> None:
         runs.append(once(str(Path(args.data_dir).resolve()), args.workers))
         print(json.dumps(runs[-1]), flush=True)
     print(json.dumps({
-        "cores": len(os.sched_getaffinity(0)), "workers": args.workers, "repeats": args.repeats,
+        "cores": usable_cores(), "workers": args.workers, "repeats": args.repeats,
         "to_first_trial_s_median": statistics.median(r["to_first_trial_s"] for r in runs),
         "to_exit_s_median": statistics.median(r["to_exit_s"] for r in runs),
         "loadavg_at_start": [r["loadavg_at_start"] for r in runs]}))

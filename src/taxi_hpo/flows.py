@@ -248,12 +248,15 @@ def search(config: dict) -> dict:
         tracking.end_run(tracking_uri, parent_run_id, status, metrics=metrics)
 
 
+def _on_each_worker(client, fn, *args) -> list:
+    """Submit ``fn(*args)`` once to every worker of the cluster, pinned there; the futures."""
+    workers = list(client.scheduler_info(n_workers=-1)["workers"])
+    return [client.submit(fn, *args, workers=[w], allow_other_workers=False, pure=False) for w in workers]
+
+
 def _warm_workers(client, data_future, ctx: tracking.TrackingContext) -> list:
     """One warm-up task per worker: imports, matrices and store ready before the first trial."""
-    workers = list(client.scheduler_info(n_workers=-1)["workers"])
-    api_url = PREFECT_API_URL.value()
-    return [client.submit(_warm_worker, data_future, ctx, api_url, workers=[w], allow_other_workers=False,
-                          pure=False) for w in workers]
+    return _on_each_worker(client, _warm_worker, data_future, ctx, PREFECT_API_URL.value())
 
 
 def _warm_worker(prepared, ctx: tracking.TrackingContext, api_url: str) -> int:
@@ -271,10 +274,8 @@ def _warm_worker(prepared, ctx: tracking.TrackingContext, api_url: str) -> int:
 
 def _flush_workers(client, timeout_s: float = 10.0) -> None:
     """Trial log lines and events wait in each worker's queue (up to 2 s): send them before the flow ends."""
-    workers = list(client.scheduler_info(n_workers=-1)["workers"])
-    futures = [client.submit(flush_to_api, workers=[w], allow_other_workers=False, pure=False) for w in workers]
     try:
-        distributed.wait(futures, timeout=timeout_s)
+        distributed.wait(_on_each_worker(client, flush_to_api), timeout=timeout_s)
     except Exception:  # noqa: BLE001 - a late log line is not worth failing a finished search
         pass
 
