@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import signal
 import subprocess
@@ -9,6 +11,7 @@ import sys
 import textwrap
 import time
 import urllib.request
+from pathlib import Path
 
 import psutil
 import pytest
@@ -105,3 +108,45 @@ def test_temporary_server_serves_and_ends_with_its_process(tmp_path, how):
     finally:
         if holder.poll() is None:
             holder.kill()
+
+
+@pytest.mark.integration
+def test_a_run_without_an_api_starts_exactly_one_server(data_dir, tmp_path):
+    """`taxi-hpo run` with no PREFECT_API_URL: one temporary server for the flow and its workers
+    (a worker without the URL would start its own), and none left when the run ends."""
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect")
+    cli = Path(sys.executable).with_name("taxi-hpo")
+    run = subprocess.Popen([str(cli), "run", "--data-dir", str(data_dir), "--trials", "2", "--workers", "2",
+                            "--rounds", "5", "--max-depth", "6", "--no-register", "--json"],
+                           cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    servers_seen: set[int] = set()
+    while run.poll() is None:
+        try:
+            for child in psutil.Process(run.pid).children(recursive=True):
+                try:
+                    if any("create_app" in part for part in child.cmdline()):
+                        servers_seen.add(child.pid)
+                except psutil.Error:
+                    pass
+        except psutil.Error:
+            break
+        time.sleep(0.2)
+    out, err = run.communicate(timeout=60)
+    assert run.returncode == 0, err[-2000:]
+    assert json.loads(out.strip().splitlines()[-1])["trials_done"] == 2
+    assert len(servers_seen) == 1, servers_seen
+    assert all(_gone(pid, within=5) for pid in servers_seen)
+
+
+def test_drain_chatter_is_dropped_and_other_service_warnings_kept(caplog):
+    from taxi_hpo.prefect_api import quiet_drain_warnings
+
+    quiet_drain_warnings()
+    quiet_drain_warnings()  # idempotent: one filter, not two
+    service = logging.getLogger("EventsWorker")
+    assert len(service.filters) == 1
+    with caplog.at_level(logging.WARNING):
+        service.warning("Still processing items: 1 items remaining...")
+        service.warning("Service %r queue is full (%d items), dropping item", "EventsWorker", 10)
+    assert [r.getMessage() for r in caplog.records] == ["Service 'EventsWorker' queue is full (10 items), dropping item"]
