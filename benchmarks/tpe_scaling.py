@@ -93,7 +93,7 @@ class DaskNoopRunner:
 
 
 class PrefectNoopRunner(DaskNoopRunner):
-    """Trials as a no-op Prefect task on the flow's DaskTaskRunner, as ``flows.DaskTrialRunner``."""
+    """Trials as a no-op Prefect task on the flow's DaskTaskRunner, as ``dask_runner.DaskTrialRunner``."""
 
     def __init__(self, task, ctx=None):
         self._task, self._ctx, self._futures, self._params = task, ctx, {}, {}

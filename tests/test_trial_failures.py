@@ -8,6 +8,7 @@ from prefect.context import FlowRunContext
 from prefect_dask import DaskTaskRunner
 
 from taxi_hpo import data, features, flows, tracking
+from taxi_hpo.dask_runner import DaskTrialRunner
 from taxi_hpo.search import TPESearcher, reference_space, run_search
 
 pytestmark = pytest.mark.integration
@@ -44,7 +45,8 @@ def test_failing_trials_are_retried_then_recorded_as_failed(prefect_api_url, pre
                                                      "processes": False, "dashboard_address": ":0"}))
     def search_with_failures():
         client = FlowRunContext.get().task_runner.client
-        runner = flows.DaskTrialRunner(client.scatter(prepared, broadcast=True), ctx, rounds=3, nthread=1)
+        runner = DaskTrialRunner(flows.trial.submit, client.scatter(prepared, broadcast=True), ctx, rounds=3,
+                                 nthread=1)
         with client.as_current():
             return run_search(searcher, runner, 4, mode="async", in_flight=2)
 

@@ -1,7 +1,7 @@
 """Thin Prefect tasks and flows: the reference recipe, with trials on a DaskTaskRunner.
 
 Each task calls one function of the core or the tracking adapter; the search loop itself is
-``search.run_search`` driving a :class:`DaskTrialRunner`.
+``search.run_search`` driving a :class:`~taxi_hpo.dask_runner.DaskTrialRunner`.
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Protocol
 
-import cloudpickle
-import dask
 import distributed
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -28,6 +26,7 @@ from taxi_hpo import data as data_mod
 from taxi_hpo import features, models, registry, tracking, trials
 from taxi_hpo.cluster import ClusterSpec
 from taxi_hpo.config import RunConfig
+from taxi_hpo.dask_runner import DaskTrialRunner
 from taxi_hpo.prefect_api import flush_to_api, prefect_api, quiet_drain_warnings, start_early
 from taxi_hpo.search import TPESearcher, TrialOutcome, reference_space, run_search
 from taxi_hpo.search.space import decode_logged
@@ -104,77 +103,6 @@ def register_best(outcomes: list[TrialOutcome], prepared, ctx: tracking.Tracking
     return registry.register_best(outcomes, prepared.preprocessor, ctx, max_rmse, max_inference_time)
 
 
-# -- the executor the scheduler drives ---------------------------------------------------------
-
-class DaskTrialRunner:
-    """Submits trial tasks through the flow's DaskTaskRunner; handles are trial ids.
-
-    A future Dask reports as cancelled (seen under heavy load after a worker died: "already
-    forgotten") is submitted again, with the data scattered again if its copy went too; trials
-    are idempotent in the tracking store, so a rerun never makes a second finished run.
-    """
-
-    MAX_RESUBMITS = 3
-
-    def __init__(self, data_future, ctx: tracking.TrackingContext, rounds: int, nthread: int,
-                 prepared=None, client=None):
-        self._data, self._prepared, self._client = data_future, prepared, client
-        self._ctx, self._rounds, self._nthread = ctx, rounds, nthread
-        self._futures: dict[int, object] = {}
-        self._params: dict[int, dict] = {}
-        self._priority: dict[int, float] = {}
-        self.resubmits: dict[int, int] = {}
-        self.submit_bytes: dict[int, int] = {}
-
-    def submit(self, trial_id: int, params: dict, priority: float) -> int:
-        parameters = {"trial_id": trial_id, "params": params, "prepared": self._data, "ctx": self._ctx,
-                      "rounds": self._rounds, "nthread": self._nthread}
-        # What this trial puts on the wire: the data travels as a reference to the scattered copy.
-        self.submit_bytes[trial_id] = len(cloudpickle.dumps(parameters))
-        # Higher priority starts first among queued tasks: heaviest trials first in a batch.
-        with dask.annotate(priority=int(priority * 1000)):
-            future = trial.submit(**parameters)
-        self._futures[trial_id] = future
-        self._params[trial_id] = params
-        self._priority[trial_id] = priority
-        return trial_id
-
-    def wait_any(self, handles):
-        while True:
-            futures = {h: self._futures[h].wrapped_future for h in handles}
-            try:
-                distributed.wait(list(futures.values()), return_when="FIRST_COMPLETED")
-            except distributed.client.FuturesCancelledError:
-                pass  # handled below
-            for h, future in futures.items():
-                if future.cancelled() and self.resubmits.get(h, 0) < self.MAX_RESUBMITS:
-                    self._resubmit(h)
-            done = [h for h in handles if self._futures[h].wrapped_future.done()]
-            if done:
-                return done
-
-    def _resubmit(self, trial_id: int) -> None:
-        self.resubmits[trial_id] = self.resubmits.get(trial_id, 0) + 1
-        if self._data.cancelled() and self._prepared is not None and self._client is not None:
-            self._data = self._client.scatter(self._prepared, broadcast=True, hash=False)
-        self.submit(trial_id, self._params[trial_id], self._priority[trial_id])
-
-    def outcome(self, handle: int) -> TrialOutcome:
-        future = self._futures.pop(handle)
-        params = self._params.pop(handle)
-        try:
-            state = future.wrapped_future.result()
-        except Exception as exc:  # noqa: BLE001 - e.g. KilledWorker: a failed trial, not a crash
-            return self._failed(handle, params, f"{type(exc).__name__}: {exc}")
-        if state.is_completed():
-            return TrialOutcome(**state.result())
-        return self._failed(handle, params, state.message or state.name)
-
-    def _failed(self, trial_id: int, params: dict, error: str) -> TrialOutcome:
-        tracking.mark_trial_failed(self._ctx, trial_id, params, error)
-        return TrialOutcome(trial_id, params, None, error=error)
-
-
 # -- the flow ----------------------------------------------------------------------------------
 
 @flow(name="taxi-hpo-search")
@@ -216,7 +144,7 @@ def search(config: dict) -> dict:
         lr_rmse = record.lr_rmse if record and record.lr_rmse is not None else linear_baseline(prepared, ctx)
         client.gather(warming, errors="skip")
         searcher = TPESearcher(reference_space(cfg.max_depth), cfg.seed, max(DEFAULT_STARTUP, in_flight))
-        runner = DaskTrialRunner(data_future, ctx, cfg.rounds, cfg.threads_per_worker, prepared, client)
+        runner = DaskTrialRunner(trial.submit, data_future, ctx, cfg.rounds, cfg.threads_per_worker, prepared, client)
         if reporter:
             reporter.start(cfg.trials, client.dashboard_link, _layout(cfg, client, slots))
         search_start = time.time()
