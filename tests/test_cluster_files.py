@@ -66,6 +66,18 @@ def test_thread_variables_match_the_local_cluster():
     assert thread_environ_keys() == set(cluster.THREAD_ENV)
 
 
+def test_remote_workers_get_the_quiet_dask_settings_of_the_local_cluster():
+    import dask
+
+    exported = dict(re.findall(r'^export (DASK_\w+)="\$\{\1:-([^}]*)\}"', (LOCAL / "common.sh").read_text(), re.M))
+    expected = {"DASK_" + key.upper().replace(".", "__").replace("-", "_"): str(value)
+                for key, value in cluster.QUIET_DASK.items()}
+    assert exported == expected
+    # dask reads each variable back as the setting it stands for
+    for name, value in exported.items():
+        assert dask.config.collect_env({name: value}) != {}
+
+
 # -- docker compose ----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
