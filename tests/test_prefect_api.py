@@ -150,3 +150,72 @@ def test_drain_chatter_is_dropped_and_other_service_warnings_kept(caplog):
         service.warning("Still processing items: 1 items remaining...")
         service.warning("Service %r queue is full (%d items), dropping item", "EventsWorker", 10)
     assert [r.getMessage() for r in caplog.records] == ["Service 'EventsWorker' queue is full (10 items), dropping item"]
+
+
+# Both caches patch Prefect in the process that runs them: a fresh process each, so the rest of
+# the suite runs on Prefect as shipped.
+CACHES = textwrap.dedent('''
+    import json, sys
+    import distributed
+    from prefect import flow, task
+    from prefect.context import SettingsContext
+    from prefect.settings import PREFECT_TASKS_DEFAULT_RETRIES, temporary_settings
+    from prefect_dask import DaskTaskRunner
+    from taxi_hpo.prefect_api import cache_context_hydration, cache_settings_serialization
+
+    cache_settings_serialization()
+
+    @task(cache_policy=None)
+    def seen_retries() -> int:
+        return PREFECT_TASKS_DEFAULT_RETRIES.value()
+
+    def worker_setup():
+        cache_context_hydration()
+
+    def run(address: str, retries: int) -> list:
+        @flow(task_runner=DaskTaskRunner(address=address))
+        def probe() -> list:
+            first = SettingsContext.get().serialize()
+            assert SettingsContext.get().serialize() is first  # cached while the settings stay
+            return [f.result() for f in [seen_retries.submit() for _ in range(3)]]
+        with temporary_settings(updates={PREFECT_TASKS_DEFAULT_RETRIES: retries}):
+            return probe()
+
+    if __name__ == "__main__":
+        with distributed.LocalCluster(n_workers=1, threads_per_worker=2, dashboard_address=":0") as cluster, \\
+                distributed.Client(cluster) as client:
+            client.run(worker_setup)
+            # Two flows whose settings differ: each one's tasks see its own, cache or not.
+            print(json.dumps([run(cluster.scheduler_address, 3), run(cluster.scheduler_address, 5)]))
+''')
+
+
+@pytest.mark.integration
+def test_cached_settings_reach_each_task_as_the_flow_set_them(prefect_api_url, tmp_path):
+    script = tmp_path / "caches.py"
+    script.write_text(CACHES)
+    env = {**os.environ, "PREFECT_API_URL": prefect_api_url}
+    proc = subprocess.run([sys.executable, str(script)], env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == [[3, 3, 3], [5, 5, 5]]
+
+
+def test_cached_serialization_equals_prefects_own():
+    from prefect.context import SettingsContext
+    from prefect.settings import PREFECT_TASKS_DEFAULT_RETRIES, temporary_settings
+
+    from taxi_hpo import prefect_api
+
+    with temporary_settings(updates={PREFECT_TASKS_DEFAULT_RETRIES: 7}):
+        context = SettingsContext.get()
+        original = type(context).serialize
+        expected = original(context)
+        prefect_api.cache_settings_serialization()
+        try:
+            assert type(context).serialize(context) == expected
+            assert type(context).serialize(context) is type(context).serialize(context)
+            assert expected["settings"]["tasks"]["default_retries"] == 7
+        finally:
+            SettingsContext.serialize = original
+            prefect_api._SETTINGS_CACHE.clear()

@@ -19,6 +19,9 @@ def _import_all() -> None:
             importlib.import_module(name)
         except Exception:  # noqa: BLE001 - the trial will import it again and report the error
             return
+    from taxi_hpo.prefect_api import cache_context_hydration
+
+    cache_context_hydration()  # ~40 ms less per trial before it starts (see there)
 
 
 def dask_setup(worker=None) -> None:  # called by distributed when the worker starts
