@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -40,3 +41,23 @@ def test_a_cgroup_cpu_quota_caps_the_cores(tmp_path, cpu_max, cap):
     path.write_text(cpu_max)
     assert usable_cores(path) == (AFFINITY if cap is None else min(AFFINITY, cap))
     assert usable_cores(tmp_path / "missing") == AFFINITY
+
+
+def test_the_layout_line_says_why_when_the_layout_was_chosen_for_you():
+    from taxi_hpo.flows import _layout
+    from taxi_hpo.search.threads import ThreadPlan
+
+    class TwoWorkers:  # what _layout reads of a Dask client
+        def nthreads(self):
+            return {"w1": 1, "w2": 1}
+
+    plan = ThreadPlan({"w1": ("p", 1), "w2": ("p", 1)}, {"p": 2})
+    chosen = RunConfig(threads_per_worker=1)
+    assert chosen.default_layout and not RunConfig(workers=2).default_layout
+    line = _layout(dataclasses.replace(chosen, workers=2), TwoWorkers(), 2, plan)
+    assert line.startswith("2 workers x 1 XGBoost thread, 2 trials at a time (local cluster); elastic threads")
+    assert "(the default for 2 usable cores: a trial per core" in line
+    asked = _layout(RunConfig(workers=2), TwoWorkers(), 2, plan)
+    assert "the default" not in asked and "elastic threads" in asked
+    fixed = ThreadPlan({"w1": ("p", 1), "w2": ("p", 1)}, {"p": 2}, elastic=False)
+    assert "elastic" not in _layout(RunConfig(workers=2, elastic_threads=False), TwoWorkers(), 2, fixed)

@@ -50,6 +50,27 @@ def test_xgboost_trial_and_matrix_cache(prepared):
     assert first.best_iteration <= 4
 
 
+def test_xgboost_trial_fits_what_the_reference_fits(prepared):
+    # The reference: xgb.train watching the validation month only, then predict() on each month.
+    import xgboost as xgb
+
+    params = xgb_params({"max_depth": 12, "learning_rate": 0.95, "reg_alpha": 0.02, "reg_lambda": 0.01,
+                         "min_child_weight": 1.0, "objective": "reg:squarederror", "seed": 42}, nthread=1)
+    dtrain, dvalid = models.matrices(prepared)
+    reference = xgb.train(params, dtrain, 100, evals=[(dvalid, "validation")], early_stopping_rounds=5,
+                          verbose_eval=False)
+    fit = models.fit_xgboost(params, prepared, rounds=100)
+    assert fit.booster.num_boosted_rounds() < 100  # early stopping happened: the case that matters
+    assert fit.booster.get_dump() == reference.get_dump()
+    assert fit.rmse_valid == models.rmse(prepared.y_valid, reference.predict(dvalid))
+    # Both RMSEs come from the predictions XGBoost kept while training, not a second pass over
+    # the trees: the very same figures.
+    assert fit.rmse_train == models.rmse(prepared.y_train, reference.predict(dtrain))
+    # inference_time: a real pass over the trees, on the first validation rows
+    assert models.inference_sample(prepared).num_row() == models.INFERENCE_SAMPLE_ROWS
+    assert 0 < fit.inference_time < 1e-3
+
+
 def test_xgboost_rejects_bad_params(prepared):
     with pytest.raises(Exception):
         models.fit_xgboost({"max_depth": -3, "objective": "reg:squarederror", "nthread": 1}, prepared, 2)

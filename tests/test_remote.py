@@ -141,13 +141,6 @@ def test_sqlite_store_allowed_when_every_worker_is_local():
         remote.check_placement("sqlite:////tmp/mlflow.db", "http://127.0.0.1:4200/api", "worker tcp://10.0.0.7:1")
 
 
-def test_thread_warning(capsys):
-    remote.warn_threads({"a": probe(omp_num_threads="1")}, 2)
-    assert "OMP_NUM_THREADS=1 but --threads-per-worker is 2" in capsys.readouterr().err
-    remote.warn_threads({"a": probe(omp_num_threads="2")}, 2)
-    assert capsys.readouterr().err == ""
-
-
 # -- the hosts: network namespaces on one bridge ---------------------------------------------
 
 def _namespaces_unavailable() -> str | None:

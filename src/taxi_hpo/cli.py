@@ -43,7 +43,11 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=None,
                    help="local Dask worker processes (default: usable cores / --threads-per-worker, "
                         f"{default_workers(1)} here with 1 thread)")
-    p.add_argument("--threads-per-worker", type=int, default=1, help="XGBoost threads per trial (default 1)")
+    p.add_argument("--threads-per-worker", type=int, default=1,
+                   help="XGBoost threads a trial starts with when every slot is busy (default 1)")
+    p.add_argument("--elastic-threads", action=argparse.BooleanOptionalAction, default=True,
+                   help="idle cores go to running trials between boosting rounds, and back when a trial "
+                        "starts (default on; --no-elastic-threads: exactly --threads-per-worker)")
     p.add_argument("--address", default=None, help="existing Dask scheduler, tcp://host:8786 or tls://host:8786 (TLS certificates from "
                         "DASK_CONFIG; see cluster/README.md)")
     p.add_argument("--mode", choices=["async", "batch"], default="async",
@@ -92,7 +96,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = RunConfig(
         train=args.train, valid=args.valid, data_dir=args.data_dir, trials=args.trials,
-        workers=args.workers, threads_per_worker=args.threads_per_worker, address=args.address,
+        workers=args.workers, threads_per_worker=args.threads_per_worker,
+        elastic_threads=args.elastic_threads, address=args.address,
         mode=args.mode, batch_size=args.batch_size, seed=args.seed, rounds=args.rounds,
         max_depth=args.max_depth, tracking_uri=args.tracking_uri, experiment=args.experiment,
         max_rmse=args.max_rmse, max_inference_time=args.max_inference_time,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
+import socket
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -37,6 +39,29 @@ def usable_cores(cpu_max: Path = CGROUP_CPU_MAX) -> int:
     return max(cores, 1)
 
 
+def core_pool() -> tuple[str, int]:
+    """(id, cores) of the cores this process shares with its siblings.
+
+    Processes with the same id compete for the same cores: same kernel (boot id), same control
+    group (a container's CPU quota), same CPU affinity. Dask workers of one machine share a pool;
+    two containers with their own CPU limits on one machine do not; worker "hosts" that are
+    network namespaces of one machine do, since they run on the same cores.
+    """
+    def read(path: str) -> str:
+        try:
+            return Path(path).read_text().strip()
+        except OSError:
+            return ""
+
+    try:
+        affinity = ",".join(map(str, sorted(os.sched_getaffinity(0))))
+    except AttributeError:  # not Linux
+        affinity = str(os.cpu_count())
+    identity = "|".join([read("/proc/sys/kernel/random/boot_id") or socket.gethostname(),
+                         read("/proc/self/cgroup"), affinity])
+    return hashlib.sha256(identity.encode()).hexdigest()[:12], usable_cores()
+
+
 def default_workers(threads_per_worker: int) -> int:
     """One worker process per ``threads_per_worker`` usable cores: every core runs a trial."""
     return max(1, usable_cores() // max(1, threads_per_worker))
@@ -52,6 +77,7 @@ class RunConfig:
     trials: int = 20
     workers: int | None = None  # None: default_workers(threads_per_worker)
     threads_per_worker: int = 1
+    elastic_threads: bool = True
     address: str | None = None
     mode: str = "async"
     batch_size: int | None = None
@@ -65,10 +91,12 @@ class RunConfig:
     register: bool = True
     resume: str | None = None
     workdir: str = field(default_factory=os.getcwd)
+    default_layout: bool = False  # set when --workers was left to default_workers()
 
     def __post_init__(self):
         if self.workers is None and isinstance(self.threads_per_worker, int):
             object.__setattr__(self, "workers", default_workers(self.threads_per_worker))
+            object.__setattr__(self, "default_layout", self.address is None)
         positive = {"--trials": self.trials, "--workers": self.workers,
                     "--threads-per-worker": self.threads_per_worker, "--rounds": self.rounds}
         if self.batch_size is not None:

@@ -3,10 +3,18 @@
 Adapts :class:`~taxi_hpo.search.TrialRunner` to Prefect tasks on a Dask cluster: submission
 with a priority, waiting on the first finished trials, turning a task's final state (or a
 lost future) into a :class:`~taxi_hpo.search.TrialOutcome`.
+
+Elastic threads travel the same way: the flow process places each trial on a worker and
+decides every running trial's thread count (:class:`~taxi_hpo.search.threads.ThreadPlan`);
+when counts change it posts them to the workers concerned (``Client.run``, a message through
+the scheduler, a few milliseconds), where :func:`thread_source` lets the trial read its own
+count between boosting rounds without any call of its own. Local and remote workers alike.
 """
 
 from __future__ import annotations
 
+import itertools
+import threading
 from typing import Callable
 
 import cloudpickle
@@ -15,6 +23,42 @@ import distributed
 
 from taxi_hpo import tracking
 from taxi_hpo.search import TrialOutcome
+from taxi_hpo.search.threads import ThreadPlan
+
+# -- worker side: the thread counts posted for this process's trials --------------------------
+
+_MAILBOX: dict[str, dict[int, tuple[int, int]]] = {}  # search key -> trial id -> (version, threads)
+_MAILBOX_LOCK = threading.Lock()
+
+
+def post_threads(search_key: str, version: int, threads: dict[int, int]) -> None:
+    """Runs on a worker (through ``Client.run``): newer thread counts for some of its trials.
+
+    Versions order the posts: one that arrives late never undoes a newer one.
+    """
+    with _MAILBOX_LOCK:
+        box = _MAILBOX.setdefault(search_key, {})
+        for trial_id, count in threads.items():
+            if box.get(trial_id, (-1, 0))[0] < version:
+                box[trial_id] = (version, int(count))
+
+
+def thread_source(search_key: str, trial_id: int) -> Callable[[], int | None]:
+    """What a trial asks between rounds: the latest count posted for it, or None (no news)."""
+    def latest() -> int | None:
+        entry = _MAILBOX.get(search_key, {}).get(trial_id)
+        return entry[1] if entry else None
+
+    return latest
+
+
+def forget_trial(search_key: str, trial_id: int) -> None:
+    """Called by the trial when it ends: its mailbox entry is not needed any more."""
+    with _MAILBOX_LOCK:
+        _MAILBOX.get(search_key, {}).pop(trial_id, None)
+
+
+# -- flow side -----------------------------------------------------------------------------------
 
 
 class DaskTrialRunner:
@@ -26,34 +70,64 @@ class DaskTrialRunner:
 
     Args:
         submit_trial: the trial task's ``submit`` (keyword arguments as in ``flows.trial``).
+        nthread: the trial's base thread count (``--threads-per-worker``).
+        plan: where trials run and their threads; None lets Dask place trials, each on ``nthread``.
+        search_key: names this search's thread counts on the workers (with ``plan``).
     """
 
     MAX_RESUBMITS = 3
 
     def __init__(self, submit_trial: Callable, data_future, ctx: tracking.TrackingContext, rounds: int,
-                 nthread: int, prepared=None, client=None):
+                 nthread: int, prepared=None, client=None, plan: ThreadPlan | None = None,
+                 search_key: str | None = None):
         self._submit_trial = submit_trial
         self._data, self._prepared, self._client = data_future, prepared, client
         self._ctx, self._rounds, self._nthread = ctx, rounds, nthread
+        self.plan, self._search_key = plan, search_key or ctx.parent_run_id
+        self._versions = itertools.count(1)
         self._futures: dict[int, object] = {}
         self._params: dict[int, dict] = {}
         self._priority: dict[int, float] = {}
         self.resubmits: dict[int, int] = {}
         self.submit_bytes: dict[int, int] = {}
+        self.thread_posts = 0
+
+    @property
+    def elastic(self) -> bool:
+        return self.plan is not None and self.plan.elastic
 
     def submit(self, trial_id: int, params: dict, priority: float) -> int:
+        worker, threads = self.plan.place(trial_id, priority) if self.plan else (None, self._nthread)
         parameters = {"trial_id": trial_id, "params": params, "prepared": self._data, "ctx": self._ctx,
-                      "rounds": self._rounds, "nthread": self._nthread}
+                      "rounds": self._rounds, "nthread": self._nthread, "start_threads": threads,
+                      "threads_key": self._search_key if self.elastic else None}
         # What this trial puts on the wire: the data travels as a reference to the scattered copy.
         self.submit_bytes[trial_id] = len(cloudpickle.dumps(parameters))
-        # Higher priority starts first among queued tasks: heaviest trials first in a batch.
-        with dask.annotate(priority=int(priority * 1000)):
+        # Higher priority starts first among queued tasks: heaviest trials first in a batch. The
+        # worker is a preference: if it is gone, Dask runs the trial elsewhere.
+        where = {"workers": [worker], "allow_other_workers": True} if worker else {}
+        with dask.annotate(priority=int(priority * 1000), **where):
             future = self._submit_trial(**parameters)
         self._futures[trial_id] = future
         self._params[trial_id] = params
         self._priority[trial_id] = priority
         return trial_id
+
+    def post_thread_changes(self) -> None:
+        """Send the running trials' new thread counts to their workers (called before waiting)."""
+        if not self.elastic or self._client is None:
+            return
+        for worker, threads in self.plan.pending_changes().items():
+            try:
+                self._client.run(post_threads, self._search_key, next(self._versions), threads,
+                                 workers=[worker], on_error="ignore")
+                self.thread_posts += 1
+            except Exception:  # noqa: BLE001 - a worker that left: its trials are resubmitted anyway
+                pass
     def wait_any(self, handles):
+        # The scheduler refills free slots before it waits: sending the counts here, once per
+        # refill, spares a running trial a give-and-take-back when a slot is refilled at once.
+        self.post_thread_changes()
         while True:
             futures = {h: self._futures[h].wrapped_future for h in handles}
             try:
@@ -71,11 +145,15 @@ class DaskTrialRunner:
         self.resubmits[trial_id] = self.resubmits.get(trial_id, 0) + 1
         if self._data.cancelled() and self._prepared is not None and self._client is not None:
             self._data = self._client.scatter(self._prepared, broadcast=True, hash=False)
+        if self.plan is not None:
+            self.plan.finish(trial_id)  # placed again, maybe elsewhere
         self.submit(trial_id, self._params[trial_id], self._priority[trial_id])
 
     def outcome(self, handle: int) -> TrialOutcome:
         future = self._futures.pop(handle)
         params = self._params.pop(handle)
+        if self.plan is not None:
+            self.plan.finish(handle)
         try:
             state = future.wrapped_future.result()
         except Exception as exc:  # noqa: BLE001 - e.g. KilledWorker: a failed trial, not a crash

@@ -23,13 +23,14 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect_dask import DaskTaskRunner
 
 from taxi_hpo import data as data_mod
-from taxi_hpo import features, models, registry, tracking, trials
+from taxi_hpo import dask_runner, features, models, registry, tracking, trials
 from taxi_hpo.cluster import ClusterSpec
 from taxi_hpo.config import RunConfig
-from taxi_hpo.dask_runner import DaskTrialRunner
-from taxi_hpo.prefect_api import flush_to_api, prefect_api, quiet_drain_warnings, start_early
+from taxi_hpo.prefect_api import (cache_context_hydration, cache_settings_serialization, flush_to_api, prefect_api,
+                                  quiet_drain_warnings, start_early)
 from taxi_hpo.search import TPESearcher, TrialOutcome, reference_space, run_search
 from taxi_hpo.search.space import decode_logged
+from taxi_hpo.search.threads import ThreadPlan
 from taxi_hpo.search.tpe import DEFAULT_STARTUP
 
 
@@ -89,8 +90,13 @@ def linear_baseline(prepared, ctx: tracking.TrackingContext) -> float:
 @task(name="trial", task_run_name="trial-{trial_id}", retries=1, retry_delay_seconds=1,
       cache_policy=NO_CACHE)
 def trial(trial_id: int, params: dict, prepared, ctx: tracking.TrackingContext, rounds: int,
-          nthread: int) -> dict:
-    result = trials.run_trial(trial_id, params, prepared, ctx, rounds, nthread)
+          nthread: int, start_threads: int | None = None, threads_key: str | None = None) -> dict:
+    threads = dask_runner.thread_source(threads_key, trial_id) if threads_key else None
+    try:
+        result = trials.run_trial(trial_id, params, prepared, ctx, rounds, nthread, threads, start_threads)
+    finally:
+        if threads_key:
+            dask_runner.forget_trial(threads_key, trial_id)
     # Shipped to the Prefect API from whichever worker ran it (shown under the task run).
     get_run_logger().info("trial %d on %s: rmse_valid %.4f, fit %.2f s, MLflow run %s", trial_id,
                           result["worker"], result["loss"], result["fit_s"], result["run_id"])
@@ -142,11 +148,12 @@ def search(config: dict) -> dict:
         warming = _warm_workers(client, data_future, ctx)  # overlaps with the two steps below
         log_preprocessor(ctx, prepared.preprocessor.to_bytes())
         lr_rmse = record.lr_rmse if record and record.lr_rmse is not None else linear_baseline(prepared, ctx)
-        client.gather(warming, errors="skip")
+        plan = _thread_plan(cfg, client, _gather_by_worker(client, warming))
         searcher = TPESearcher(reference_space(cfg.max_depth), cfg.seed, max(DEFAULT_STARTUP, in_flight))
-        runner = DaskTrialRunner(trial.submit, data_future, ctx, cfg.rounds, cfg.threads_per_worker, prepared, client)
+        runner = dask_runner.DaskTrialRunner(trial.submit, data_future, ctx, cfg.rounds, cfg.threads_per_worker,
+                                             prepared, client, plan=plan)
         if reporter:
-            reporter.start(cfg.trials, client.dashboard_link, _layout(cfg, client, slots))
+            reporter.start(cfg.trials, client.dashboard_link, _layout(cfg, client, slots, plan))
         search_start = time.time()
         with client.as_current():
             outcomes = run_search(searcher, runner, cfg.trials, mode=cfg.mode, in_flight=in_flight,
@@ -176,18 +183,36 @@ def search(config: dict) -> dict:
         tracking.end_run(tracking_uri, parent_run_id, status, metrics=metrics)
 
 
-def _on_each_worker(client, fn, *args) -> list:
-    """Submit ``fn(*args)`` once to every worker of the cluster, pinned there; the futures."""
+def _on_each_worker(client, fn, *args) -> dict:
+    """Submit ``fn(*args)`` once to every worker of the cluster, pinned there: ``{worker: future}``."""
     workers = list(client.scheduler_info(n_workers=-1)["workers"])
-    return [client.submit(fn, *args, workers=[w], allow_other_workers=False, pure=False) for w in workers]
+    return {w: client.submit(fn, *args, workers=[w], allow_other_workers=False, pure=False) for w in workers}
 
 
-def _warm_workers(client, data_future, ctx: tracking.TrackingContext) -> list:
+def _gather_by_worker(client, futures: dict) -> dict:
+    """``{worker: result}`` of the futures that succeeded."""
+    results = client.gather(list(futures.values()), errors="skip")
+    done = [w for w, f in futures.items() if f.status == "finished"]
+    return dict(zip(done, results))
+
+
+def _warm_workers(client, data_future, ctx: tracking.TrackingContext) -> dict:
     """One warm-up task per worker: imports, matrices and store ready before the first trial."""
     return _on_each_worker(client, _warm_worker, data_future, ctx, PREFECT_API_URL.value())
 
 
-def _warm_worker(prepared, ctx: tracking.TrackingContext, api_url: str) -> int:
+def _thread_plan(cfg: RunConfig, client, warmed: dict) -> ThreadPlan:
+    """Where trials run and their threads: each worker's slots and the core pool it reported."""
+    nthreads = client.nthreads()
+    workers, pool_cores = {}, {}
+    for worker, slots in nthreads.items():
+        facts = warmed.get(worker) or {"pool": f"unknown:{worker}", "cores": slots * cfg.threads_per_worker}
+        workers[worker] = (facts["pool"], slots)
+        pool_cores[facts["pool"]] = facts["cores"]
+    return ThreadPlan(workers, pool_cores, base=cfg.threads_per_worker, elastic=cfg.elastic_threads)
+
+
+def _warm_worker(prepared, ctx: tracking.TrackingContext, api_url: str) -> dict:
     # Prefect's task engine and its API client load lazily on a worker's first task: ~1 s. The
     # flow's API explicitly: a remote worker started without PREFECT_API_URL would otherwise
     # start a temporary server of its own here.
@@ -197,13 +222,14 @@ def _warm_worker(prepared, ctx: tracking.TrackingContext, api_url: str) -> int:
     with temporary_settings(updates={PREFECT_API_URL: api_url}), get_client(sync_client=True) as api:
         api.api_healthcheck()
     quiet_drain_warnings()
+    cache_context_hydration()  # also on remote workers, which have no preload of ours
     return trials.warm_up(prepared, ctx)
 
 
 def _flush_workers(client, timeout_s: float = 10.0) -> None:
     """Trial log lines and events wait in each worker's queue (up to 2 s): send them before the flow ends."""
     try:
-        distributed.wait(_on_each_worker(client, flush_to_api), timeout=timeout_s)
+        distributed.wait(list(_on_each_worker(client, flush_to_api).values()), timeout=timeout_s)
     except Exception:  # noqa: BLE001 - a late log line is not worth failing a finished search
         pass
 
@@ -232,11 +258,20 @@ def _slots(cfg: RunConfig, client) -> int:
     return max(sum(client.nthreads().values()), 1)
 
 
-def _layout(cfg: RunConfig, client, slots: int) -> str:
+def _layout(cfg: RunConfig, client, slots: int, plan: ThreadPlan) -> str:
     where = f"scheduler {cfg.address}" if cfg.address else "local cluster"
     workers = len(client.nthreads())
-    return (f"{workers} worker{'s' * (workers != 1)} x {cfg.threads_per_worker} XGBoost "
-            f"thread{'s' * (cfg.threads_per_worker != 1)}, {slots} trial{'s' * (slots != 1)} at a time ({where})")
+    base = cfg.threads_per_worker
+    line = (f"{workers} worker{'s' * (workers != 1)} x {base} XGBoost thread{'s' * (base != 1)}, "
+            f"{slots} trial{'s' * (slots != 1)} at a time ({where})")
+    if plan.elastic:
+        most = max(plan.pool_cores.values(), default=base)
+        line += f"; elastic threads: a trial takes idle cores, up to {most}"
+    if cfg.default_layout and plan.elastic and base == 1:
+        line += (f" (the default for {cfg.workers} usable core{'s' * (cfg.workers != 1)}: a trial per core keeps "
+                 "every core busy with no thread waiting on another, and a core freed by a finished trial goes "
+                 "to the ones still running)")
+    return line
 
 
 def _known_outcomes(record: tracking.SearchRecord) -> dict[int, TrialOutcome]:
@@ -251,7 +286,8 @@ def _parent_params(cfg: RunConfig, prepared, slots: int, in_flight: int) -> dict
     return {
         "train": cfg.train, "valid": cfg.valid, "data_dir": str(Path(cfg.data_dir).resolve()),
         "mode": cfg.mode, "workers": cfg.workers, "in_flight": in_flight,
-        "threads_per_worker": cfg.threads_per_worker, "slots": slots, "seed": cfg.seed,
+        "threads_per_worker": cfg.threads_per_worker, "elastic_threads": cfg.elastic_threads,
+        "slots": slots, "seed": cfg.seed,
         "trials": cfg.trials, "rounds": cfg.rounds, "max_depth": cfg.max_depth,
         "batch_size": cfg.batch_size or "", "address": cfg.address or "local",
         "train_sha256": prepared.train_sha256, "valid_sha256": prepared.valid_sha256,
@@ -291,7 +327,8 @@ def _summary(cfg, ctx, outcomes, lr_rmse, slots, search_wall, wall, version, cac
 def _timing(o: TrialOutcome) -> dict:
     return {"trial_id": o.trial_id, "loss": o.loss, "started": o.started, "finished": o.finished,
             "fit_s": o.fit_s, "worker": o.worker, "run_id": o.run_id, "error": o.error,
-            "matrix_builds": o.metrics.get("worker_matrix_builds")}
+            "matrix_builds": o.metrics.get("worker_matrix_builds"),
+            **{k: o.metrics.get(k) for k in ("train_s", "train_cpu_s", "threads_mean")}}
 
 
 def execute(cfg: RunConfig, reporter: Reporter | None = None) -> dict:
@@ -309,6 +346,7 @@ def execute(cfg: RunConfig, reporter: Reporter | None = None) -> dict:
     # (measured: two extra servers, ~5 s before the first trial on 2 cores).
     api_url = start_early()
     local = spec.start_local({"PREFECT_API_URL": api_url}) if cfg.address is None else None
+    cache_settings_serialization()  # ~30 ms less of the flow per submitted trial (see there)
     try:
         with prefect_api():
             runner = DaskTaskRunner(address=local.address()) if local else spec.task_runner()

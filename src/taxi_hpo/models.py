@@ -9,7 +9,8 @@ from __future__ import annotations
 import math
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -61,9 +62,77 @@ def matrices(data: PreparedData) -> tuple[xgb.DMatrix, xgb.DMatrix]:
     return cached
 
 
+#: Validation rows whose prediction is timed for ``inference_time`` (the first ones of the month).
+INFERENCE_SAMPLE_ROWS = 5000
+_SAMPLES: dict[tuple[str, int], xgb.DMatrix] = {}
+
+
+def inference_sample(data: PreparedData) -> xgb.DMatrix:
+    """The first :data:`INFERENCE_SAMPLE_ROWS` validation rows as their own ``DMatrix`` (cached
+    like :func:`matrices`): a matrix no booster has a prediction cache for, so predicting it
+    times a real pass over the trees."""
+    slot = (data.key, threading.get_ident())
+    sample = _SAMPLES.get(slot)
+    if sample is None:
+        rows = min(INFERENCE_SAMPLE_ROWS, data.X_valid.shape[0])
+        sample = _SAMPLES[slot] = xgb.DMatrix(data.X_valid[:rows])
+    return sample
+
+
 def matrix_builds() -> int:
     """How many matrix pairs this process has built (one per dataset and thread when shared)."""
     return _MATRIX_BUILDS
+
+
+#: Asked between boosting rounds: the threads the trial should use now, or None for "no change".
+ThreadSource = Callable[[], "int | None"]
+
+
+class _FinalPredictions(xgb.callback.TrainingCallback):
+    """Reads both months' predictions at the end of training, from XGBoost's prediction cache.
+
+    While it trains, XGBoost keeps each evaluated matrix's predictions up to date round by round;
+    ``xgb.train`` then returns a *copy* of the booster, without that cache, so a later
+    ``predict`` walks every tree again (measured: 7 % of a reference-size search's trial time at
+    depth 60-90). Read here, the same predictions (tested identical) cost nothing.
+    """
+
+    def __init__(self, dtrain: xgb.DMatrix, dvalid: xgb.DMatrix):
+        self.dtrain, self.dvalid = dtrain, dvalid
+        self.train = self.valid = None
+
+    def after_training(self, model):
+        self.valid = model.predict(self.dvalid)
+        self.train = model.predict(self.dtrain)
+        return model
+
+
+class ElasticThreads(xgb.callback.TrainingCallback):
+    """Applies the thread count of a :data:`ThreadSource` between boosting rounds.
+
+    ``Booster.set_param("nthread", k)`` takes effect from the next round, without restarting
+    the trial; the trees do not depend on it (a trial's RMSE is the same whatever its schedule).
+    ``schedule`` keeps ``(round, threads, perf_counter seconds)`` for every change.
+    """
+
+    def __init__(self, source: ThreadSource, start: int, limit: int):
+        self.source, self.current, self.limit = source, start, max(1, limit)
+        self.schedule: list[tuple[int, int, float]] = [(0, start, time.perf_counter())]
+
+    def after_iteration(self, model, epoch: int, evals_log) -> bool:
+        wanted = self.source()
+        if wanted is not None:
+            wanted = max(1, min(int(wanted), self.limit))
+            if wanted != self.current:
+                model.set_param("nthread", wanted)
+                self.current = wanted
+                self.schedule.append((epoch + 1, wanted, time.perf_counter()))
+        return False  # never stops training
+
+    def thread_seconds(self, end: float) -> float:
+        """Threads x seconds from the start of training to ``end`` (a perf_counter value)."""
+        marks = self.schedule + [(0, 0, end)]
+        return sum(threads * (marks[i + 1][2] - t) for i, (_, threads, t) in enumerate(self.schedule))
 
 
 @dataclass
@@ -75,34 +144,91 @@ class TrialFit:
     rmse_valid: float
     best_iteration: int
     fit_s: float
-    inference_time: float  # seconds per validation row
+    inference_time: float  # seconds per row, the first validation rows predicted on the base threads
+    train_s: float = 0.0   # xgb.train alone
+    train_cpu_s: float = 0.0  # CPU seconds of this process meanwhile (all its threads)
+    threads_mean: float = 0.0  # time-weighted threads over xgb.train
+    thread_changes: list = field(default_factory=list)  # [(round, threads)] after the start
 
 
 def fit_xgboost(params: dict, data: PreparedData, rounds: int,
-                early_stopping_rounds: int = EARLY_STOPPING_ROUNDS) -> TrialFit:
-    """Train with early stopping on the validation month and score both months."""
+                early_stopping_rounds: int = EARLY_STOPPING_ROUNDS, threads: ThreadSource | None = None,
+                start_threads: int | None = None, max_threads: int | None = None) -> TrialFit:
+    """Train with early stopping on the validation month and score both months.
+
+    ``params["nthread"]`` is the trial's base thread count. With ``threads``, training starts on
+    ``start_threads`` (or what the source says already) and follows the source between rounds,
+    up to ``max_threads`` (default: the cores the process may use). This thread's OpenMP limit
+    is set to match for the fit: a Dask nanny's ``OMP_NUM_THREADS=1`` would otherwise cap
+    XGBoost at one thread whatever it is asked for. ``inference_time`` times a prediction of the
+    first validation rows (:func:`inference_sample`) on the base count; both RMSEs come from the
+    predictions XGBoost kept while training (:class:`_FinalPredictions`), the same values
+    ``booster.predict`` returns.
+    """
     dtrain, dvalid = matrices(data)
-    t0 = time.perf_counter()
-    booster = xgb.train(
-        params, dtrain=dtrain, num_boost_round=rounds, evals=[(dvalid, "validation")],
-        early_stopping_rounds=early_stopping_rounds, verbose_eval=False,
-    )
-    t1 = time.perf_counter()
-    pred_valid = booster.predict(dvalid)
-    inference_s = time.perf_counter() - t1
-    pred_train = booster.predict(dtrain)
+    base = int(params.get("nthread", 1))
+    callbacks, elastic = [], None
+    if threads is not None:
+        from taxi_hpo.config import usable_cores
+
+        start = threads() or start_threads or base
+        elastic = ElasticThreads(threads, start, max_threads or usable_cores())
+        params = {**params, "nthread": elastic.current}
+        callbacks.append(elastic)
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    if elastic is not None:
+        elastic.schedule[0] = (0, elastic.current, t0)
+    final = _FinalPredictions(dtrain, dvalid)
+    with _openmp_limit(elastic.limit if elastic else base):
+        # Both months are evaluated as the rounds go (the training month from the training
+        # loop's own cache); early stopping watches the last one, validation.
+        booster = xgb.train(
+            params, dtrain=dtrain, num_boost_round=rounds, evals=[(dtrain, "train"), (dvalid, "validation")],
+            early_stopping_rounds=early_stopping_rounds, verbose_eval=False, callbacks=[*callbacks, final],
+        )
+        t1, train_cpu_s = time.perf_counter(), time.process_time() - cpu0
+        if elastic is not None and elastic.current != base:
+            booster.set_param("nthread", base)
+        sample = inference_sample(data)
+        t2 = time.perf_counter()
+        booster.predict(sample)
+        inference_s = time.perf_counter() - t2
     fit_s = time.perf_counter() - t0
-    valid_rmse = rmse(data.y_valid, pred_valid)
+    valid_rmse = rmse(data.y_valid, final.valid)
     if not math.isfinite(valid_rmse):
         raise FloatingPointError(f"validation RMSE is {valid_rmse}: the parameters diverged")
+    train_s = t1 - t0
     return TrialFit(
         booster=booster,
-        rmse_train=rmse(data.y_train, pred_train),
+        rmse_train=rmse(data.y_train, final.train),
         rmse_valid=valid_rmse,
         best_iteration=int(getattr(booster, "best_iteration", rounds - 1)),
         fit_s=fit_s,
-        inference_time=inference_s / max(len(data.y_valid), 1),
+        inference_time=inference_s / max(sample.num_row(), 1),
+        train_s=train_s,
+        train_cpu_s=train_cpu_s,
+        threads_mean=(elastic.thread_seconds(t1) / train_s if elastic and train_s > 0 else float(base)),
+        thread_changes=[(r, k) for r, k, _ in elastic.schedule[1:]] if elastic else [],
     )
+
+
+class _openmp_limit:
+    """Set this thread's OpenMP thread limit to ``threads`` for the block (None: unchanged)."""
+
+    def __init__(self, threads: int | None):
+        self.threads, self._limits = threads, None
+
+    def __enter__(self):
+        if self.threads is not None:
+            from threadpoolctl import threadpool_limits
+
+            self._limits = threadpool_limits(limits=self.threads, user_api="openmp")
+        return self
+
+    def __exit__(self, *exc):
+        if self._limits is not None:
+            self._limits.restore_original_limits()
+        return False
 
 
 class DurationPredictor:

@@ -20,7 +20,6 @@ Each failure is one line.
 from __future__ import annotations
 
 import platform
-import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -66,7 +65,6 @@ def check(cfg: RunConfig, timeout_s: float = 10.0) -> dict:
     remote = sorted(addr for addr in probes if not is_loopback(urlsplit(addr).hostname))
     check_placement(tracking_uri, api_url, f"worker {remote[0]}" if remote else None)
     check_workers(probes, tracking_uri, api_url, client_environment())
-    warn_threads(probes, cfg.threads_per_worker)
     return info
 
 
@@ -194,17 +192,6 @@ def _check_versions(probes: dict, client: dict) -> None:
                 raise ClusterError(
                     f"worker {addr} runs {name} {result[key]} but this client runs {client[key]}: "
                     f"install the same version on both (tasks are pickled between them)")
-
-
-def warn_threads(probes: dict, threads_per_trial: int) -> None:
-    """XGBoost caps its threads at the worker's OMP_NUM_THREADS: warn when that is lower."""
-    low = sorted({r["omp_num_threads"] for r in probes.values()
-                  if str(r.get("omp_num_threads")).isdigit() and int(r["omp_num_threads"]) < threads_per_trial})
-    if low:
-        sys.stderr.write(
-            f"taxi-hpo: warning: workers run with OMP_NUM_THREADS={','.join(low)} but --threads-per-worker is "
-            f"{threads_per_trial}, so XGBoost uses fewer threads: start the workers with "
-            f"THREADS_PER_TRIAL={threads_per_trial} (cluster/local/start-workers.sh)\n")
 
 
 def is_loopback(host: str | None) -> bool:

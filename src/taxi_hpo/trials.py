@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from taxi_hpo import models, tracking
+from taxi_hpo.config import core_pool
 from taxi_hpo.features import PreparedData
 from taxi_hpo.search.space import xgb_params
 
@@ -25,21 +26,28 @@ def slot_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident() % 10000}"
 
 
-def warm_up(data: PreparedData, ctx: tracking.TrackingContext) -> int:
+def warm_up(data: PreparedData, ctx: tracking.TrackingContext) -> dict:
     """Run on each worker before the search: the matrices and the tracking store, ready.
 
     Measured on 2 cores: the first trial of a cold worker spent ~1 s more than the others
     opening the store (engine, schema check) besides building its matrices.
+
+    Returns what the flow needs to place trials: the worker's core pool and its cores
+    (:func:`taxi_hpo.config.core_pool`), and how many matrix pairs this process has built.
     """
     models.matrices(data)
     tracking.warm(ctx)
-    return models.matrix_builds()
+    pool, cores = core_pool()
+    return {"pool": pool, "cores": cores, "matrix_builds": models.matrix_builds()}
 
 
 def run_trial(trial_id: int, params: dict, data: PreparedData, ctx: tracking.TrackingContext,
-              rounds: int, nthread: int) -> dict:
+              rounds: int, nthread: int, threads: models.ThreadSource | None = None,
+              start_threads: int | None = None) -> dict:
     """Fit, log and score trial ``trial_id``; raises on failure (the task's retry policy decides).
 
+    ``nthread`` is the trial's base thread count (logged as its ``nthread`` parameter); with
+    ``threads`` (elastic threads) XGBoost starts on ``start_threads`` and follows that source.
     Idempotent: when an earlier attempt of the same trial already FINISHED its run (a worker
     died after logging but before returning), that run's result is returned, not a second run.
     """
@@ -50,10 +58,13 @@ def run_trial(trial_id: int, params: dict, data: PreparedData, ctx: tracking.Tra
     run_id = tracking.start_child_run(ctx, f"trial-{trial_id:04d}",
                                       {tracking.TRIAL_TAG: str(trial_id), "worker": slot_name()})
     try:
-        fit = models.fit_xgboost(xgb_params(params, nthread), data, rounds)
+        fit = models.fit_xgboost(xgb_params(params, nthread), data, rounds, threads=threads,
+                                 start_threads=start_threads)
         metrics = {"rmse_train": fit.rmse_train, "rmse_valid": fit.rmse_valid,
                    "inference_time": fit.inference_time, "best_iteration": fit.best_iteration,
-                   "fit_s": fit.fit_s}
+                   "fit_s": fit.fit_s, "train_s": fit.train_s, "train_cpu_s": fit.train_cpu_s,
+                   "threads_mean": fit.threads_mean,
+                   "thread_changes": len(fit.thread_changes)}
         with tempfile.TemporaryDirectory() as tmp:
             booster_path = Path(tmp) / BOOSTER_FILE
             fit.booster.save_model(booster_path)
