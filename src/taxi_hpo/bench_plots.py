@@ -87,6 +87,7 @@ def _gantt(ax, run: dict) -> None:
     t0 = run.get("search_started") or max((t["finished"] for t in trials), default=0.0) - run["wall_s"]
     slots = sorted({t["worker"] for t in trials}, key=lambda w: min(t["started"] for t in trials if t["worker"] == w))
     row = {w: i for i, w in enumerate(slots)}
+    base = max(1, run.get("cores", 1) // max(run["slots"], 1))
     for t in trials:
         y, left, busy = row[t["worker"]], t["started"] - t0, busy_s(t)
         failed = not _ok(t)
@@ -94,7 +95,10 @@ def _gantt(ax, run: dict) -> None:
                 linewidth=0.5)
         if not failed:
             ax.barh(y, t["fit_s"], left=left, height=0.4, color=_FIT)
-        ax.text(left + busy / 2, y, str(t["trial_id"]), ha="center", va="center", fontsize=7)
+        # A trial that took idle cores (elastic threads) shows its time-weighted thread count.
+        grown = (t.get("threads_mean") or base) > base + 0.05
+        label = f"{t['trial_id']} ({t['threads_mean']:.1f}t)" if grown else str(t["trial_id"])
+        ax.text(left + busy / 2, y, label, ha="center", va="center", fontsize=7)
     util = utilisation(run["trials"], run["slots"], run["wall_s"])
     rows = max(len(slots), run["slots"])  # a slot that never got a trial still shows, empty
     ax.set_yticks(range(rows), [f"slot {i}" for i in range(rows)], fontsize=7)
@@ -105,3 +109,31 @@ def _gantt(ax, run: dict) -> None:
 
 # -- the command ---------------------------------------------------------------------------------
 
+
+
+def plot_plan(plan: dict, path: Path) -> None:
+    """Predicted search wall against the hosts rented, one line per layout (log-log)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    series: dict[str, list] = {}
+    for row in plan["rows"]:
+        if row["seq"]:
+            ax.axhline(row["wall_s"], color="grey", linestyle=":", label=f"seq on one host ({row['wall_s']:.0f} s)")
+            continue
+        name = row["layout"].split("(")[-1].rstrip(")")
+        series.setdefault(name, []).append((row["hosts"], row["wall_s"]))
+    for name, points in sorted(series.items()):
+        points.sort()
+        style = "--" if name.endswith("-fixed") else "-"
+        ax.plot([p[0] for p in points], [p[1] for p in points], style, marker="o", label=f"{name} per host")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("hosts")
+    ax.set_ylabel("predicted search wall (s)")
+    cm = plan["cost_model"]
+    ax.set_title(f"{plan['trials']} trials, {plan['rounds']} rounds, max_depth <= {plan['max_depth']}, {plan['mode']}; "
+                 f"threads: {cm['speedup_at_cores']:.1f}x on a host's cores", fontsize=8)
+    ax.legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

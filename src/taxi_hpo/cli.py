@@ -70,9 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="finish an interrupted search: rebuild its TPE history from the tracking store, "
                           "run only the missing trials")
     run.add_argument("--json", action="store_true", help="print one JSON object on stdout at the end")
-    from taxi_hpo import bench, serve
+    from taxi_hpo import bench, plan, serve
 
     bench.add_parser(sub, _add_search_flags)
+    plan.add_parser(sub)
     serve.add_parser(sub, _add_search_flags, _add_run_flags)
     return parser
 
@@ -150,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "bench":
             from taxi_hpo import bench
             return bench.main(args)
+        if args.command == "plan":
+            from taxi_hpo import plan
+            return plan.main(args)
         if args.command == "serve":
             from taxi_hpo import serve
             return serve.main(args)
