@@ -170,5 +170,27 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def entry() -> None:
+    """The ``taxi-hpo`` command: :func:`main`, then a quick exit.
+
+    Once ``main`` returns, everything the run started is closed (cluster, API server, MLflow
+    runs). What is left is the interpreter tearing down the modules of Prefect, MLflow, Dask and
+    XGBoost: measured 1.3 s of the command's wall on 2 cores, for nothing. So the exit handlers
+    run and the streams are flushed as on a normal exit, then the process ends.
+    """
+    import atexit
+
+    code = main()
+    try:
+        atexit._run_exitfuncs()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:  # noqa: BLE001 - a closed pipe: nothing more to say anyway
+                pass
+        os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
