@@ -129,8 +129,9 @@ class TwoPoints:
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("mode", ["async", "batch"])  # a batch reads its outcomes only at its end
 def test_through_dask_the_long_trial_takes_the_core_the_short_one_left(prefect_api_url, prepared, workdir,
-                                                                     tracking_uri):
+                                                                     tracking_uri, mode):
     from prefect import flow
     from prefect.context import FlowRunContext
     from prefect_dask import DaskTaskRunner
@@ -155,7 +156,7 @@ def test_through_dask_the_long_trial_takes_the_core_the_short_one_left(prefect_a
             runner = DaskTrialRunner(flows.trial.submit, client.scatter(prepared, broadcast=True), ctx, rounds=40,
                                      nthread=1, client=client, plan=plan)
             with client.as_current():
-                outcomes = run_search(TwoPoints(), runner, 2, mode="async", in_flight=2)
+                outcomes = run_search(TwoPoints(), runner, 2, mode=mode, in_flight=2)
             return outcomes, runner.thread_posts
 
         outcomes, posts = two_trials()

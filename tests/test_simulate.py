@@ -111,6 +111,9 @@ def test_simulated_search_seq_elastic_and_fixed():
     assert [t["trial_id"] for t in elastic["trials"]] == list(range(12))
     batch = simulate(cost, loss, SimLayout("4x1-fixed", 1, 4, 4, 1, elastic=False), 12, mode="batch", **common)
     assert batch["wall_s"] >= fixed["wall_s"] - 1e-9  # a batch waits for its slowest trial
+    # ... on all the cores, with elastic threads: a batch's early finishers free theirs at once
+    batch_elastic = simulate(cost, loss, SimLayout("4x1", 1, 4, 4, 1), 12, mode="batch", **common)
+    assert batch_elastic["wall_s"] < batch["wall_s"]
 
 
 def synthetic_bench(tmp_path):

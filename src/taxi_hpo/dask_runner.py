@@ -139,6 +139,9 @@ class DaskTrialRunner:
                     self._resubmit(h)
             done = [h for h in handles if self._futures[h].wrapped_future.done()]
             if done:
+                if self.plan is not None:  # its cores are free now, even before its outcome is read
+                    for handle in done:    # (a batch reads every outcome at its end)
+                        self.plan.finish(handle)
                 return done
 
     def _resubmit(self, trial_id: int) -> None:

@@ -20,6 +20,7 @@ What is modelled, and what is not:
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
@@ -73,7 +74,7 @@ class CostModel:
     """One-thread seconds of a trial at ``rounds`` boosting rounds, from its parameters.
 
     ``log(seconds) = a + b log(max_depth) + c log(1 / learning_rate)``, least squares over the
-    samples; a point that was measured costs what it cost. ``scale`` multiplies every cost (a
+    samples; a point that was measured costs what it cost (the median, if measured more than once). ``scale`` multiplies every cost (a
     faster or slower machine); costs grow linearly with the rounds asked for.
     """
 
@@ -99,7 +100,8 @@ class CostModel:
             sum(y for _, y in rows) / len(rows), 0.0, 0.0)
         residuals = [y - sum(c * x for c, x in zip(coef, xs)) for xs, y in rows]
         sd = math.sqrt(sum(r * r for r in residuals) / max(len(rows) - 3, 1))
-        return cls(coef, rounds, scaling, {k: sum(v) / len(v) for k, v in known.items()}, 1.0, sd)
+        # A point measured several times costs its median: one noisy repeat does not move it.
+        return cls(coef, rounds, scaling, {k: statistics.median(v) for k, v in known.items()}, 1.0, sd)
 
     def one_thread_s(self, params: Mapping, rounds: int | None = None) -> float:
         """Seconds one thread takes to train ``params`` for ``rounds`` (default: the model's)."""
@@ -222,6 +224,8 @@ class SimulatedRunner:
         while True:
             done = [h for h in handles if self._trials[h].finished is not None and self._trials[h].finished <= self.now]
             if done:
+                for handle in done:  # as the real runner: cores free at once, also within a batch
+                    self.plan.finish(handle)
                 return done
             self._advance([self._trials[h] for h in handles])
 
