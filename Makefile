@@ -22,7 +22,7 @@ test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: install
-	$(BIN)/taxi-hpo bench --layouts seq,2x1,1x2 --trials 8 --rounds 15 --max-depth 20 --out bench-out
+	$(BIN)/taxi-hpo bench --layouts script,seq,default,2x1-fixed,1x2 --trials 8 --rounds 30 --max-depth 40 --seed 1 --out bench-out
 
 clean:
 	rm -rf $(VENV) mlflow.db mlartifacts bench-out

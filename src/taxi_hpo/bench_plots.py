@@ -128,6 +128,13 @@ def plot_plan(plan: dict, path: Path) -> None:
         ax.plot([p[0] for p in points], [p[1] for p in points], style, marker="o", label=f"{name} per host")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    hosts = sorted({row["hosts"] for row in plan["rows"]})
+    ax.set_xticks(hosts, [str(h) for h in hosts])
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("hosts")
     ax.set_ylabel("predicted search wall (s)")
     cm = plan["cost_model"]

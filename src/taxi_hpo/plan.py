@@ -160,7 +160,7 @@ def main(args: argparse.Namespace) -> int:
             rows.append({k: result[k] for k in ("layout", "wall_s", "slots", "cores", "utilisation", "core_utilisation")}
                         | {"hosts": hosts, "elastic": layout.elastic, "seq": layout.seq,
                            "one_thread_s": result["one_thread_s"], "longest_one_thread_s": result["longest_one_thread_s"]})
-    seq = next((r["wall_s"] for r in rows if r["seq"]), None)
+    seq = next((r["wall_s"] for r in sorted(rows, key=lambda r: r["layout"] != "seq") if r["seq"]), None)
     for row in rows:
         row["speedup_vs_seq"] = seq / row["wall_s"] if seq else None
         row["core_hours"] = row["cores"] * row["wall_s"] / 3600
