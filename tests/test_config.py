@@ -56,7 +56,7 @@ def test_the_layout_line_says_why_when_the_layout_was_chosen_for_you():
     assert chosen.default_layout and not RunConfig(workers=2).default_layout
     line = _layout(dataclasses.replace(chosen, workers=2), TwoWorkers(), 2, plan)
     assert line.startswith("2 workers x 1 XGBoost thread, 2 trials at a time (local cluster); elastic threads")
-    assert "(the default for 2 usable cores: a trial per core" in line
+    assert "(the default for 2 usable cores: a trial per core, no thread waiting on another" in line
     asked = _layout(RunConfig(workers=2), TwoWorkers(), 2, plan)
     assert "the default" not in asked and "elastic threads" in asked
     fixed = ThreadPlan({"w1": ("p", 1), "w2": ("p", 1)}, {"p": 2}, elastic=False)

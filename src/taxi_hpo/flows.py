@@ -268,9 +268,8 @@ def _layout(cfg: RunConfig, client, slots: int, plan: ThreadPlan) -> str:
         most = max(plan.pool_cores.values(), default=base)
         line += f"; elastic threads: a trial takes idle cores, up to {most}"
     if cfg.default_layout and plan.elastic and base == 1:
-        line += (f" (the default for {cfg.workers} usable core{'s' * (cfg.workers != 1)}: a trial per core keeps "
-                 "every core busy with no thread waiting on another, and a core freed by a finished trial goes "
-                 "to the ones still running)")
+        line += (f" (the default for {cfg.workers} usable core{'s' * (cfg.workers != 1)}: a trial per core, "
+                 "no thread waiting on another; a freed core goes to the trials still running)")
     return line
 
 
