@@ -163,6 +163,7 @@ def test_through_dask_the_long_trial_takes_the_core_the_short_one_left(prefect_a
     finally:
         local.close()
     long, short = outcomes
+    assert long.worker.split(":")[1] != short.worker.split(":")[1]  # placed on the two workers
     assert short.metrics["thread_changes"] == 0 and short.metrics["threads_mean"] == pytest.approx(1.0)
     # The short trial ended: its core was posted to the long one, which used it from then on.
     assert posts >= 1
