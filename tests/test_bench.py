@@ -408,3 +408,21 @@ def test_study_best_so_far_checkpoints_and_table():
     rows = [line for line in table.splitlines() if line.startswith("| 1 ") or line.startswith("| 4 ")]
     assert rows[0] == "| 1 | 3.0000 ± 1.4142 | +0.00 % |"
     assert rows[1] == "| 4 | 3.3000 ± 0.0000 | +10.00 % |"
+
+
+def test_time_to_target_follows_the_best_so_far_and_ignores_pruned_trials():
+    start = 100.0
+    trials = [{**trial(0, 100.0, 104.0, 4.0, loss=6.6), "pruned_at": None},
+              {**trial(1, 100.0, 103.0, 2.0, loss=6.0), "pruned_at": 9},   # pruned: an unfinished model
+              {**trial(2, 104.0, 110.0, 6.0, loss=6.4), "pruned_at": None},
+              {**trial(3, 103.0, 112.0, 9.0, loss=6.5), "pruned_at": None}]
+    run_ = run("2x1", 0, 12.0, trials) | {"search_started": start}
+    assert bench.best_so_far(run_) == [(4.0, 6.6), (10.0, 6.4)]
+    assert bench.time_to_target(run_, 6.45) == 10.0 and bench.time_to_target(run_, 6.0) is None
+    script = run("script", 0, 20.0, [{**trial(0, 100.0, 118.0, 18.0, loss=6.4), "pruned_at": None}], slots=1) \
+        | {"search_started": start}
+    (ref, par) = bench.summarise([script, run_], (Layout("script", 1, 2), Layout("2x1", 2, 1)))
+    # the target is the script's final best, 6.4: reached after 18 s there, 10 s here
+    assert par["time_to_target_s"] == 10.0 and par["speedup_to_target"] == pytest.approx(1.8)
+    assert par["trials_pruned"] == 1 and par["target_reached"] == 1
+    assert bench.summarise([script, run_], (Layout("2x1", 2, 1),), target=6.0)[0]["time_to_target_s"] is None

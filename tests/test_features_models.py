@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -69,6 +71,20 @@ def test_xgboost_trial_fits_what_the_reference_fits(prepared):
     # inference_time: a real pass over the trees, on the first validation rows
     assert models.inference_sample(prepared).num_row() == models.INFERENCE_SAMPLE_ROWS
     assert 0 < fit.inference_time < 1e-3
+
+
+def test_a_trial_stops_at_the_first_checkpoint_it_fails(prepared):
+    params = xgb_params({"max_depth": 8, "learning_rate": 0.05, "reg_alpha": 0.02, "reg_lambda": 0.01,
+                         "min_child_weight": 1.0, "objective": "reg:squarederror", "seed": 42}, nthread=1)
+    free = models.fit_xgboost(params, prepared, rounds=12, prune_at={3: math.inf, 9: math.inf})
+    assert free.pruned_at is None and sorted(free.curve) == [3, 9] and free.booster.num_boosted_rounds() == 12
+    assert free.curve[3] > free.curve[9]  # a slow learner, still improving
+    stopped = models.fit_xgboost(params, prepared, rounds=12, prune_at={3: math.inf, 9: free.curve[9] - 1e-3})
+    assert stopped.pruned_at == 9 and stopped.booster.num_boosted_rounds() == 9
+    assert stopped.curve == free.curve
+    # its loss is the RMSE it had reached there
+    assert stopped.rmse_valid == pytest.approx(free.curve[9], rel=1e-6)
+    assert models.fit_xgboost(params, prepared, rounds=12).curve == {}  # no pruning: no checkpoints
 
 
 def test_xgboost_rejects_bad_params(prepared):

@@ -121,3 +121,29 @@ def test_preprocessor_guard_under_retries_and_threads(workdir, tracking_uri):
     child = tracking.start_child_run(ctx, "trial-0000", {tracking.TRIAL_TAG: "0"})
     tracking.finish_child_run(ctx, child, {}, {"rmse_valid": 1.0})
     assert tracking.count_preprocessor_artifacts(tracking_uri, parent) == 1
+
+
+def test_pruning_is_reproducible_in_batch_mode_and_never_registers_a_pruned_trial(prefect_api_url, data_dir,
+                                                                                 workdir, capsys):
+    # 18 rounds: checkpoints at rounds 2 and 6; batches of 3, so from the second batch on every
+    # trial is judged against the earlier ones (ASHA: the best third at each checkpoint goes on).
+    common = ["--data-dir", str(data_dir), "--trials", "9", "--mode", "batch", "--batch-size", "3",
+              "--rounds", "18", "--max-depth", "10", "--prune", "asha", "--max-rmse", "100"]
+    one = run_cli(capsys, *common, "--workers", "1", "--no-register")
+    two = run_cli(capsys, *common, "--workers", "2")
+    assert one["trial_params"] == two["trial_params"] and one["trial_rmse"] == two["trial_rmse"]
+    pruned = [t for t in two["trials"] if t["pruned_at"] is not None]
+    assert [t["pruned_at"] for t in one["trials"]] == [t["pruned_at"] for t in two["trials"]]
+    assert pruned and all(t["trial_id"] >= 3 for t in pruned)  # the first batch has no peers yet
+    assert two["trials_pruned"] == len(pruned) and two["trials_done"] == 9 and two["prune"] == "asha"
+    # a pruned trial: a FINISHED child run, tagged with the round it stopped at, its curve kept
+    client = MlflowClient(two["tracking_uri"])
+    run = client.get_run(pruned[0]["run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags[tracking.PRUNED_TAG] == str(pruned[0]["pruned_at"])
+    assert str(pruned[0]["pruned_at"]) in json.loads(run.data.tags[tracking.CURVE_TAG])
+    assert run.data.metrics["rmse_valid"] == pytest.approx(pruned[0]["loss"])
+    # the best and the registered model come from trials that ran all their rounds
+    complete = [t for t in two["trials"] if t["pruned_at"] is None]
+    assert two["best_rmse"] == min(t["loss"] for t in complete)
+    registered = client.get_model_version_by_alias("nyc-taxi-duration", "staging")
+    assert registered.run_id == min(complete, key=lambda t: t["loss"])["run_id"]

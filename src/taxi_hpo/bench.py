@@ -214,11 +214,47 @@ def _beside(cpu: dict | None, in_process: bool = False) -> float | None:
     return 1.0 - trials / sum(cpu.values())
 
 
-def summarise(runs: list[dict], layouts: tuple[Layout, ...]) -> list[dict]:
+def best_so_far(run: dict) -> list[tuple[float, float]]:
+    """``(seconds into the search, best RMSE so far)`` as each finished trial improved it; a
+    pruned trial's RMSE is of an unfinished model and does not count."""
+    start = run.get("search_started") or 0.0
+    points, best = [], math.inf
+    for t in sorted((t for t in run["trials"] if _ok(t) and t.get("pruned_at") is None and t.get("finished")),
+                    key=lambda t: t["finished"]):
+        if t["loss"] < best:
+            best = t["loss"]
+            points.append((t["finished"] - start, best))
+    return points
+
+
+def time_to_target(run: dict, target: float | None) -> float | None:
+    """Seconds into the search when the best-so-far first reached ``target`` (None: never)."""
+    if target is None:
+        return None
+    return next((s for s, best in best_so_far(run) if best <= target + 1e-12), None)
+
+
+def reference_targets(runs: list[dict], target: float | None = None) -> dict[int, float | None]:
+    """Per repeat, the RMSE every layout races to: ``target`` when given, else the final best of
+    the reference of that repeat (the script, which never prunes; seq without a script)."""
+    targets: dict[int, float | None] = {}
+    for ref in (SEQ, SCRIPT):  # the script overrides seq
+        for r in runs:
+            if r["layout"] == ref:
+                losses = [t["loss"] for t in r["trials"] if _ok(t) and t.get("pruned_at") is None]
+                targets[r["repeat"]] = min(losses) if losses else None
+    return {repeat: target if target is not None else value for repeat, value in targets.items()}
+
+
+def summarise(runs: list[dict], layouts: tuple[Layout, ...], target: float | None = None) -> list[dict]:
     """One row per layout: medians over repeats; speedups paired with seq (and the script) of
-    the same repeat: the search's wall, and the whole command's where both were timed whole."""
+    the same repeat: the search's wall, and the whole command's where both were timed whole;
+    time to the target RMSE (``reference_targets``) and its speedup over the reference's."""
     walls = {ref: {r["repeat"]: r["wall_s"] for r in runs if r["layout"] == ref} for ref in (SEQ, SCRIPT)}
     commands = {r["repeat"]: r.get("command_s") for r in runs if r["layout"] == SCRIPT}
+    targets = reference_targets(runs, target)
+    reference = SCRIPT if any(r["layout"] == SCRIPT for r in runs) else SEQ
+    ref_time = {r["repeat"]: time_to_target(r, targets.get(r["repeat"])) for r in runs if r["layout"] == reference}
     rows = []
     for layout in layouts:
         mine = [r for r in runs if r["layout"] == layout.name]
@@ -238,6 +274,12 @@ def summarise(runs: list[dict], layouts: tuple[Layout, ...]) -> list[dict]:
             row[f"speedup_vs_{suffix}_max"] = _round(max(present)) if present else None
         row["command_speedup_vs_script"] = _round(_median(
             [speedup(commands.get(r["repeat"]), r.get("command_s")) for r in mine]))
+        reached = [time_to_target(r, targets.get(r["repeat"])) for r in mine]
+        row["time_to_target_s"] = _round(_median(reached))
+        row["target_reached"] = sum(x is not None for x in reached)
+        row["speedup_to_target"] = _round(_median([speedup(ref_time.get(r["repeat"]), x)
+                                                   for r, x in zip(mine, reached)]))
+        row["trials_pruned"] = _median([sum(t.get("pruned_at") is not None for t in r["trials"]) for r in mine])
         row["speedup_min"], row["speedup_max"] = row["speedup_vs_seq_min"], row["speedup_vs_seq_max"]
         rows.append(row)
     return rows
@@ -290,6 +332,8 @@ class BenchConfig:
     tracking_uri: str | None = None
     whole: bool = False  # parallel layouts as whole `taxi-hpo run` commands (and `command_s`)
     experiment: str = EXPERIMENT
+    prune: str = "none"  # every layout but the script (the reference never prunes)
+    target: float | None = None  # RMSE for time_to_target_s (default: the reference's final best)
 
     def __post_init__(self):
         for flag, value in (("--trials", self.trials), ("--repeats", self.repeats), ("--rounds", self.rounds)):
@@ -309,12 +353,13 @@ class BenchConfig:
                          workers=layout.workers, threads_per_worker=layout.threads,
                          elastic_threads=layout.elastic, mode=self.mode, seed=self.seed, rounds=self.rounds,
                          max_depth=self.max_depth, tracking_uri=self.tracking_uri, experiment=self.experiment,
-                         register=False)
+                         register=False, prune=self.prune)
 
     def describe(self) -> dict:
         return {"layouts": [layout.name for layout in self.layouts], "trials": self.trials, "rounds": self.rounds,
                 "max_depth": self.max_depth, "seed": self.seed, "repeats": self.repeats, "mode": self.mode,
                 "train": self.train, "valid": self.valid, "experiment": self.experiment, "whole": self.whole,
+                "prune": self.prune, "target": self.target,
                 "default_layout": next((layout.name for layout in self.layouts if layout.default), None)}
 
 
@@ -387,7 +432,7 @@ def run_bench(cfg: BenchConfig, log=None) -> dict:
                 log(f"bench: repeat {repeat + 1}/{cfg.repeats} {layout.name}: search {run['wall_s']:.1f} s{whole}, "
                     f"best RMSE {best if best is None else round(best, 4)}")
                 _write_json(out / "bench.json", result)  # partial results survive an interrupt
-    result["layouts"] = summarise(result["runs"], cfg.layouts)
+    result["layouts"] = summarise(result["runs"], cfg.layouts, cfg.target)
     result["goals"] = goal_checks(result["layouts"], cores, cfg.mode)
     _write_json(out / "bench.json", result)
     from taxi_hpo.bench_plots import plot_speedup, plot_timeline
@@ -412,6 +457,10 @@ def add_parser(sub, add_search_flags) -> None:
                    help=f"comma-separated: script (the reference pipeline's own script, all cores), seq (the "
                         f"reference search inside taxi-hpo), default (what `taxi-hpo run` picks), WxT (W workers "
                         f"x T threads, elastic) or WxT-fixed; default here {default_layouts(cores)}")
+    p.add_argument("--prune", choices=("none", "median", "asha"), default="none",
+                   help="pruning for every layout but the script (the unpruned reference); default none")
+    p.add_argument("--target", type=float, default=None,
+                   help="RMSE for time_to_target_s (default: the script's, else seq's, final best RMSE)")
     p.add_argument("--whole", action="store_true",
                    help="run parallel layouts as whole `taxi-hpo run` commands (own Prefect server, cluster, "
                         "baseline and registration), timed from outside like the script")
@@ -428,7 +477,7 @@ def main(args: argparse.Namespace) -> int:
     cfg = BenchConfig(layouts=parse_layouts(args.layouts, cores), trials=args.trials, rounds=args.rounds,
                       max_depth=args.max_depth, seed=args.seed, repeats=args.repeats, mode=args.mode,
                       out=args.out, train=args.train, valid=args.valid, data_dir=args.data_dir,
-                      tracking_uri=args.tracking_uri, whole=args.whole)
+                      tracking_uri=args.tracking_uri, whole=args.whole, prune=args.prune, target=args.target)
     result = run_bench(cfg)
     if args.json:
         shown = {k: result[k] for k in ("machine", "settings", "layouts", "goals")}
@@ -440,7 +489,8 @@ def main(args: argparse.Namespace) -> int:
 
 
 COLUMNS = ("layout", "wall_s", "command_s", "speedup_vs_seq", "speedup_vs_script", "utilisation",
-           "core_utilisation", "cpu_beside_trials", "overhead_p50_s", "best_rmse")
+           "core_utilisation", "cpu_beside_trials", "overhead_p50_s", "best_rmse", "time_to_target_s",
+           "speedup_to_target")
 
 
 def format_table(result: dict) -> str:

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 TRIAL_KEYS = ("trial_id", "loss", "started", "finished", "fit_s", "train_s", "train_cpu_s", "threads_mean",
-              "worker", "error", "params")
+              "worker", "error", "params", "pruned_at")
 
 
 def trial_record(values: dict) -> dict:
@@ -38,6 +38,7 @@ def run_seq(cfg, layout, prepared, repeat: int) -> dict:
     from taxi_hpo import features, models, tracking, trials
     from taxi_hpo.search import TrialOutcome, reference_space
     from taxi_hpo.search.baseline import run_reference
+    from taxi_hpo.search.pruning import Pruner
 
     run_cfg = cfg.run_config(layout)
     called = time.time()
@@ -48,12 +49,17 @@ def run_seq(cfg, layout, prepared, repeat: int) -> dict:
                                        {"taxi_hpo.bench": layout.name}, run_name=f"bench-{layout.name}")
     ctx = tracking.TrackingContext(uri, experiment_id, parent, features.preprocessor_sha256(prepared.preprocessor))
     models.matrices(prepared)  # as the reference pipeline: the DMatrix pair is built before fmin
+    pruner = Pruner(cfg.prune, cfg.rounds)
 
     def evaluate(trial_id: int, params: dict) -> TrialOutcome:
+        prune_at = pruner.thresholds() if pruner.active else None
         try:
-            return TrialOutcome(**trials.run_trial(trial_id, params, prepared, ctx, cfg.rounds, layout.threads))
+            outcome = TrialOutcome(**trials.run_trial(trial_id, params, prepared, ctx, cfg.rounds, layout.threads,
+                                                      prune_at=prune_at))
         except Exception as exc:  # noqa: BLE001 - a failed trial is a result, as in the parallel search
             return TrialOutcome(trial_id, params, None, error=f"{type(exc).__name__}: {exc}")
+        pruner.record(trial_id, outcome.curve)
+        return outcome
 
     status, metrics = "FAILED", {}
     try:
@@ -115,6 +121,8 @@ def run_command(cfg, layout, repeat: int) -> dict:
                "--experiment", cfg.experiment, "--tracking-uri", run_cfg.resolved_tracking_uri]
     if not layout.elastic:
         command.append("--no-elastic-threads")
+    if cfg.prune != "none":
+        command += ["--prune", cfg.prune]
     env = {k: v for k, v in _plain_env().items() if k != "PREFECT_API_URL"}
     with tempfile.TemporaryDirectory(prefix="taxi-hpo-bench-") as cwd:
         called = time.time()

@@ -53,6 +53,9 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", choices=["async", "batch"], default="async",
                      help="async: refill each free slot at once (default); batch: synchronous, reproducible batches")
     p.add_argument("--batch-size", type=int, default=None, help="trials per batch in batch mode (default: slots)")
+    p.add_argument("--prune", choices=["none", "median", "asha"], default="none",
+                   help="stop a trial at a checkpoint round when its validation RMSE is worse than the finished "
+                        "trials' median (median) or outside their best third (asha) there; default none")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default sqlite:///$PWD/mlflow.db)")
     p.add_argument("--experiment", default="nyc-taxi-hpo", help="MLflow experiment (default nyc-taxi-hpo)")
     p.add_argument("--max-rmse", type=float, default=6.5, help="register only below this RMSE (default 6.5)")
@@ -99,7 +102,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         train=args.train, valid=args.valid, data_dir=args.data_dir, trials=args.trials,
         workers=args.workers, threads_per_worker=args.threads_per_worker,
         elastic_threads=args.elastic_threads, address=args.address,
-        mode=args.mode, batch_size=args.batch_size, seed=args.seed, rounds=args.rounds,
+        mode=args.mode, batch_size=args.batch_size, prune=args.prune, seed=args.seed, rounds=args.rounds,
         max_depth=args.max_depth, tracking_uri=args.tracking_uri, experiment=args.experiment,
         max_rmse=args.max_rmse, max_inference_time=args.max_inference_time,
         register=not args.no_register, resume=args.resume,
@@ -127,7 +130,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _print_summary(s: dict) -> None:
     best = f"{s['best_rmse']:.4f}" if s["best_rmse"] is not None else "none"
     print(f"LinearRegression RMSE {s['lr_rmse']:.4f}; best XGBoost RMSE {best} "
-          f"({s['trials_done']} done, {s['trials_failed']} failed) in {s['search_wall_s']:.1f} s, "
+          f"({s['trials_done']} done, {s['trials_pruned']} of them pruned, {s['trials_failed']} failed) "
+          f"in {s['search_wall_s']:.1f} s, "
           f"utilisation {s['utilisation']}")
     print(f"MLflow: {s['tracking_uri']} parent run {s['parent_run_id']}")
     if s["registered_version"]:

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from taxi_hpo.errors import ConfigError
+from taxi_hpo.search.pruning import RULES as PRUNE_RULES
 from taxi_hpo.search.scheduler import MODES
 from taxi_hpo.search.space import DEFAULT_MAX_DEPTH, MIN_MAX_DEPTH
 
@@ -84,6 +85,7 @@ class RunConfig:
     seed: int = 42
     rounds: int = 100
     max_depth: int = DEFAULT_MAX_DEPTH
+    prune: str = "none"
     tracking_uri: str | None = None
     experiment: str = DEFAULT_EXPERIMENT
     max_rmse: float = 6.5
@@ -106,6 +108,8 @@ class RunConfig:
                 raise ConfigError(f"{flag} must be a positive whole number, got {value}")
         if self.mode not in MODES:
             raise ConfigError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.prune not in PRUNE_RULES:
+            raise ConfigError(f"--prune must be one of {', '.join(PRUNE_RULES)}, got {self.prune!r}")
         if self.max_depth < MIN_MAX_DEPTH:
             raise ConfigError(
                 f"--max-depth {self.max_depth} is below the space's lower bound {MIN_MAX_DEPTH}: "

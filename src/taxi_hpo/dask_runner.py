@@ -23,6 +23,7 @@ import distributed
 
 from taxi_hpo import tracking
 from taxi_hpo.search import TrialOutcome
+from taxi_hpo.search.pruning import Pruner
 from taxi_hpo.search.threads import ThreadPlan
 
 # -- worker side: the thread counts posted for this process's trials --------------------------
@@ -73,17 +74,21 @@ class DaskTrialRunner:
         nthread: the trial's base thread count (``--threads-per-worker``).
         plan: where trials run and their threads; None lets Dask place trials, each on ``nthread``.
         search_key: names this search's thread counts on the workers (with ``plan``).
+        pruner: gives each trial, when it is submitted, its thresholds at the checkpoint rounds
+            (its history is fed by the search's ``on_outcome``, so a batch sees earlier batches only).
     """
 
     MAX_RESUBMITS = 3
 
     def __init__(self, submit_trial: Callable, data_future, ctx: tracking.TrackingContext, rounds: int,
                  nthread: int, prepared=None, client=None, plan: ThreadPlan | None = None,
-                 search_key: str | None = None):
+                 search_key: str | None = None, pruner: Pruner | None = None):
         self._submit_trial = submit_trial
         self._data, self._prepared, self._client = data_future, prepared, client
         self._ctx, self._rounds, self._nthread = ctx, rounds, nthread
         self.plan, self._search_key = plan, search_key or ctx.parent_run_id
+        self.pruner = pruner if pruner is not None and pruner.active else None
+        self._prune_at: dict[int, dict] = {}  # kept for a resubmission: judged as when first sent
         self._versions = itertools.count(1)
         self._futures: dict[int, object] = {}
         self._params: dict[int, dict] = {}
@@ -98,9 +103,12 @@ class DaskTrialRunner:
 
     def submit(self, trial_id: int, params: dict, priority: float) -> int:
         worker, threads = self.plan.place(trial_id, priority) if self.plan else (None, self._nthread)
+        if self.pruner is not None and trial_id not in self._prune_at:
+            self._prune_at[trial_id] = self.pruner.thresholds()
         parameters = {"trial_id": trial_id, "params": params, "prepared": self._data, "ctx": self._ctx,
                       "rounds": self._rounds, "nthread": self._nthread, "start_threads": threads,
-                      "threads_key": self._search_key if self.elastic else None}
+                      "threads_key": self._search_key if self.elastic else None,
+                      "prune_at": self._prune_at.get(trial_id)}
         # What this trial puts on the wire: the data travels as a reference to the scattered copy.
         self.submit_bytes[trial_id] = len(cloudpickle.dumps(parameters))
         # Higher priority starts first among queued tasks: heaviest trials first in a batch. The
@@ -155,6 +163,7 @@ class DaskTrialRunner:
     def outcome(self, handle: int) -> TrialOutcome:
         future = self._futures.pop(handle)
         params = self._params.pop(handle)
+        self._prune_at.pop(handle, None)
         if self.plan is not None:
             self.plan.finish(handle)
         try:

@@ -29,6 +29,7 @@ from taxi_hpo.config import RunConfig
 from taxi_hpo.prefect_api import (cache_context_hydration, cache_settings_serialization, flush_to_api, prefect_api,
                                   quiet_drain_warnings, start_early)
 from taxi_hpo.search import TPESearcher, TrialOutcome, reference_space, run_search
+from taxi_hpo.search.pruning import Pruner
 from taxi_hpo.search.space import decode_logged
 from taxi_hpo.search.threads import ThreadPlan
 from taxi_hpo.search.tpe import DEFAULT_STARTUP
@@ -90,16 +91,18 @@ def linear_baseline(prepared, ctx: tracking.TrackingContext) -> float:
 @task(name="trial", task_run_name="trial-{trial_id}", retries=1, retry_delay_seconds=1,
       cache_policy=NO_CACHE)
 def trial(trial_id: int, params: dict, prepared, ctx: tracking.TrackingContext, rounds: int,
-          nthread: int, start_threads: int | None = None, threads_key: str | None = None) -> dict:
+          nthread: int, start_threads: int | None = None, threads_key: str | None = None,
+          prune_at: dict | None = None) -> dict:
     threads = dask_runner.thread_source(threads_key, trial_id) if threads_key else None
     try:
-        result = trials.run_trial(trial_id, params, prepared, ctx, rounds, nthread, threads, start_threads)
+        result = trials.run_trial(trial_id, params, prepared, ctx, rounds, nthread, threads, start_threads, prune_at)
     finally:
         if threads_key:
             dask_runner.forget_trial(threads_key, trial_id)
     # Shipped to the Prefect API from whichever worker ran it (shown under the task run).
-    get_run_logger().info("trial %d on %s: rmse_valid %.4f, fit %.2f s, MLflow run %s", trial_id,
-                          result["worker"], result["loss"], result["fit_s"], result["run_id"])
+    pruned = f", pruned at round {result['pruned_at']}" if result.get("pruned_at") else ""
+    get_run_logger().info("trial %d on %s: rmse_valid %.4f, fit %.2f s%s, MLflow run %s", trial_id,
+                          result["worker"], result["loss"], result["fit_s"], pruned, result["run_id"])
     return result
 
 
@@ -150,14 +153,15 @@ def search(config: dict) -> dict:
         lr_rmse = record.lr_rmse if record and record.lr_rmse is not None else linear_baseline(prepared, ctx)
         plan = _thread_plan(cfg, client, _gather_by_worker(client, warming))
         searcher = TPESearcher(reference_space(cfg.max_depth), cfg.seed, max(DEFAULT_STARTUP, in_flight))
+        pruner = Pruner(cfg.prune, cfg.rounds)
         runner = dask_runner.DaskTrialRunner(trial.submit, data_future, ctx, cfg.rounds, cfg.threads_per_worker,
-                                             prepared, client, plan=plan)
+                                             prepared, client, plan=plan, pruner=pruner)
         if reporter:
             reporter.start(cfg.trials, client.dashboard_link, _layout(cfg, client, slots, plan))
         search_start = time.time()
         with client.as_current():
             outcomes = run_search(searcher, runner, cfg.trials, mode=cfg.mode, in_flight=in_flight,
-                                  known=known, on_outcome=reporter.update if reporter else None)
+                                  known=known, on_outcome=_on_outcome(pruner, reporter))
         search_wall = time.time() - search_start
         if reporter:
             reporter.stop()
@@ -181,6 +185,16 @@ def search(config: dict) -> dict:
             reporter.stop()
         tracking.close_stale_children(tracking_uri, parent_run_id)
         tracking.end_run(tracking_uri, parent_run_id, status, metrics=metrics)
+
+
+def _on_outcome(pruner: Pruner, reporter: Reporter | None):
+    """What happens as the scheduler records each outcome, in its order (a batch at its end)."""
+    def record(outcome: TrialOutcome) -> None:
+        pruner.record(outcome.trial_id, outcome.curve)
+        if reporter:
+            reporter.update(outcome)
+
+    return record
 
 
 def _on_each_worker(client, fn, *args) -> dict:
@@ -274,7 +288,8 @@ def _layout(cfg: RunConfig, client, slots: int, plan: ThreadPlan) -> str:
 
 
 def _known_outcomes(record: tracking.SearchRecord) -> dict[int, TrialOutcome]:
-    known = {tid: TrialOutcome(tid, decode_logged(t["params"]), t["loss"], run_id=t["run_id"], metrics=t["metrics"])
+    known = {tid: TrialOutcome(tid, decode_logged(t["params"]), t["loss"], run_id=t["run_id"], metrics=t["metrics"],
+                               curve=t.get("curve") or {}, pruned_at=t.get("pruned_at"))
              for tid, t in record.trials.items()}
     for tid, failure in record.failed.items():
         known[tid] = TrialOutcome(tid, failure["params"], None, error=failure["error"])
@@ -284,7 +299,7 @@ def _known_outcomes(record: tracking.SearchRecord) -> dict[int, TrialOutcome]:
 def _parent_params(cfg: RunConfig, prepared, slots: int, in_flight: int) -> dict:
     return {
         "train": cfg.train, "valid": cfg.valid, "data_dir": str(Path(cfg.data_dir).resolve()),
-        "mode": cfg.mode, "workers": cfg.workers, "in_flight": in_flight,
+        "mode": cfg.mode, "workers": cfg.workers, "in_flight": in_flight, "prune": cfg.prune,
         "threads_per_worker": cfg.threads_per_worker, "elastic_threads": cfg.elastic_threads,
         "slots": slots, "seed": cfg.seed,
         "trials": cfg.trials, "rounds": cfg.rounds, "max_depth": cfg.max_depth,
@@ -296,7 +311,8 @@ def _parent_params(cfg: RunConfig, prepared, slots: int, in_flight: int) -> dict
 
 def _summary(cfg, ctx, outcomes, lr_rmse, slots, search_wall, wall, version, cached, client) -> dict:
     ok = [o for o in outcomes if o.ok]
-    best = min(ok, key=lambda o: o.loss) if ok else None
+    complete = [o for o in ok if o.complete]  # a pruned trial's RMSE is of an unfinished model
+    best = min(complete, key=lambda o: o.loss) if complete else None
     busy = sum(o.busy_s for o in outcomes)
     return {
         "parent_run_id": ctx.parent_run_id,
@@ -308,6 +324,8 @@ def _summary(cfg, ctx, outcomes, lr_rmse, slots, search_wall, wall, version, cac
         "best_run_id": best.run_id if best else None,
         "trials_done": len(ok),
         "trials_failed": len(outcomes) - len(ok),
+        "trials_pruned": len(ok) - len(complete),
+        "prune": cfg.prune,
         "trial_params": [o.params for o in outcomes],
         "trials": [_timing(o) for o in outcomes],
         "trial_rmse": [o.loss for o in outcomes],
@@ -325,7 +343,7 @@ def _summary(cfg, ctx, outcomes, lr_rmse, slots, search_wall, wall, version, cac
 
 def _timing(o: TrialOutcome) -> dict:
     return {"trial_id": o.trial_id, "loss": o.loss, "started": o.started, "finished": o.finished,
-            "fit_s": o.fit_s, "worker": o.worker, "run_id": o.run_id, "error": o.error,
+            "fit_s": o.fit_s, "worker": o.worker, "run_id": o.run_id, "error": o.error, "pruned_at": o.pruned_at,
             "matrix_builds": o.metrics.get("worker_matrix_builds"),
             **{k: o.metrics.get(k) for k in ("train_s", "train_cpu_s", "threads_mean")}}
 

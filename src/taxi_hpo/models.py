@@ -10,7 +10,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -18,6 +18,7 @@ import xgboost as xgb
 from sklearn.linear_model import LinearRegression
 
 from taxi_hpo.features import PreparedData, Preprocessor
+from taxi_hpo.search.pruning import should_stop
 
 EARLY_STOPPING_ROUNDS = 5
 
@@ -107,6 +108,27 @@ class _FinalPredictions(xgb.callback.TrainingCallback):
         return model
 
 
+class _Checkpoints(xgb.callback.TrainingCallback):
+    """Records the validation RMSE at the checkpoint rounds and stops (prunes) the trial at the
+    first one where it is above the threshold it was given (:mod:`taxi_hpo.search.pruning`)."""
+
+    def __init__(self, thresholds: Mapping[int, float]):
+        self.thresholds = dict(thresholds)
+        self.curve: dict[int, float] = {}
+        self.pruned_at: int | None = None
+
+    def after_iteration(self, model, epoch: int, evals_log) -> bool:
+        round_ = epoch + 1
+        if round_ not in self.thresholds:
+            return False
+        rmse_now = float(evals_log["validation"]["rmse"][-1])
+        self.curve[round_] = rmse_now
+        if should_stop(round_, rmse_now, self.thresholds):
+            self.pruned_at = round_
+            return True
+        return False
+
+
 class ElasticThreads(xgb.callback.TrainingCallback):
     """Applies the thread count of a :data:`ThreadSource` between boosting rounds.
 
@@ -149,11 +171,14 @@ class TrialFit:
     train_cpu_s: float = 0.0  # CPU seconds of this process meanwhile (all its threads)
     threads_mean: float = 0.0  # time-weighted threads over xgb.train
     thread_changes: list = field(default_factory=list)  # [(round, threads)] after the start
+    curve: dict = field(default_factory=dict)  # {checkpoint round: validation RMSE there}
+    pruned_at: int | None = None  # the checkpoint round it was stopped at, if pruned
 
 
 def fit_xgboost(params: dict, data: PreparedData, rounds: int,
                 early_stopping_rounds: int = EARLY_STOPPING_ROUNDS, threads: ThreadSource | None = None,
-                start_threads: int | None = None, max_threads: int | None = None) -> TrialFit:
+                start_threads: int | None = None, max_threads: int | None = None,
+                prune_at: Mapping[int, float] | None = None) -> TrialFit:
     """Train with early stopping on the validation month and score both months.
 
     ``params["nthread"]`` is the trial's base thread count. With ``threads``, training starts on
@@ -163,7 +188,8 @@ def fit_xgboost(params: dict, data: PreparedData, rounds: int,
     XGBoost at one thread whatever it is asked for. ``inference_time`` times a prediction of the
     first validation rows (:func:`inference_sample`) on the base count; both RMSEs come from the
     predictions XGBoost kept while training (:class:`_FinalPredictions`), the same values
-    ``booster.predict`` returns.
+    ``booster.predict`` returns. ``prune_at``: ``{checkpoint round: highest validation RMSE
+    allowed}``; the trial records its RMSE at each and stops at the first it is above (pruned).
     """
     dtrain, dvalid = matrices(data)
     base = int(params.get("nthread", 1))
@@ -179,6 +205,9 @@ def fit_xgboost(params: dict, data: PreparedData, rounds: int,
     if elastic is not None:
         elastic.schedule[0] = (0, elastic.current, t0)
     final = _FinalPredictions(dtrain, dvalid)
+    if prune_at:
+        checkpoints = _Checkpoints(prune_at)
+        callbacks.append(checkpoints)
     with _openmp_limit(elastic.limit if elastic else base):
         # Both months are evaluated as the rounds go (the training month from the training
         # loop's own cache); early stopping watches the last one, validation.
@@ -209,6 +238,8 @@ def fit_xgboost(params: dict, data: PreparedData, rounds: int,
         train_cpu_s=train_cpu_s,
         threads_mean=(elastic.thread_seconds(t1) / train_s if elastic and train_s > 0 else float(base)),
         thread_changes=[(r, k) for r, k, _ in elastic.schedule[1:]] if elastic else [],
+        curve=checkpoints.curve if prune_at else {},
+        pruned_at=checkpoints.pruned_at if prune_at else None,
     )
 
 

@@ -21,7 +21,7 @@ def resume_config(cfg: RunConfig, data_dir_given: bool = False) -> RunConfig:
     data_dir = cfg.data_dir if data_dir_given or not p.get("data_dir") else p["data_dir"]
     return replace(
         cfg, data_dir=data_dir, train=p["train"], valid=p["valid"], mode=p["mode"], trials=int(p["trials"]),
-        seed=int(p["seed"]), rounds=int(p["rounds"]), max_depth=int(p["max_depth"]),
+        seed=int(p["seed"]), rounds=int(p["rounds"]), max_depth=int(p["max_depth"]), prune=p.get("prune", "none"),
         batch_size=int(p["in_flight"]) if batch and p.get("in_flight") else cfg.batch_size,
         experiment=tracking.experiment_name(cfg.resolved_tracking_uri, record.experiment_id),
     )

@@ -34,9 +34,9 @@ class ProgressBar:
         self._progress.start()
 
     def update(self, outcome: TrialOutcome) -> None:
-        if outcome.ok:
+        if outcome.complete:  # a pruned trial's RMSE is of an unfinished model
             self.best = outcome.loss if self.best is None else min(self.best, outcome.loss)
-        else:
+        elif not outcome.ok:
             self.failed += 1
         if self._progress is not None:
             self._progress.update(self._task, advance=1, failed=self.failed,

@@ -12,8 +12,8 @@ from taxi_hpo.trials import BOOSTER_DIR, BOOSTER_FILE
 
 
 def qualifying(outcomes: list[TrialOutcome], max_rmse: float, max_inference_time: float) -> list[TrialOutcome]:
-    """Finished trials under both thresholds, best first."""
-    ok = [o for o in outcomes if o.ok and o.run_id and o.loss < max_rmse
+    """Finished trials under both thresholds, best first; a pruned trial never qualifies."""
+    ok = [o for o in outcomes if o.complete and o.run_id and o.loss < max_rmse
           and o.metrics.get("inference_time", float("inf")) < max_inference_time]
     return sorted(ok, key=lambda o: o.loss)
 

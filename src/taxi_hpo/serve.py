@@ -111,7 +111,8 @@ def build_config(args: argparse.Namespace) -> dict:
         train=args.train, valid=args.valid, data_dir=str(Path(args.data_dir).expanduser().resolve()),
         trials=args.trials, workers=args.workers, threads_per_worker=args.threads_per_worker,
         elastic_threads=args.elastic_threads,
-        address=args.address, mode=args.mode, batch_size=args.batch_size, seed=args.seed, rounds=args.rounds,
+        address=args.address, mode=args.mode, batch_size=args.batch_size, prune=args.prune, seed=args.seed,
+        rounds=args.rounds,
         max_depth=args.max_depth, tracking_uri=args.tracking_uri, experiment=args.experiment,
         max_rmse=args.max_rmse, max_inference_time=args.max_inference_time, register=not args.no_register,
     )

@@ -51,6 +51,8 @@ PREPROCESSOR_TAG = "preprocessor_sha256"
 PREPROCESSOR_DIR = "preprocessor"
 PREPROCESSOR_FILE = "preprocessor.pkl"
 TRIAL_TAG = "trial_id"
+PRUNED_TAG = "pruned_at_round"   # set on a pruned trial's run: the checkpoint round it stopped at
+CURVE_TAG = "checkpoint_rmse"    # JSON {round: validation RMSE} at the checkpoints a trial reached
 T = TypeVar("T")
 
 
@@ -233,14 +235,16 @@ def start_child_run(ctx: TrackingContext, run_name: str, tags: dict) -> str:
 
 
 def finish_child_run(ctx: TrackingContext, run_id: str, params: dict, metrics: dict,
-                     artifacts: dict[str, Path] | None = None, status: str = "FINISHED") -> None:
-    """Log params and metrics in one batch, upload artifacts, close the run."""
+                     artifacts: dict[str, Path] | None = None, status: str = "FINISHED",
+                     tags: dict | None = None) -> None:
+    """Log params, metrics and tags in one batch, upload artifacts, close the run."""
     client = ctx.client()
     now = int(time.time() * 1000)
     retrying(lambda: client.log_batch(
         run_id,
         metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
         params=[Param(k, str(v)) for k, v in params.items()],
+        tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()],
     ))
     for artifact_path, local in (artifacts or {}).items():
         retrying(lambda: client.log_artifact(run_id, str(local), artifact_path))
@@ -366,7 +370,9 @@ def load_search(tracking_uri: str, run_id: str) -> SearchRecord:
                 lr_rmse = run.data.metrics.get("rmse_valid")
             continue
         trials[int(tag)] = {"params": dict(run.data.params), "loss": run.data.metrics.get("rmse_valid"),
-                            "run_id": run.info.run_id, "metrics": dict(run.data.metrics)}
+                            "run_id": run.info.run_id, "metrics": dict(run.data.metrics),
+                            "curve": {int(r): v for r, v in json.loads(run.data.tags.get(CURVE_TAG, "{}")).items()},
+                            "pruned_at": int(run.data.tags[PRUNED_TAG]) if PRUNED_TAG in run.data.tags else None}
     failed = {int(k[len(FAILED_TAG_PREFIX):]): json.loads(v) for k, v in parent.data.tags.items()
               if k.startswith(FAILED_TAG_PREFIX) and int(k[len(FAILED_TAG_PREFIX):]) not in trials}
     return SearchRecord(run_id, parent.info.experiment_id, parent.info.status, dict(parent.data.params),

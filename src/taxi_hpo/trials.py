@@ -5,6 +5,7 @@ No Prefect, no Dask: the trial task in ``flows`` is a thin wrapper around :func:
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import tempfile
@@ -43,11 +44,13 @@ def warm_up(data: PreparedData, ctx: tracking.TrackingContext) -> dict:
 
 def run_trial(trial_id: int, params: dict, data: PreparedData, ctx: tracking.TrackingContext,
               rounds: int, nthread: int, threads: models.ThreadSource | None = None,
-              start_threads: int | None = None) -> dict:
+              start_threads: int | None = None, prune_at: dict | None = None) -> dict:
     """Fit, log and score trial ``trial_id``; raises on failure (the task's retry policy decides).
 
     ``nthread`` is the trial's base thread count (logged as its ``nthread`` parameter); with
     ``threads`` (elastic threads) XGBoost starts on ``start_threads`` and follows that source.
+    ``prune_at`` (``{checkpoint round: highest validation RMSE}``): a trial above a threshold stops
+    there, a FINISHED run tagged ``pruned_at_round``, its loss the RMSE it had reached.
     Idempotent: when an earlier attempt of the same trial already FINISHED its run (a worker
     died after logging but before returning), that run's result is returned, not a second run.
     """
@@ -59,7 +62,7 @@ def run_trial(trial_id: int, params: dict, data: PreparedData, ctx: tracking.Tra
                                       {tracking.TRIAL_TAG: str(trial_id), "worker": slot_name()})
     try:
         fit = models.fit_xgboost(xgb_params(params, nthread), data, rounds, threads=threads,
-                                 start_threads=start_threads)
+                                 start_threads=start_threads, prune_at=prune_at)
         metrics = {"rmse_train": fit.rmse_train, "rmse_valid": fit.rmse_valid,
                    "inference_time": fit.inference_time, "best_iteration": fit.best_iteration,
                    "fit_s": fit.fit_s, "train_s": fit.train_s, "train_cpu_s": fit.train_cpu_s,
@@ -69,8 +72,11 @@ def run_trial(trial_id: int, params: dict, data: PreparedData, ctx: tracking.Tra
             booster_path = Path(tmp) / BOOSTER_FILE
             fit.booster.save_model(booster_path)
             metrics["trial_wall_s"] = time.time() - started
+            tags = {tracking.CURVE_TAG: json.dumps(fit.curve)} if prune_at else {}
+            if fit.pruned_at is not None:
+                tags[tracking.PRUNED_TAG] = fit.pruned_at
             tracking.finish_child_run(ctx, run_id, {**params, "nthread": nthread, "rounds": rounds},
-                                      metrics, {BOOSTER_DIR: booster_path})
+                                      metrics, {BOOSTER_DIR: booster_path}, tags=tags)
     except BaseException as exc:
         tracking.fail_child_run(ctx, run_id, f"{type(exc).__name__}: {exc}")
         raise
@@ -78,13 +84,17 @@ def run_trial(trial_id: int, params: dict, data: PreparedData, ctx: tracking.Tra
         "trial_id": trial_id, "params": params, "loss": fit.rmse_valid, "started": started,
         "finished": time.time(), "fit_s": fit.fit_s, "worker": slot_name(), "run_id": run_id,
         "metrics": {**metrics, "worker_matrix_builds": models.matrix_builds()},
+        "curve": fit.curve, "pruned_at": fit.pruned_at,
     }
 
 
 def _outcome_from_run(trial_id, params, run, started) -> dict:
     metrics = dict(run.data.metrics)
+    pruned = run.data.tags.get(tracking.PRUNED_TAG)
     return {
         "trial_id": trial_id, "params": params, "loss": metrics.get("rmse_valid"),
         "started": started, "finished": time.time(), "fit_s": 0.0, "worker": slot_name(),
         "run_id": run.info.run_id, "metrics": metrics,
+        "curve": {int(r): v for r, v in json.loads(run.data.tags.get(tracking.CURVE_TAG, "{}")).items()},
+        "pruned_at": int(pruned) if pruned is not None else None,
     }

@@ -32,10 +32,17 @@ class TrialOutcome:
     worker: str = ""
     run_id: str | None = None
     error: str | None = None
+    curve: dict = field(default_factory=dict)  # {checkpoint round: validation RMSE} (pruning)
+    pruned_at: int | None = None               # the round a pruned trial stopped at
 
     @property
     def ok(self) -> bool:
         return self.loss is not None
+
+    @property
+    def complete(self) -> bool:
+        """Finished all its rounds (or early stopping): not failed, not pruned."""
+        return self.ok and self.pruned_at is None
 
     @property
     def busy_s(self) -> float:
