@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from taxi_hpo import bench
+from taxi_hpo import bench_metrics as metrics
 from taxi_hpo.bench import BenchConfig, Layout
 from taxi_hpo.errors import ConfigError
 from taxi_hpo.search import TPESearcher, TrialOutcome, reference_space, run_search
@@ -63,53 +64,53 @@ def test_default_layouts_cover_the_cores():
 
 def test_utilisation_is_busy_over_available_slot_seconds():
     trials = [trial(0, 100.0, 104.0, 3.0, "a"), trial(1, 100.0, 106.0, 5.5, "b"), trial(2, 104.0, 109.0, 4.0, "a")]
-    assert bench.utilisation(trials, slots=2, wall_s=10.0) == pytest.approx(15.0 / 20.0)
-    assert bench.utilisation(trials, slots=1, wall_s=15.0) == pytest.approx(1.0)
-    assert bench.utilisation(trials, slots=2, wall_s=0.0) is None
-    assert bench.utilisation([], slots=2, wall_s=5.0) == 0.0
+    assert metrics.utilisation(trials, slots=2, wall_s=10.0) == pytest.approx(15.0 / 20.0)
+    assert metrics.utilisation(trials, slots=1, wall_s=15.0) == pytest.approx(1.0)
+    assert metrics.utilisation(trials, slots=2, wall_s=0.0) is None
+    assert metrics.utilisation([], slots=2, wall_s=5.0) == 0.0
 
 
 def test_busy_time_never_negative():
-    assert bench.busy_s(trial(0, 0.0, 0.0, 0.0)) == 0.0
-    assert bench.busy_s(trial(0, 10.0, 9.0, 0.0)) == 0.0
+    assert metrics.busy_s(trial(0, 0.0, 0.0, 0.0)) == 0.0
+    assert metrics.busy_s(trial(0, 10.0, 9.0, 0.0)) == 0.0
 
 
 def test_overheads_are_busy_minus_fit_for_finished_trials_only():
     trials = [trial(0, 0.0, 4.0, 3.5), trial(1, 0.0, 2.0, 1.0), trial(2, 0.0, 0.0, 0.0, loss=None, error="boom"),
               trial(3, 1.0, 3.0, 0.0, loss=None)]
-    assert bench.overheads(trials) == pytest.approx([0.5, 1.0])
+    assert metrics.overheads(trials) == pytest.approx([0.5, 1.0])
 
 
 def test_percentile_interpolates_like_numpy():
-    assert bench.percentile([4.0, 1.0, 3.0, 2.0], 50) == pytest.approx(2.5)
-    assert bench.percentile([1.0, 2.0, 3.0, 4.0], 95) == pytest.approx(3.85)
-    assert bench.percentile([7.0], 95) == 7.0
-    assert bench.percentile([], 50) is None
+    assert metrics.percentile([4.0, 1.0, 3.0, 2.0], 50) == pytest.approx(2.5)
+    assert metrics.percentile([1.0, 2.0, 3.0, 4.0], 95) == pytest.approx(3.85)
+    assert metrics.percentile([7.0], 95) == 7.0
+    assert metrics.percentile([], 50) is None
     values = list(np.random.default_rng(0).exponential(size=37))
     for q in (0, 5, 50, 95, 100):
-        assert bench.percentile(values, q) == pytest.approx(float(np.percentile(values, q)))
+        assert metrics.percentile(values, q) == pytest.approx(float(np.percentile(values, q)))
 
 
 def test_trials_per_min_and_speedup():
-    assert bench.trials_per_min(8, 120.0) == pytest.approx(4.0)
-    assert bench.trials_per_min(8, 0.0) is None
-    assert bench.speedup(30.0, 12.0) == pytest.approx(2.5)
-    assert bench.speedup(None, 12.0) is None
-    assert bench.speedup(30.0, None) is None
+    assert metrics.trials_per_min(8, 120.0) == pytest.approx(4.0)
+    assert metrics.trials_per_min(8, 0.0) is None
+    assert metrics.speedup(30.0, 12.0) == pytest.approx(2.5)
+    assert metrics.speedup(None, 12.0) is None
+    assert metrics.speedup(30.0, None) is None
 
 
 def test_run_metrics_of_one_run():
     trials = [trial(0, 0.0, 4.0, 3.0, "a", loss=6.5), trial(1, 0.0, 6.0, 5.0, "b", loss=6.2),
               trial(2, 4.0, 8.0, 0.0, "a", loss=None, error="KilledWorker")]
-    metrics = bench.run_metrics(run("2x1", 0, 8.0, trials, first_trial_s=3.5))
-    assert metrics["wall_s"] == 8.0
-    assert metrics["trials_per_min"] == pytest.approx(22.5)
-    assert metrics["utilisation"] == pytest.approx(14.0 / 16.0)
-    assert metrics["overhead_p50_s"] == pytest.approx(1.0)
-    assert metrics["overhead_p95_s"] == pytest.approx(1.0)
-    assert metrics["best_rmse"] == 6.2
-    assert metrics["trials_failed"] == 1
-    assert metrics["first_trial_s"] == 3.5
+    figures = metrics.run_metrics(run("2x1", 0, 8.0, trials, first_trial_s=3.5))
+    assert figures["wall_s"] == 8.0
+    assert figures["trials_per_min"] == pytest.approx(22.5)
+    assert figures["utilisation"] == pytest.approx(14.0 / 16.0)
+    assert figures["overhead_p50_s"] == pytest.approx(1.0)
+    assert figures["overhead_p95_s"] == pytest.approx(1.0)
+    assert figures["best_rmse"] == 6.2
+    assert figures["trials_failed"] == 1
+    assert figures["first_trial_s"] == 3.5
 
 
 def test_summarise_pairs_speedup_with_the_same_repeat_and_takes_medians():
@@ -122,7 +123,7 @@ def test_summarise_pairs_speedup_with_the_same_repeat_and_takes_medians():
         run("2x1", 2, 10.0, [trial(0, 0.0, 10.0, 9.0, loss=6.1)]),
     ]
     layouts = (Layout("seq", 1, 2), Layout("2x1", 2, 1), Layout("1x2", 1, 2))
-    seq, par = bench.summarise(runs, layouts)  # 1x2 has no runs: no row
+    seq, par = metrics.summarise(runs, layouts)  # 1x2 has no runs: no row
     assert seq["speedup_vs_seq"] == 1.0 and seq["speedup_min"] == 1.0 and seq["speedup_max"] == 1.0
     assert seq["wall_s"] == 12.0 and seq["repeats"] == 3
     # per repeat 10/5, 12/8, 30/10 -> median 2.0; not median(seq)/median(2x1) = 12/8
@@ -137,7 +138,7 @@ def test_summarise_pairs_speedup_with_the_same_repeat_and_takes_medians():
 
 
 def test_summarise_without_seq_has_no_speedup():
-    rows = bench.summarise([run("2x1", 0, 5.0, [trial(0, 0.0, 5.0, 4.0)])], (Layout("2x1", 2, 1),))
+    rows = metrics.summarise([run("2x1", 0, 5.0, [trial(0, 0.0, 5.0, 4.0)])], (Layout("2x1", 2, 1),))
     assert rows[0]["speedup_vs_seq"] is None and rows[0]["speedup_min"] is None
 
 
@@ -149,7 +150,7 @@ def _row(layout, speedup, script=1.0, utilisation=0.98, overhead=0.1, rmse=6.3, 
 def test_goal_checks_judge_the_default_layout_and_give_the_gap():
     rows = [_row("seq", 1.0, rmse=6.35), _row("2x1", 0.97, script=0.93, utilisation=0.95, overhead=0.4, rmse=6.30,
                                               default=True), _row("1x2", 1.1)]
-    goals = {g["goal"]: g for g in bench.goal_checks(rows, cores=2, mode="async")}
+    goals = {g["goal"]: g for g in metrics.goal_checks(rows, cores=2, mode="async")}
     assert {g["layout"] for g in goals.values()} == {"2x1"}  # the default, though 1x2 is faster
     assert goals["speedup_vs_seq"]["met"] is False and goals["speedup_vs_seq"]["gap"] == pytest.approx(-0.03)
     assert goals["speedup_vs_script"]["met"] is False and goals["speedup_vs_script"]["gap"] == pytest.approx(-0.02)
@@ -159,10 +160,10 @@ def test_goal_checks_judge_the_default_layout_and_give_the_gap():
     assert goals["best_rmse_minus_seq"]["measured"] == pytest.approx(-0.05)
     # no default marked: the fastest parallel layout; 16 cores ask for 1.6x; batch for 0.9
     rows = [_row("seq", 1.0), _row("16x1", 1.7, utilisation=0.92), _row("8x2", 1.2)]
-    batch = {g["goal"]: g for g in bench.goal_checks(rows, cores=16, mode="batch")}
+    batch = {g["goal"]: g for g in metrics.goal_checks(rows, cores=16, mode="batch")}
     assert batch["speedup_vs_seq"]["layout"] == "16x1" and batch["speedup_vs_seq"]["target"] == ">= 1.6"
     assert batch["speedup_vs_seq"]["met"] is True and batch["core_utilisation"]["met"] is True
-    assert bench.goal_checks([_row("2x1", None)], cores=2, mode="async") == []
+    assert metrics.goal_checks([_row("2x1", None)], cores=2, mode="async") == []
 
 
 def test_core_utilisation_counts_the_cores_a_trial_took():
@@ -170,14 +171,14 @@ def test_core_utilisation_counts_the_cores_a_trial_took():
     # a took the idle core for its last 6 s: 4 + 6 * 2 = 16 thread-seconds over 10 s of training.
     a = {**trial(0, 0.0, 10.0, 10.0, "a"), "train_s": 10.0, "threads_mean": 1.6}
     b = {**trial(1, 0.0, 4.0, 4.0, "b"), "train_s": 4.0, "threads_mean": 1.0}
-    assert bench.utilisation([a, b], 2, 10.0) == pytest.approx(0.7)
-    assert bench.core_utilisation([a, b], 2, 10.0, base_threads=1) == pytest.approx(1.0)
+    assert metrics.utilisation([a, b], 2, 10.0) == pytest.approx(0.7)
+    assert metrics.core_utilisation([a, b], 2, 10.0, base_threads=1) == pytest.approx(1.0)
 
 
 def test_summarise_pairs_the_script_and_whole_commands():
     runs = [run("script", 0, 10.0, [trial(0, 0.0, 10.0, 9.0)], slots=1) | {"command_s": 12.0},
             run("2x1", 0, 8.0, [trial(0, 0.0, 8.0, 7.0)]) | {"command_s": 15.0}]
-    (script, par) = bench.summarise(runs, (Layout("script", 1, 2), Layout("2x1", 2, 1)))
+    (script, par) = metrics.summarise(runs, (Layout("script", 1, 2), Layout("2x1", 2, 1)))
     assert par["speedup_vs_script"] == pytest.approx(1.25) and par["speedup_vs_seq"] is None
     assert par["command_speedup_vs_script"] == pytest.approx(0.8) and par["command_s"] == 15.0
     assert script["speedup_vs_script"] == 1.0 and script["elastic"] is None
@@ -185,11 +186,11 @@ def test_summarise_pairs_the_script_and_whole_commands():
 
 def test_cpu_beside_the_trials():
     cpu = {"trials": 90.0, "flow": 6.0, "prefect_server": 4.0, "other": 0.0}
-    assert bench.run_metrics(run("2x1", 0, 50.0, [trial(0, 0, 1, 1)]) | {"cpu_s": cpu})["cpu_beside_trials"] \
+    assert metrics.run_metrics(run("2x1", 0, 50.0, [trial(0, 0, 1, 1)]) | {"cpu_s": cpu})["cpu_beside_trials"] \
         == pytest.approx(0.1)
     # seq's trials run in the benchmark's own process
     seq = run("seq", 0, 50.0, [trial(0, 0, 1, 1)], slots=1) | {"cpu_s": {**cpu, "trials": 0.0, "flow": 96.0}}
-    assert bench.run_metrics(seq)["cpu_beside_trials"] == pytest.approx(0.04)
+    assert metrics.run_metrics(seq)["cpu_beside_trials"] == pytest.approx(0.04)
 
 
 def test_process_roles():
@@ -277,8 +278,8 @@ def _synthetic_result():
         run("4x1", 0, 6.0, [trial(0, 1.0, 6.0, 4.0, "a", 6.4)], slots=4),
     ]
     layouts = (Layout("seq", 1, 2), Layout("2x1", 2, 1), Layout("4x1", 4, 1))
-    rows = bench.summarise(runs, layouts)
-    return {"machine": {"cores": 2}, "runs": runs, "layouts": rows, "goals": bench.goal_checks(rows, 2, "async"),
+    rows = metrics.summarise(runs, layouts)
+    return {"machine": {"cores": 2}, "runs": runs, "layouts": rows, "goals": metrics.goal_checks(rows, 2, "async"),
             "settings": {"trials": 2, "rounds": 3, "max_depth": 5, "mode": "async", "seed": 1, "repeats": 1}}
 
 
@@ -417,12 +418,12 @@ def test_time_to_target_follows_the_best_so_far_and_ignores_pruned_trials():
               {**trial(2, 104.0, 110.0, 6.0, loss=6.4), "pruned_at": None},
               {**trial(3, 103.0, 112.0, 9.0, loss=6.5), "pruned_at": None}]
     run_ = run("2x1", 0, 12.0, trials) | {"search_started": start}
-    assert bench.best_so_far(run_) == [(4.0, 6.6), (10.0, 6.4)]
-    assert bench.time_to_target(run_, 6.45) == 10.0 and bench.time_to_target(run_, 6.0) is None
+    assert metrics.best_so_far(run_) == [(4.0, 6.6), (10.0, 6.4)]
+    assert metrics.time_to_target(run_, 6.45) == 10.0 and metrics.time_to_target(run_, 6.0) is None
     script = run("script", 0, 20.0, [{**trial(0, 100.0, 118.0, 18.0, loss=6.4), "pruned_at": None}], slots=1) \
         | {"search_started": start}
-    (ref, par) = bench.summarise([script, run_], (Layout("script", 1, 2), Layout("2x1", 2, 1)))
+    (ref, par) = metrics.summarise([script, run_], (Layout("script", 1, 2), Layout("2x1", 2, 1)))
     # the target is the script's final best, 6.4: reached after 18 s there, 10 s here
     assert par["time_to_target_s"] == 10.0 and par["speedup_to_target"] == pytest.approx(1.8)
     assert par["trials_pruned"] == 1 and par["target_reached"] == 1
-    assert bench.summarise([script, run_], (Layout("2x1", 2, 1),), target=6.0)[0]["time_to_target_s"] is None
+    assert metrics.summarise([script, run_], (Layout("2x1", 2, 1),), target=6.0)[0]["time_to_target_s"] is None

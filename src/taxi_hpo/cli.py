@@ -8,7 +8,6 @@ import logging
 import os
 import sys
 import warnings
-from pathlib import Path
 
 from taxi_hpo.errors import TaxiHpoError
 

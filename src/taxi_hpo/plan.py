@@ -122,7 +122,7 @@ def add_parser(sub) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from taxi_hpo.search.simulate import CostModel, NearestLoss, ThreadScaling, simulate
+    from taxi_hpo.search.simulate import CostModel, NearestLoss, simulate
 
     source = Path(args.source)
     try:
