@@ -61,3 +61,17 @@ def test_the_layout_line_says_why_when_the_layout_was_chosen_for_you():
     assert "the default" not in asked and "elastic threads" in asked
     fixed = ThreadPlan({"w1": ("p", 1), "w2": ("p", 1)}, {"p": 2}, elastic=False)
     assert "elastic" not in _layout(RunConfig(workers=2, elastic_threads=False), TwoWorkers(), 2, fixed)
+
+
+def test_durations_and_budget_flags():
+    from taxi_hpo.config import parse_duration
+
+    assert [parse_duration(t) for t in ("90", "90s", "30m", "1.5h", "2H")] == [90, 90, 1800, 5400, 7200]
+    for bad in ("", "soon", "-5m", "0", "nanm"):
+        with pytest.raises(ConfigError):
+            parse_duration(bad)
+    assert RunConfig(timeout_s=60, timeout_kill=True).timeout_kill
+    with pytest.raises(ConfigError, match="--timeout-kill needs --timeout"):
+        RunConfig(timeout_kill=True)
+    with pytest.raises(ConfigError, match="--prune must be one of"):
+        RunConfig(prune="hyperband")

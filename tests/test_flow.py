@@ -147,3 +147,29 @@ def test_pruning_is_reproducible_in_batch_mode_and_never_registers_a_pruned_tria
     assert two["best_rmse"] == min(t["loss"] for t in complete)
     registered = client.get_model_version_by_alias("nyc-taxi-duration", "staging")
     assert registered.run_id == min(complete, key=lambda t: t["loss"])["run_id"]
+
+
+def test_the_time_budget_starts_nothing_after_it_and_resume_runs_the_rest(prefect_api_url, data_dir, workdir,
+                                                                         capsys):
+    common = ["--data-dir", str(data_dir), "--no-register", *SMALL]
+    s = run_cli(capsys, *common, "--trials", "40", "--workers", "2", "--timeout", "3s")
+    assert s["ended_on_timeout"] and s["trials_not_started"] > 0 and s["trials_cancelled"] == 0
+    assert len(s["trials"]) == 40 - s["trials_not_started"]
+    # nothing was submitted after the budget (a trial starts on its worker ~0.1 s after it is sent)
+    assert max(t["started"] for t in s["trials"]) < s["search_started"] + 3.0 + 1.0
+    client = MlflowClient(s["tracking_uri"])
+    assert client.get_run(s["parent_run_id"]).data.tags["ended_on_timeout"] == "true"
+    rest = run_cli(capsys, "--data-dir", str(data_dir), "--resume", s["parent_run_id"], "--no-register")
+    assert rest["trials_done"] == 40 and not rest["ended_on_timeout"]
+
+
+def test_a_killing_budget_stops_running_trials_and_ends_their_runs_killed(prefect_api_url, data_dir, workdir,
+                                                                          capsys):
+    # deep trees, many rounds, a slow learning rate at seed 7's first points: seconds per trial
+    s = run_cli(capsys, "--data-dir", str(data_dir), "--no-register", "--trials", "4", "--workers", "2",
+                "--rounds", "400", "--max-depth", "40", "--seed", "7", "--timeout", "2s", "--timeout-kill")
+    cancelled = [t for t in s["trials"] if t["error"] and "time budget" in t["error"]]
+    assert s["ended_on_timeout"] and s["trials_cancelled"] == len(cancelled) >= 1
+    client = MlflowClient(s["tracking_uri"])
+    assert {client.get_run(t["run_id"]).info.status for t in cancelled} == {"KILLED"}
+    assert s["search_wall_s"] < 2.0 + 15.0  # stopped at their next round, not run to the end

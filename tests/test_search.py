@@ -164,3 +164,79 @@ def test_async_resume_runs_only_missing_trials_and_keeps_history():
     assert [o.trial_id for o in resumed] == list(range(8))
     for tid, outcome in known.items():
         assert searcher.params(tid) == outcome.params
+
+
+class ClockRunner:
+    """Trials take ``cost(params)`` seconds on a manual clock; ``stop`` cancels what runs."""
+
+    def __init__(self, cost):
+        self.now, self.cost = 0.0, cost
+        self.running: dict[int, tuple[float, dict]] = {}  # trial -> (end, params)
+        self.started: dict[int, float] = {}
+        self.stopped: list[int] = []
+        self.cancelled: set[int] = set()
+
+    def submit(self, trial_id, params, priority):
+        self.started[trial_id] = self.now
+        self.running[trial_id] = (self.now + self.cost(params), params)
+        return trial_id
+
+    def wait_any(self, handles, timeout=None):
+        end = min(self.running[h][0] for h in handles)
+        if timeout is not None and self.now + timeout < end:
+            self.now += timeout
+            return []
+        self.now = end
+        return [h for h in handles if self.running[h][0] <= self.now]
+
+    def stop(self, handles):
+        self.stopped += list(handles)
+        for h in handles:  # each stops "at its next round": here, at once
+            self.running[h] = (self.now, self.running[h][1])
+            self.cancelled.add(h)
+
+    def outcome(self, handle):
+        end, params = self.running.pop(handle)
+        if handle in self.cancelled:
+            return TrialOutcome(handle, params, None, self.started[handle], end, cancelled=True, error="stopped")
+        return TrialOutcome(handle, params, synthetic_loss(params), self.started[handle], end)
+
+
+def test_no_trial_starts_after_the_budget_and_running_ones_finish():
+    from taxi_hpo.search.scheduler import Budget
+
+    runner = ClockRunner(lambda p: 10.0)
+    budget = Budget(deadline=25.0, clock=lambda: runner.now)
+    outcomes = run_search(TPESearcher(reference_space(20), seed=1), runner, 20, in_flight=2, budget=budget)
+    # 0 s: trials 0, 1; 10 s: 2, 3; 20 s: 4, 5; 30 s: over, nothing more starts; 4 and 5 finish.
+    assert [o.trial_id for o in outcomes] == [0, 1, 2, 3, 4, 5] and all(o.ok for o in outcomes)
+    assert max(runner.started.values()) <= 25.0 and runner.now == 30.0 and runner.stopped == []
+
+
+def test_a_batch_does_not_start_after_the_budget():
+    from taxi_hpo.search.scheduler import Budget
+
+    runner = ClockRunner(lambda p: 10.0)
+    outcomes = run_search(TPESearcher(reference_space(20), seed=1), runner, 20, mode="batch", in_flight=3,
+                          budget=Budget(deadline=15.0, clock=lambda: runner.now))
+    assert [o.trial_id for o in outcomes] == [0, 1, 2, 3, 4, 5]  # batches at 0 s and 10 s
+
+
+def test_a_killing_budget_stops_the_running_trials_at_the_deadline():
+    from taxi_hpo.search.scheduler import Budget
+
+    runner = ClockRunner(lambda p: 100.0 if p["max_depth"] > 10 else 4.0)
+    budget = Budget(deadline=9.0, kill=True, clock=lambda: runner.now)
+    outcomes = run_search(TPESearcher(reference_space(20), seed=3), runner, 20, in_flight=2, budget=budget)
+    cancelled = [o for o in outcomes if o.cancelled]
+    assert cancelled and runner.now == 9.0 and sorted(runner.stopped) == sorted(o.trial_id for o in cancelled)
+    assert all(not o.ok for o in cancelled) and max(runner.started.values()) <= 9.0
+
+
+def test_without_a_deadline_a_budget_changes_nothing():
+    from taxi_hpo.search.scheduler import Budget
+
+    runner = ClockRunner(lambda p: 1.0)
+    outcomes = run_search(TPESearcher(reference_space(20), seed=1), runner, 6, in_flight=2,
+                          budget=Budget.from_now(None, clock=lambda: runner.now))
+    assert len(outcomes) == 6 and not Budget().over() and Budget().left() is None

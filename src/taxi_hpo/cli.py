@@ -52,6 +52,11 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", choices=["async", "batch"], default="async",
                      help="async: refill each free slot at once (default); batch: synchronous, reproducible batches")
     p.add_argument("--batch-size", type=int, default=None, help="trials per batch in batch mode (default: slots)")
+    p.add_argument("--timeout", default=None, metavar="DURATION",
+                   help="time budget of the search (90s, 30m, 2h): no trial starts after it; running ones "
+                        "finish, and --resume runs the rest")
+    p.add_argument("--timeout-kill", action="store_true",
+                   help="with --timeout: stop the running trials too (their runs end KILLED; --resume reruns them)")
     p.add_argument("--prune", choices=["none", "median", "asha"], default="none",
                    help="stop a trial at a checkpoint round when its validation RMSE is worse than the finished "
                         "trials' median (median) or outside their best third (asha) there; default none")
@@ -95,13 +100,14 @@ def _quiet_libraries() -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from taxi_hpo import prefect_api
-    from taxi_hpo.config import RunConfig
+    from taxi_hpo.config import RunConfig, parse_duration
 
     cfg = RunConfig(
         train=args.train, valid=args.valid, data_dir=args.data_dir, trials=args.trials,
         workers=args.workers, threads_per_worker=args.threads_per_worker,
         elastic_threads=args.elastic_threads, address=args.address,
         mode=args.mode, batch_size=args.batch_size, prune=args.prune, seed=args.seed, rounds=args.rounds,
+        timeout_s=parse_duration(args.timeout) if args.timeout else None, timeout_kill=args.timeout_kill,
         max_depth=args.max_depth, tracking_uri=args.tracking_uri, experiment=args.experiment,
         max_rmse=args.max_rmse, max_inference_time=args.max_inference_time,
         register=not args.no_register, resume=args.resume,
@@ -132,6 +138,9 @@ def _print_summary(s: dict) -> None:
           f"({s['trials_done']} done, {s['trials_pruned']} of them pruned, {s['trials_failed']} failed) "
           f"in {s['search_wall_s']:.1f} s, "
           f"utilisation {s['utilisation']}")
+    if s.get("ended_on_timeout"):
+        print(f"the time budget ran out: {s['trials_cancelled']} trial(s) stopped, {s['trials_not_started']} not "
+              f"started; `taxi-hpo run --resume {s['parent_run_id']}` runs them")
     print(f"MLflow: {s['tracking_uri']} parent run {s['parent_run_id']}")
     if s["registered_version"]:
         print(f"registered nyc-taxi-duration version {s['registered_version']} as @staging")

@@ -40,6 +40,19 @@ def usable_cores(cpu_max: Path = CGROUP_CPU_MAX) -> int:
     return max(cores, 1)
 
 
+def parse_duration(text: str) -> float:
+    """``90``, ``90s``, ``30m``, ``1.5h`` -> seconds; ConfigError (one line) otherwise."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    value, unit = (text[:-1], text[-1]) if text and text[-1].lower() in units else (text, "s")
+    try:
+        seconds = float(value) * units[unit.lower()]
+    except ValueError:
+        raise ConfigError(f"--timeout {text!r} is not a duration: give e.g. 90s, 30m or 2h") from None
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise ConfigError(f"--timeout {text!r} must be positive")
+    return seconds
+
+
 def core_pool() -> tuple[str, int]:
     """(id, cores) of the cores this process shares with its siblings.
 
@@ -86,6 +99,8 @@ class RunConfig:
     rounds: int = 100
     max_depth: int = DEFAULT_MAX_DEPTH
     prune: str = "none"
+    timeout_s: float | None = None  # no trial starts after this many seconds of search
+    timeout_kill: bool = False      # ... and the running ones are stopped
     tracking_uri: str | None = None
     experiment: str = DEFAULT_EXPERIMENT
     max_rmse: float = 6.5
@@ -108,6 +123,10 @@ class RunConfig:
                 raise ConfigError(f"{flag} must be a positive whole number, got {value}")
         if self.mode not in MODES:
             raise ConfigError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.timeout_s is not None and not (self.timeout_s > 0 and math.isfinite(self.timeout_s)):
+            raise ConfigError(f"--timeout must be a positive duration (e.g. 90s, 30m, 2h), got {self.timeout_s}")
+        if self.timeout_kill and self.timeout_s is None:
+            raise ConfigError("--timeout-kill needs --timeout: give the budget, e.g. --timeout 30m --timeout-kill")
         if self.prune not in PRUNE_RULES:
             raise ConfigError(f"--prune must be one of {', '.join(PRUNE_RULES)}, got {self.prune!r}")
         if self.max_depth < MIN_MAX_DEPTH:

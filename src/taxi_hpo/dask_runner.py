@@ -53,10 +53,25 @@ def thread_source(search_key: str, trial_id: int) -> Callable[[], int | None]:
     return latest
 
 
+_STOPS: dict[str, set] = {}  # search key -> trial ids asked to stop (the time budget ran out)
+
+
+def post_stop(search_key: str, trial_ids: list[int]) -> None:
+    """Runs on a worker (through ``Client.run``): these trials stop at their next round."""
+    with _MAILBOX_LOCK:
+        _STOPS.setdefault(search_key, set()).update(trial_ids)
+
+
+def stop_source(search_key: str, trial_id: int) -> Callable[[], bool]:
+    """What a trial asks between rounds: whether it was asked to stop."""
+    return lambda: trial_id in _STOPS.get(search_key, ())
+
+
 def forget_trial(search_key: str, trial_id: int) -> None:
-    """Called by the trial when it ends: its mailbox entry is not needed any more."""
+    """Called by the trial when it ends: its mailbox entries are not needed any more."""
     with _MAILBOX_LOCK:
         _MAILBOX.get(search_key, {}).pop(trial_id, None)
+        _STOPS.get(search_key, set()).discard(trial_id)
 
 
 # -- flow side -----------------------------------------------------------------------------------
@@ -107,7 +122,7 @@ class DaskTrialRunner:
             self._prune_at[trial_id] = self.pruner.thresholds()
         parameters = {"trial_id": trial_id, "params": params, "prepared": self._data, "ctx": self._ctx,
                       "rounds": self._rounds, "nthread": self._nthread, "start_threads": threads,
-                      "threads_key": self._search_key if self.elastic else None,
+                      "control_key": self._search_key, "elastic": self.elastic,
                       "prune_at": self._prune_at.get(trial_id)}
         # What this trial puts on the wire: the data travels as a reference to the scattered copy.
         self.submit_bytes[trial_id] = len(cloudpickle.dumps(parameters))
@@ -132,16 +147,29 @@ class DaskTrialRunner:
                 self.thread_posts += 1
             except Exception:  # noqa: BLE001 - a worker that left: its trials are resubmitted anyway
                 pass
-    def wait_any(self, handles):
+    def stop(self, handles) -> None:
+        """The time budget ran out: the running trials stop at their next boosting round."""
+        if self._client is None:
+            return
+        where = {self.plan.worker_of(h) for h in handles} if self.plan is not None else {None}
+        workers = None if None in where else sorted(where)  # not placed: ask every worker
+        try:
+            self._client.run(post_stop, self._search_key, list(handles), workers=workers, on_error="ignore")
+        except Exception:  # noqa: BLE001 - a worker that left: its trials come back lost anyway
+            pass
+
+    def wait_any(self, handles, timeout: float | None = None):
         # The scheduler refills free slots before it waits: sending the counts here, once per
         # refill, spares a running trial a give-and-take-back when a slot is refilled at once.
         self.post_thread_changes()
         while True:
             futures = {h: self._futures[h].wrapped_future for h in handles}
             try:
-                distributed.wait(list(futures.values()), return_when="FIRST_COMPLETED")
+                distributed.wait(list(futures.values()), timeout=timeout, return_when="FIRST_COMPLETED")
             except distributed.client.FuturesCancelledError:
                 pass  # handled below
+            except (TimeoutError, distributed.TimeoutError):
+                return []
             for h, future in futures.items():
                 if future.cancelled() and self.resubmits.get(h, 0) < self.MAX_RESUBMITS:
                     self._resubmit(h)

@@ -29,6 +29,7 @@ from taxi_hpo.config import RunConfig
 from taxi_hpo.prefect_api import (cache_context_hydration, cache_settings_serialization, flush_to_api, prefect_api,
                                   quiet_drain_warnings, start_early)
 from taxi_hpo.search import TPESearcher, TrialOutcome, reference_space, run_search
+from taxi_hpo.search.scheduler import Budget
 from taxi_hpo.search.pruning import Pruner
 from taxi_hpo.search.space import decode_logged
 from taxi_hpo.search.threads import ThreadPlan
@@ -91,15 +92,20 @@ def linear_baseline(prepared, ctx: tracking.TrackingContext) -> float:
 @task(name="trial", task_run_name="trial-{trial_id}", retries=1, retry_delay_seconds=1,
       cache_policy=NO_CACHE)
 def trial(trial_id: int, params: dict, prepared, ctx: tracking.TrackingContext, rounds: int,
-          nthread: int, start_threads: int | None = None, threads_key: str | None = None,
+          nthread: int, start_threads: int | None = None, control_key: str | None = None, elastic: bool = False,
           prune_at: dict | None = None) -> dict:
-    threads = dask_runner.thread_source(threads_key, trial_id) if threads_key else None
+    threads = dask_runner.thread_source(control_key, trial_id) if control_key and elastic else None
+    stop = dask_runner.stop_source(control_key, trial_id) if control_key else None
     try:
-        result = trials.run_trial(trial_id, params, prepared, ctx, rounds, nthread, threads, start_threads, prune_at)
+        result = trials.run_trial(trial_id, params, prepared, ctx, rounds, nthread, threads, start_threads, prune_at,
+                                  stop)
     finally:
-        if threads_key:
-            dask_runner.forget_trial(threads_key, trial_id)
+        if control_key:
+            dask_runner.forget_trial(control_key, trial_id)
     # Shipped to the Prefect API from whichever worker ran it (shown under the task run).
+    if result.get("cancelled"):
+        get_run_logger().info("trial %d on %s: stopped, the time budget ran out", trial_id, result["worker"])
+        return result
     pruned = f", pruned at round {result['pruned_at']}" if result.get("pruned_at") else ""
     get_run_logger().info("trial %d on %s: rmse_valid %.4f, fit %.2f s%s, MLflow run %s", trial_id,
                           result["worker"], result["loss"], result["fit_s"], pruned, result["run_id"])
@@ -159,9 +165,10 @@ def search(config: dict) -> dict:
         if reporter:
             reporter.start(cfg.trials, client.dashboard_link, _layout(cfg, client, slots, plan))
         search_start = time.time()
+        budget = Budget.from_now(cfg.timeout_s, kill=cfg.timeout_kill)
         with client.as_current():
             outcomes = run_search(searcher, runner, cfg.trials, mode=cfg.mode, in_flight=in_flight,
-                                  known=known, on_outcome=_on_outcome(pruner, reporter))
+                                  known=known, on_outcome=_on_outcome(pruner, reporter), budget=budget)
         search_wall = time.time() - search_start
         if reporter:
             reporter.stop()
@@ -175,6 +182,8 @@ def search(config: dict) -> dict:
         summary["data_bytes"] = prepared.nbytes
         metrics = {k: summary[k] for k in ("best_rmse", "lr_rmse", "utilisation", "search_wall_s")
                    if summary[k] is not None}
+        if summary["ended_on_timeout"]:
+            tracking.tag_run(tracking_uri, parent_run_id, {"ended_on_timeout": "true"})
         status = "FINISHED"
         return summary
     except BaseException:
@@ -312,6 +321,7 @@ def _parent_params(cfg: RunConfig, prepared, slots: int, in_flight: int) -> dict
 def _summary(cfg, ctx, outcomes, lr_rmse, slots, search_wall, wall, version, cached, client) -> dict:
     ok = [o for o in outcomes if o.ok]
     complete = [o for o in ok if o.complete]  # a pruned trial's RMSE is of an unfinished model
+    cancelled = [o for o in outcomes if o.cancelled]
     best = min(complete, key=lambda o: o.loss) if complete else None
     busy = sum(o.busy_s for o in outcomes)
     return {
@@ -323,8 +333,12 @@ def _summary(cfg, ctx, outcomes, lr_rmse, slots, search_wall, wall, version, cac
         "best_params": best.params if best else None,
         "best_run_id": best.run_id if best else None,
         "trials_done": len(ok),
-        "trials_failed": len(outcomes) - len(ok),
+        "trials_failed": len(outcomes) - len(ok) - len(cancelled),
         "trials_pruned": len(ok) - len(complete),
+        "trials_cancelled": len(cancelled),
+        "trials_not_started": cfg.trials - len(outcomes),
+        # the budget ran out before the search's trials: --resume runs the rest
+        "ended_on_timeout": cfg.timeout_s is not None and len(outcomes) - len(cancelled) < cfg.trials,
         "prune": cfg.prune,
         "trial_params": [o.params for o in outcomes],
         "trials": [_timing(o) for o in outcomes],

@@ -108,6 +108,20 @@ class _FinalPredictions(xgb.callback.TrainingCallback):
         return model
 
 
+class TrialStopped(Exception):
+    """A trial was asked to stop (the search's time budget ran out) and did, between two rounds."""
+
+
+class _StopWhenAsked(xgb.callback.TrainingCallback):
+    def __init__(self, asked: Callable[[], bool]):
+        self.asked = asked
+
+    def after_iteration(self, model, epoch: int, evals_log) -> bool:
+        if self.asked():
+            raise TrialStopped(f"stopped after round {epoch + 1}: the search's time budget ran out")
+        return False
+
+
 class _Checkpoints(xgb.callback.TrainingCallback):
     """Records the validation RMSE at the checkpoint rounds and stops (prunes) the trial at the
     first one where it is above the threshold it was given (:mod:`taxi_hpo.search.pruning`)."""
@@ -178,7 +192,7 @@ class TrialFit:
 def fit_xgboost(params: dict, data: PreparedData, rounds: int,
                 early_stopping_rounds: int = EARLY_STOPPING_ROUNDS, threads: ThreadSource | None = None,
                 start_threads: int | None = None, max_threads: int | None = None,
-                prune_at: Mapping[int, float] | None = None) -> TrialFit:
+                prune_at: Mapping[int, float] | None = None, stop: Callable[[], bool] | None = None) -> TrialFit:
     """Train with early stopping on the validation month and score both months.
 
     ``params["nthread"]`` is the trial's base thread count. With ``threads``, training starts on
@@ -190,6 +204,7 @@ def fit_xgboost(params: dict, data: PreparedData, rounds: int,
     predictions XGBoost kept while training (:class:`_FinalPredictions`), the same values
     ``booster.predict`` returns. ``prune_at``: ``{checkpoint round: highest validation RMSE
     allowed}``; the trial records its RMSE at each and stops at the first it is above (pruned).
+    ``stop``: asked between rounds; when it says so, :class:`TrialStopped` is raised.
     """
     dtrain, dvalid = matrices(data)
     base = int(params.get("nthread", 1))
@@ -208,6 +223,8 @@ def fit_xgboost(params: dict, data: PreparedData, rounds: int,
     if prune_at:
         checkpoints = _Checkpoints(prune_at)
         callbacks.append(checkpoints)
+    if stop is not None:
+        callbacks.append(_StopWhenAsked(stop))
     with _openmp_limit(elastic.limit if elastic else base):
         # Both months are evaluated as the rounds go (the training month from the training
         # loop's own cache); early stopping watches the last one, validation.

@@ -103,7 +103,7 @@ def __getattr__(name: str):  # the entrypoint taxi_hpo.serve.scheduled_search re
 
 def build_config(args: argparse.Namespace) -> dict:
     """The deployment's ``config`` parameter from the flags, validated now."""
-    from taxi_hpo.config import RunConfig
+    from taxi_hpo.config import RunConfig, parse_duration
 
     check_month_spec(args.train, "--train")
     check_month_spec(args.valid, "--valid")
@@ -112,7 +112,8 @@ def build_config(args: argparse.Namespace) -> dict:
         trials=args.trials, workers=args.workers, threads_per_worker=args.threads_per_worker,
         elastic_threads=args.elastic_threads,
         address=args.address, mode=args.mode, batch_size=args.batch_size, prune=args.prune, seed=args.seed,
-        rounds=args.rounds,
+        rounds=args.rounds, timeout_s=parse_duration(args.timeout) if args.timeout else None,
+        timeout_kill=args.timeout_kill,
         max_depth=args.max_depth, tracking_uri=args.tracking_uri, experiment=args.experiment,
         max_rmse=args.max_rmse, max_inference_time=args.max_inference_time, register=not args.no_register,
     )

@@ -251,11 +251,11 @@ def finish_child_run(ctx: TrackingContext, run_id: str, params: dict, metrics: d
     retrying(lambda: client.set_terminated(run_id, status))
 
 
-def fail_child_run(ctx: TrackingContext, run_id: str, error: str) -> None:
+def fail_child_run(ctx: TrackingContext, run_id: str, error: str, status: str = "FAILED") -> None:
     client = ctx.client()
     try:
         retrying(lambda: client.set_tag(run_id, "error", error[:4000]), attempts=3)
-        retrying(lambda: client.set_terminated(run_id, "FAILED"), attempts=3)
+        retrying(lambda: client.set_terminated(run_id, status), attempts=3)
     except Exception:  # noqa: BLE001 - the sweep at the end of the search closes it
         pass
 
@@ -381,6 +381,11 @@ def load_search(tracking_uri: str, run_id: str) -> SearchRecord:
 
 def experiment_name(tracking_uri: str, experiment_id: str) -> str:
     return MlflowClient(tracking_uri=tracking_uri).get_experiment(experiment_id).name
+
+
+def tag_run(tracking_uri: str, run_id: str, tags: dict) -> None:
+    client = MlflowClient(tracking_uri=tracking_uri)
+    retrying(lambda: client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()]))
 
 
 def reopen_run(tracking_uri: str, run_id: str, tags: dict) -> None:

@@ -12,6 +12,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 from taxi_hpo import models, tracking
 from taxi_hpo.config import core_pool
@@ -44,13 +45,16 @@ def warm_up(data: PreparedData, ctx: tracking.TrackingContext) -> dict:
 
 def run_trial(trial_id: int, params: dict, data: PreparedData, ctx: tracking.TrackingContext,
               rounds: int, nthread: int, threads: models.ThreadSource | None = None,
-              start_threads: int | None = None, prune_at: dict | None = None) -> dict:
+              start_threads: int | None = None, prune_at: dict | None = None,
+              stop: Callable[[], bool] | None = None) -> dict:
     """Fit, log and score trial ``trial_id``; raises on failure (the task's retry policy decides).
 
     ``nthread`` is the trial's base thread count (logged as its ``nthread`` parameter); with
     ``threads`` (elastic threads) XGBoost starts on ``start_threads`` and follows that source.
     ``prune_at`` (``{checkpoint round: highest validation RMSE}``): a trial above a threshold stops
     there, a FINISHED run tagged ``pruned_at_round``, its loss the RMSE it had reached.
+    ``stop`` (the time budget): asked between rounds; a stopped trial's run ends KILLED and its
+    outcome is ``cancelled`` (no loss), so a resumed search runs it again.
     Idempotent: when an earlier attempt of the same trial already FINISHED its run (a worker
     died after logging but before returning), that run's result is returned, not a second run.
     """
@@ -61,8 +65,14 @@ def run_trial(trial_id: int, params: dict, data: PreparedData, ctx: tracking.Tra
     run_id = tracking.start_child_run(ctx, f"trial-{trial_id:04d}",
                                       {tracking.TRIAL_TAG: str(trial_id), "worker": slot_name()})
     try:
-        fit = models.fit_xgboost(xgb_params(params, nthread), data, rounds, threads=threads,
-                                 start_threads=start_threads, prune_at=prune_at)
+        try:
+            fit = models.fit_xgboost(xgb_params(params, nthread), data, rounds, threads=threads,
+                                     start_threads=start_threads, prune_at=prune_at, stop=stop)
+        except models.TrialStopped as stopped:
+            tracking.fail_child_run(ctx, run_id, str(stopped), status="KILLED")
+            return {"trial_id": trial_id, "params": params, "loss": None, "started": started,
+                    "finished": time.time(), "worker": slot_name(), "run_id": run_id, "error": str(stopped),
+                    "cancelled": True}
         metrics = {"rmse_train": fit.rmse_train, "rmse_valid": fit.rmse_valid,
                    "inference_time": fit.inference_time, "best_iteration": fit.best_iteration,
                    "fit_s": fit.fit_s, "train_s": fit.train_s, "train_cpu_s": fit.train_cpu_s,

@@ -7,6 +7,7 @@ the next suggestion is made. Executors (Prefect on Dask, a thread pool in tests)
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Hashable, Protocol, Sequence
 
@@ -32,6 +33,7 @@ class TrialOutcome:
     worker: str = ""
     run_id: str | None = None
     error: str | None = None
+    cancelled: bool = False                    # stopped by the time budget: to be run again on resume
     curve: dict = field(default_factory=dict)  # {checkpoint round: validation RMSE} (pruning)
     pruned_at: int | None = None               # the round a pruned trial stopped at
 
@@ -58,11 +60,43 @@ class TrialRunner(Protocol):
         ``priority``: higher should start first among queued trials (longest-first batches).
         """
 
-    def wait_any(self, handles: Sequence[Hashable]) -> list[Hashable]:
-        """Called with the handles in flight; blocks until at least one is done, returns those."""
+    def wait_any(self, handles: Sequence[Hashable], timeout: float | None = None) -> list[Hashable]:
+        """Called with the handles in flight; blocks until at least one is done, returns those.
+
+        ``timeout`` (only with a budget that stops running trials): give up after that many
+        seconds and return an empty list.
+        """
 
     def outcome(self, handle: Hashable) -> TrialOutcome:
         """Called once per finished handle; returns its outcome (a failure, never a raise)."""
+
+    def stop(self, handles: Sequence[Hashable]) -> None:
+        """Called (only with ``Budget(kill=True)``) when the budget ran out: these running
+        trials should end as soon as they can; each still comes back through ``wait_any``, as
+        an outcome with ``cancelled`` set."""
+
+
+@dataclass(frozen=True)
+class Budget:
+    """When a search stops starting trials: at ``deadline`` (a ``clock()`` value; None: never).
+
+    Running trials finish, unless ``kill``: then the runner is asked to stop them.
+    """
+
+    deadline: float | None = None
+    kill: bool = False
+    clock: Callable[[], float] = time.monotonic
+
+    @classmethod
+    def from_now(cls, seconds: float | None, kill: bool = False,
+                 clock: Callable[[], float] = time.monotonic) -> "Budget":
+        return cls(None if seconds is None else clock() + seconds, kill, clock)
+
+    def over(self) -> bool:
+        return self.deadline is not None and self.clock() >= self.deadline
+
+    def left(self) -> float | None:
+        return None if self.deadline is None else max(self.deadline - self.clock(), 0.0)
 
 
 OnOutcome = Callable[[TrialOutcome], None]
@@ -70,7 +104,7 @@ OnOutcome = Callable[[TrialOutcome], None]
 
 def run_search(searcher: TPESearcher, runner: TrialRunner, n_trials: int, *, mode: str = "async",
                in_flight: int = 1, known: dict[int, TrialOutcome] | None = None,
-               on_outcome: OnOutcome | None = None) -> list[TrialOutcome]:
+               on_outcome: OnOutcome | None = None, budget: Budget | None = None) -> list[TrialOutcome]:
     """Run trials ``0 .. n_trials-1``; returns their outcomes in trial order.
 
     ``async``: ``in_flight`` trials run at all times; a new suggestion is made as each ends.
@@ -79,6 +113,7 @@ def run_search(searcher: TPESearcher, runner: TrialRunner, n_trials: int, *, mod
     ``known``: outcomes of a resumed search, which are recorded instead of run again. In batch
     mode they are replayed batch by batch, so the missing trials get the very suggestions an
     uninterrupted search would have made.
+    ``budget``: no trial (async) or batch starts once it is over; fewer outcomes come back.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -86,11 +121,12 @@ def run_search(searcher: TPESearcher, runner: TrialRunner, n_trials: int, *, mod
         raise ValueError(f"in_flight must be >= 1, got {in_flight}")
     known = {t: o for t, o in (known or {}).items() if t < n_trials}
     loop = _run_async if mode == "async" else _run_batches
-    outcomes = loop(searcher, runner, list(range(n_trials)), in_flight, on_outcome or _ignore, known)
+    outcomes = loop(searcher, runner, list(range(n_trials)), in_flight, on_outcome or _ignore, known,
+                    budget or Budget())
     return sorted(outcomes, key=lambda o: o.trial_id)
 
 
-def _run_async(searcher, runner, trial_ids, in_flight, on_outcome, known) -> list[TrialOutcome]:
+def _run_async(searcher, runner, trial_ids, in_flight, on_outcome, known, budget) -> list[TrialOutcome]:
     outcomes: list[TrialOutcome] = []
     for trial_id in sorted(known):
         searcher.add_finished(trial_id, known[trial_id].params, known[trial_id].loss)
@@ -98,10 +134,10 @@ def _run_async(searcher, runner, trial_ids, in_flight, on_outcome, known) -> lis
         on_outcome(known[trial_id])
     pending: dict[Hashable, int] = {}
     todo = iter([t for t in trial_ids if t not in known])
-    exhausted = False
+    exhausted, waiter = False, _Waiter(runner, budget)
     while True:
         while not exhausted and len(pending) < in_flight:
-            trial_id = next(todo, None)
+            trial_id = next(todo, None) if not budget.over() else None
             if trial_id is None:
                 exhausted = True
                 break
@@ -109,16 +145,19 @@ def _run_async(searcher, runner, trial_ids, in_flight, on_outcome, known) -> lis
             pending[runner.submit(trial_id, params, predicted_cost(params))] = trial_id
         if not pending:
             return outcomes
-        for handle in sorted(runner.wait_any(list(pending)), key=pending.get):
+        for handle in sorted(waiter.wait(pending), key=pending.get):
             pending.pop(handle)
             outcomes.append(_finish(searcher, runner, handle, on_outcome))
 
 
-def _run_batches(searcher, runner, trial_ids, batch_size, on_outcome, known) -> list[TrialOutcome]:
+def _run_batches(searcher, runner, trial_ids, batch_size, on_outcome, known, budget) -> list[TrialOutcome]:
     ids = list(trial_ids)
     outcomes: list[TrialOutcome] = []
+    waiter = _Waiter(runner, budget)
     for start in range(0, len(ids), batch_size):
         batch = ids[start:start + batch_size]
+        if budget.over() and any(t not in known for t in batch):
+            break  # a replayed batch costs nothing; a new one would start after the budget
         suggested = [(trial_id, searcher.suggest(trial_id)) for trial_id in batch]
         replayed = [known[t] for t, _ in suggested if t in known]
         for outcome in replayed:
@@ -129,7 +168,7 @@ def _run_batches(searcher, runner, trial_ids, batch_size, on_outcome, known) -> 
         pending = {runner.submit(t, p, predicted_cost(p)): t for t, p in by_cost}
         finished: list[Hashable] = []
         while pending:
-            for handle in runner.wait_any(list(pending)):
+            for handle in waiter.wait(pending):
                 pending.pop(handle)
                 finished.append(handle)
         done = [runner.outcome(h) for h in finished] + replayed
@@ -139,6 +178,26 @@ def _run_batches(searcher, runner, trial_ids, batch_size, on_outcome, known) -> 
             on_outcome(outcome)
             outcomes.append(outcome)
     return outcomes
+
+
+class _Waiter:
+    """``runner.wait_any``, which with a killing budget wakes at the deadline, asks the runner
+    once to stop what still runs, then waits for those trials to come back."""
+
+    def __init__(self, runner, budget: Budget):
+        self.runner, self.budget, self.stopped = runner, budget, False
+
+    def wait(self, pending: dict) -> list:
+        while True:
+            if not self.budget.kill or self.budget.deadline is None or self.stopped:
+                return self.runner.wait_any(list(pending))
+            if self.budget.over():
+                self.runner.stop(list(pending))
+                self.stopped = True
+                continue
+            done = self.runner.wait_any(list(pending), timeout=self.budget.left())
+            if done:
+                return done
 
 
 def _finish(searcher, runner, handle, on_outcome) -> TrialOutcome:

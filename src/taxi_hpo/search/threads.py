@@ -141,6 +141,9 @@ class ThreadPlan:
                 changed.setdefault(self._where[trial_id], {})[trial_id] = threads
         return changed
 
+    def worker_of(self, trial_id: int) -> str | None:
+        return self._where.get(trial_id)
+
     def pool_of(self, trial_id: int) -> str | None:
         worker = self._where.get(trial_id)
         return self.slots[worker].pool if worker is not None else None
