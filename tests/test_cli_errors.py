@@ -46,6 +46,7 @@ CASES = {
     "bad timeout": (["--timeout", "soon"], "--timeout 'soon' is not a duration"),
     "kill without a budget": (["--timeout-kill"], "--timeout-kill needs --timeout"),
     "unknown pruning rule": (["--prune", "hyperband"], "invalid choice: 'hyperband'"),
+    "warm start from no search": (["--warm-start", "0123456789abcdef"], "no search run 0123456789abcdef"),
     "batch size <= 0": (["--mode", "batch", "--batch-size", "0"], "--batch-size must be a positive"),
     "unreachable scheduler": (["--address", "tcp://127.0.0.1:9"], "Dask scheduler tcp://127.0.0.1:9 is unreachable"),
     "unreachable tracking": (["--tracking-uri", "http://127.0.0.1:9"], "tracking server http://127.0.0.1:9 is unreachable"),

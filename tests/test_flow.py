@@ -173,3 +173,27 @@ def test_a_killing_budget_stops_running_trials_and_ends_their_runs_killed(prefec
     client = MlflowClient(s["tracking_uri"])
     assert {client.get_run(t["run_id"]).info.status for t in cancelled} == {"KILLED"}
     assert s["search_wall_s"] < 2.0 + 15.0  # stopped at their next round, not run to the end
+
+
+def test_a_warm_start_first_evaluates_the_best_points_of_the_last_search(prefect_api_url, data_dir, workdir,
+                                                                         capsys):
+    common = ["--data-dir", str(data_dir), "--no-register", "--rounds", "10", "--workers", "2"]
+    cold = run_cli(capsys, *common, "--trials", "6", "--max-depth", "12", "--seed", "3")
+    best3 = sorted(cold["trials"], key=lambda t: t["loss"])[:3]
+    # latest: the cold search; depth capped lower this time, so the points are kept inside the space
+    warm = run_cli(capsys, *common, "--trials", "4", "--max-depth", "8", "--seed", "9", "--warm-start", "latest",
+                   "--warm-start-trials", "3")
+    assert warm["warm_start"] == [f"{cold['parent_run_id']}:{t['trial_id']}" for t in best3]
+    for got, source in zip(warm["trial_params"][:3], best3):
+        want = cold["trial_params"][source["trial_id"]]
+        assert got["learning_rate"] == pytest.approx(want["learning_rate"])
+        assert got["max_depth"] == min(want["max_depth"], 8)
+    client = MlflowClient(warm["tracking_uri"])
+    runs = {r.data.tags.get(tracking.TRIAL_TAG): r for r in tracking.child_runs(warm["tracking_uri"],
+                                                                                warm["parent_run_id"])}
+    assert [runs[str(i)].data.tags.get(tracking.WARM_FROM_TAG) for i in range(4)] == [*warm["warm_start"], None]
+    assert json.loads(client.get_run(warm["parent_run_id"]).data.tags[tracking.WARM_TAG])[0]["from"] == \
+        warm["warm_start"][0]
+    # an explicit parent run id works the same; one that is no search is refused before anything runs
+    again = run_cli(capsys, *common, "--trials", "1", "--warm-start", cold["parent_run_id"], "--warm-start-trials", "1")
+    assert again["warm_start"] == warm["warm_start"][:1]

@@ -240,3 +240,23 @@ def test_without_a_deadline_a_budget_changes_nothing():
     outcomes = run_search(TPESearcher(reference_space(20), seed=1), runner, 6, in_flight=2,
                           budget=Budget.from_now(None, clock=lambda: runner.now))
     assert len(outcomes) == 6 and not Budget().over() and Budget().left() is None
+
+
+def test_warm_points_come_first_then_tpe_learns_from_them():
+    space = reference_space(20)
+    warm = [{"max_depth": 7, "learning_rate": 0.2, "reg_alpha": 0.02, "reg_lambda": 0.01, "min_child_weight": 1.5},
+            {"max_depth": 12, "learning_rate": 0.05, "reg_alpha": 0.1, "reg_lambda": 0.2, "min_child_weight": 3.0}]
+    searcher = TPESearcher(space, seed=4, n_startup_jobs=3, warm_points=warm)
+    first = [searcher.suggest(i) for i in range(2)]
+    for got, want in zip(first, warm):
+        assert {k: got[k] for k in want} == pytest.approx(want)
+        assert got["objective"] == "reg:squarederror" and got["seed"] == 42  # the space's constants
+    searcher.record(0, 6.1)
+    searcher.record(1, 6.9)
+    third = searcher.suggest(2)
+    assert third not in first and searcher.best() == (0, 6.1)
+    # the same seed and warm points suggest the same search, resumed or not
+    again = TPESearcher(space, seed=4, n_startup_jobs=3, warm_points=warm)
+    again.add_finished(0, first[0], 6.1)
+    again.add_finished(1, first[1], 6.9)
+    assert again.suggest(2) == third

@@ -57,6 +57,10 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
                         "finish, and --resume runs the rest")
     p.add_argument("--timeout-kill", action="store_true",
                    help="with --timeout: stop the running trials too (their runs end KILLED; --resume reruns them)")
+    p.add_argument("--warm-start", metavar="PARENT_RUN_ID|latest", default=None,
+                   help="first evaluate the best points of an earlier search of the experiment (its parent run "
+                        "id, or latest): a monthly retrain starts where last month's search ended")
+    p.add_argument("--warm-start-trials", type=int, default=5, help="how many of its best points (default 5)")
     p.add_argument("--prune", choices=["none", "median", "asha"], default="none",
                    help="stop a trial at a checkpoint round when its validation RMSE is worse than the finished "
                         "trials' median (median) or outside their best third (asha) there; default none")
@@ -108,6 +112,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         elastic_threads=args.elastic_threads, address=args.address,
         mode=args.mode, batch_size=args.batch_size, prune=args.prune, seed=args.seed, rounds=args.rounds,
         timeout_s=parse_duration(args.timeout) if args.timeout else None, timeout_kill=args.timeout_kill,
+        warm_start=args.warm_start, warm_start_trials=args.warm_start_trials,
         max_depth=args.max_depth, tracking_uri=args.tracking_uri, experiment=args.experiment,
         max_rmse=args.max_rmse, max_inference_time=args.max_inference_time,
         register=not args.no_register, resume=args.resume,

@@ -101,6 +101,8 @@ class RunConfig:
     prune: str = "none"
     timeout_s: float | None = None  # no trial starts after this many seconds of search
     timeout_kill: bool = False      # ... and the running ones are stopped
+    warm_start: str | None = None   # a search's parent run id, or "latest" of the experiment
+    warm_start_trials: int = 5      # how many of its best points run first
     tracking_uri: str | None = None
     experiment: str = DEFAULT_EXPERIMENT
     max_rmse: float = 6.5
@@ -115,7 +117,8 @@ class RunConfig:
             object.__setattr__(self, "workers", default_workers(self.threads_per_worker))
             object.__setattr__(self, "default_layout", self.address is None)
         positive = {"--trials": self.trials, "--workers": self.workers,
-                    "--threads-per-worker": self.threads_per_worker, "--rounds": self.rounds}
+                    "--threads-per-worker": self.threads_per_worker, "--rounds": self.rounds,
+                    "--warm-start-trials": self.warm_start_trials}
         if self.batch_size is not None:
             positive["--batch-size"] = self.batch_size
         for flag, value in positive.items():

@@ -91,19 +91,21 @@ class DaskTrialRunner:
         search_key: names this search's thread counts on the workers (with ``plan``).
         pruner: gives each trial, when it is submitted, its thresholds at the checkpoint rounds
             (its history is fed by the search's ``on_outcome``, so a batch sees earlier batches only).
+        run_tags: ``{trial_id: tags}`` for those trials' MLflow runs (where a warm point came from).
     """
 
     MAX_RESUBMITS = 3
 
     def __init__(self, submit_trial: Callable, data_future, ctx: tracking.TrackingContext, rounds: int,
                  nthread: int, prepared=None, client=None, plan: ThreadPlan | None = None,
-                 search_key: str | None = None, pruner: Pruner | None = None):
+                 search_key: str | None = None, pruner: Pruner | None = None, run_tags: dict | None = None):
         self._submit_trial = submit_trial
         self._data, self._prepared, self._client = data_future, prepared, client
         self._ctx, self._rounds, self._nthread = ctx, rounds, nthread
         self.plan, self._search_key = plan, search_key or ctx.parent_run_id
         self.pruner = pruner if pruner is not None and pruner.active else None
         self._prune_at: dict[int, dict] = {}  # kept for a resubmission: judged as when first sent
+        self._run_tags = run_tags or {}
         self._versions = itertools.count(1)
         self._futures: dict[int, object] = {}
         self._params: dict[int, dict] = {}
@@ -123,7 +125,7 @@ class DaskTrialRunner:
         parameters = {"trial_id": trial_id, "params": params, "prepared": self._data, "ctx": self._ctx,
                       "rounds": self._rounds, "nthread": self._nthread, "start_threads": threads,
                       "control_key": self._search_key, "elastic": self.elastic,
-                      "prune_at": self._prune_at.get(trial_id)}
+                      "prune_at": self._prune_at.get(trial_id), "run_tags": self._run_tags.get(trial_id)}
         # What this trial puts on the wire: the data travels as a reference to the scattered copy.
         self.submit_bytes[trial_id] = len(cloudpickle.dumps(parameters))
         # Higher priority starts first among queued tasks: heaviest trials first in a batch. The

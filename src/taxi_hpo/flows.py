@@ -6,6 +6,7 @@ Each task calls one function of the core or the tracking adapter; the search loo
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 import threading
@@ -31,7 +32,7 @@ from taxi_hpo.prefect_api import (cache_context_hydration, cache_settings_serial
 from taxi_hpo.search import TPESearcher, TrialOutcome, reference_space, run_search
 from taxi_hpo.search.scheduler import Budget
 from taxi_hpo.search.pruning import Pruner
-from taxi_hpo.search.space import decode_logged
+from taxi_hpo.search.space import MIN_MAX_DEPTH, decode_logged
 from taxi_hpo.search.threads import ThreadPlan
 from taxi_hpo.search.tpe import DEFAULT_STARTUP
 
@@ -93,12 +94,12 @@ def linear_baseline(prepared, ctx: tracking.TrackingContext) -> float:
       cache_policy=NO_CACHE)
 def trial(trial_id: int, params: dict, prepared, ctx: tracking.TrackingContext, rounds: int,
           nthread: int, start_threads: int | None = None, control_key: str | None = None, elastic: bool = False,
-          prune_at: dict | None = None) -> dict:
+          prune_at: dict | None = None, run_tags: dict | None = None) -> dict:
     threads = dask_runner.thread_source(control_key, trial_id) if control_key and elastic else None
     stop = dask_runner.stop_source(control_key, trial_id) if control_key else None
     try:
         result = trials.run_trial(trial_id, params, prepared, ctx, rounds, nthread, threads, start_threads, prune_at,
-                                  stop)
+                                  stop, run_tags)
     finally:
         if control_key:
             dask_runner.forget_trial(control_key, trial_id)
@@ -137,9 +138,10 @@ def search(config: dict) -> dict:
     record = tracking.load_search(tracking_uri, cfg.resume) if cfg.resume else None
     flow_run_id = str(FlowRunContext.get().flow_run.id)
     if record is None:
+        warm = _warm_points(cfg, tracking_uri, experiment_id)
         parent_run_id = tracking.start_parent_run(tracking_uri, experiment_id,
                                                   _parent_params(cfg, prepared, slots, in_flight),
-                                                  {"flow_run_id": flow_run_id})
+                                                  {"flow_run_id": flow_run_id, tracking.WARM_TAG: json.dumps(warm)})
         known = {}
     else:
         parent_run_id, experiment_id = record.run_id, record.experiment_id
@@ -148,6 +150,7 @@ def search(config: dict) -> dict:
         tracking.close_stale_children(tracking_uri, parent_run_id)
         tracking.reopen_run(tracking_uri, parent_run_id, {"resumed_by_flow_run_id": flow_run_id})
         known = _known_outcomes(record)
+        warm = json.loads(record.tags.get(tracking.WARM_TAG) or "[]")  # the points it started with
     ctx = tracking.TrackingContext(tracking_uri, experiment_id, parent_run_id,
                                    features.preprocessor_sha256(prepared.preprocessor))
     status, metrics = "FAILED", {}
@@ -158,10 +161,12 @@ def search(config: dict) -> dict:
         log_preprocessor(ctx, prepared.preprocessor.to_bytes())
         lr_rmse = record.lr_rmse if record and record.lr_rmse is not None else linear_baseline(prepared, ctx)
         plan = _thread_plan(cfg, client, _gather_by_worker(client, warming))
-        searcher = TPESearcher(reference_space(cfg.max_depth), cfg.seed, max(DEFAULT_STARTUP, in_flight))
+        searcher = TPESearcher(reference_space(cfg.max_depth), cfg.seed, max(DEFAULT_STARTUP, in_flight),
+                               warm_points=[w["params"] for w in warm])
         pruner = Pruner(cfg.prune, cfg.rounds)
         runner = dask_runner.DaskTrialRunner(trial.submit, data_future, ctx, cfg.rounds, cfg.threads_per_worker,
-                                             prepared, client, plan=plan, pruner=pruner)
+                                             prepared, client, plan=plan, pruner=pruner,
+                                             run_tags={i: {tracking.WARM_FROM_TAG: w["from"]} for i, w in enumerate(warm)})
         if reporter:
             reporter.start(cfg.trials, client.dashboard_link, _layout(cfg, client, slots, plan))
         search_start = time.time()
@@ -178,6 +183,7 @@ def search(config: dict) -> dict:
         summary = _summary(cfg, ctx, outcomes, lr_rmse, slots, search_wall, time.time() - wall_start,
                            version, pre["cached"], client)
         summary["search_started"] = search_start
+        summary["warm_start"] = [w["from"] for w in warm]
         summary["submit_bytes_max"] = max(runner.submit_bytes.values(), default=0)
         summary["data_bytes"] = prepared.nbytes
         metrics = {k: summary[k] for k in ("best_rmse", "lr_rmse", "utilisation", "search_wall_s")
@@ -194,6 +200,24 @@ def search(config: dict) -> dict:
             reporter.stop()
         tracking.close_stale_children(tracking_uri, parent_run_id)
         tracking.end_run(tracking_uri, parent_run_id, status, metrics=metrics)
+
+
+def _warm_points(cfg: RunConfig, tracking_uri: str, experiment_id: str) -> list[dict]:
+    """``--warm-start``: the best points of an earlier search, as this search's first trials:
+    ``[{"from": "PARENT:TRIAL", "params": point}]``; ``max_depth`` kept inside this space."""
+    if not cfg.warm_start:
+        return []
+    source = (tracking.latest_search(tracking_uri, experiment_id) if cfg.warm_start == "latest"
+              else cfg.warm_start)
+    if source is None:
+        get_run_logger().warning("--warm-start latest: no earlier search in this experiment; starting cold")
+        return []
+    warm = []
+    for best in tracking.best_points(tracking_uri, source, cfg.warm_start_trials):
+        point = decode_logged(best["params"])
+        point["max_depth"] = min(max(int(point["max_depth"]), MIN_MAX_DEPTH), cfg.max_depth)
+        warm.append({"from": best["from"], "params": point})
+    return warm
 
 
 def _on_outcome(pruner: Pruner, reporter: Reporter | None):
@@ -309,6 +333,7 @@ def _parent_params(cfg: RunConfig, prepared, slots: int, in_flight: int) -> dict
     return {
         "train": cfg.train, "valid": cfg.valid, "data_dir": str(Path(cfg.data_dir).resolve()),
         "mode": cfg.mode, "workers": cfg.workers, "in_flight": in_flight, "prune": cfg.prune,
+        "warm_start": cfg.warm_start or "", "warm_start_trials": cfg.warm_start_trials,
         "threads_per_worker": cfg.threads_per_worker, "elastic_threads": cfg.elastic_threads,
         "slots": slots, "seed": cfg.seed,
         "trials": cfg.trials, "rounds": cfg.rounds, "max_depth": cfg.max_depth,

@@ -38,3 +38,5 @@ def check(cfg: RunConfig) -> None:
         remote.check(cfg)
     # Creates the store from this (the flow's) process before any worker can race to migrate it.
     tracking.prepare_store(cfg.resolved_tracking_uri, cfg.experiment, Path(cfg.workdir) / "mlartifacts")
+    if cfg.warm_start and cfg.warm_start != "latest" and not cfg.resume:
+        tracking.load_search(cfg.resolved_tracking_uri, cfg.warm_start)  # one line if it is no search

@@ -113,7 +113,7 @@ def build_config(args: argparse.Namespace) -> dict:
         elastic_threads=args.elastic_threads,
         address=args.address, mode=args.mode, batch_size=args.batch_size, prune=args.prune, seed=args.seed,
         rounds=args.rounds, timeout_s=parse_duration(args.timeout) if args.timeout else None,
-        timeout_kill=args.timeout_kill,
+        timeout_kill=args.timeout_kill, warm_start=args.warm_start, warm_start_trials=args.warm_start_trials,
         max_depth=args.max_depth, tracking_uri=args.tracking_uri, experiment=args.experiment,
         max_rmse=args.max_rmse, max_inference_time=args.max_inference_time, register=not args.no_register,
     )

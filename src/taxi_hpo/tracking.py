@@ -349,6 +349,7 @@ class SearchRecord:
     trials: dict            # trial id -> {"params": {...str}, "loss", "run_id", "metrics"}
     failed: dict            # trial id -> {"error", "params"}, for trials that failed for good
     lr_rmse: float | None
+    tags: dict = field(default_factory=dict)
 
 
 def load_search(tracking_uri: str, run_id: str) -> SearchRecord:
@@ -376,7 +377,32 @@ def load_search(tracking_uri: str, run_id: str) -> SearchRecord:
     failed = {int(k[len(FAILED_TAG_PREFIX):]): json.loads(v) for k, v in parent.data.tags.items()
               if k.startswith(FAILED_TAG_PREFIX) and int(k[len(FAILED_TAG_PREFIX):]) not in trials}
     return SearchRecord(run_id, parent.info.experiment_id, parent.info.status, dict(parent.data.params),
-                        trials, failed, lr_rmse)
+                        trials, failed, lr_rmse, dict(parent.data.tags))
+
+
+WARM_TAG = "warm_start"          # on a search: JSON [{"from": "PARENT:TRIAL", "params": {...}}, ...]
+WARM_FROM_TAG = "warm_start_from"  # on a warm trial's run: the search and trial its point came from
+
+
+def latest_search(tracking_uri: str, experiment_id: str) -> str | None:
+    """The most recent search of the experiment with at least one finished trial, or None."""
+    client = MlflowClient(tracking_uri=tracking_uri)
+    runs = retrying(lambda: client.search_runs([experiment_id], "tags.`taxi_hpo.role` = 'search'",
+                                               order_by=["attributes.start_time DESC"], max_results=50))
+    for run in runs:
+        if any(TRIAL_TAG in child.data.tags for child in child_runs(tracking_uri, run.info.run_id, status="FINISHED")):
+            return run.info.run_id
+    return None
+
+
+def best_points(tracking_uri: str, search_run_id: str, k: int) -> list[dict]:
+    """The ``k`` best complete (not pruned) trials of a search: ``[{"from", "params", "rmse"}]``,
+    params as MLflow stored them (strings)."""
+    record = load_search(tracking_uri, search_run_id)
+    complete = sorted((t["loss"], tid) for tid, t in record.trials.items()
+                      if t["loss"] is not None and t.get("pruned_at") is None)
+    return [{"from": f"{search_run_id}:{tid}", "params": record.trials[tid]["params"], "rmse": loss}
+            for loss, tid in complete[:k]]
 
 
 def experiment_name(tracking_uri: str, experiment_id: str) -> str:

@@ -46,7 +46,7 @@ def warm_up(data: PreparedData, ctx: tracking.TrackingContext) -> dict:
 def run_trial(trial_id: int, params: dict, data: PreparedData, ctx: tracking.TrackingContext,
               rounds: int, nthread: int, threads: models.ThreadSource | None = None,
               start_threads: int | None = None, prune_at: dict | None = None,
-              stop: Callable[[], bool] | None = None) -> dict:
+              stop: Callable[[], bool] | None = None, run_tags: dict | None = None) -> dict:
     """Fit, log and score trial ``trial_id``; raises on failure (the task's retry policy decides).
 
     ``nthread`` is the trial's base thread count (logged as its ``nthread`` parameter); with
@@ -63,7 +63,7 @@ def run_trial(trial_id: int, params: dict, data: PreparedData, ctx: tracking.Tra
     if earlier is not None:
         return _outcome_from_run(trial_id, params, earlier, started)
     run_id = tracking.start_child_run(ctx, f"trial-{trial_id:04d}",
-                                      {tracking.TRIAL_TAG: str(trial_id), "worker": slot_name()})
+                                      {**(run_tags or {}), tracking.TRIAL_TAG: str(trial_id), "worker": slot_name()})
     try:
         try:
             fit = models.fit_xgboost(xgb_params(params, nthread), data, rounds, threads=threads,

@@ -28,12 +28,16 @@ class TPESearcher:
         seed: seeds the generator that seeds every suggestion (as ``fmin(rstate=...)`` does).
         n_startup_jobs: random suggestions before TPE models the history; keep it at least
             the number of trials in flight, since pending trials count toward it.
+        warm_points: points to evaluate first, in order (hyperopt's ``points_to_evaluate``):
+            trials ``0 .. len-1`` are these, then TPE takes over, learning from them too.
     """
 
-    def __init__(self, space: dict, seed: int, n_startup_jobs: int = DEFAULT_STARTUP):
+    def __init__(self, space: dict, seed: int, n_startup_jobs: int = DEFAULT_STARTUP,
+                 warm_points: list[dict] | None = None):
         self.space = space
         self.seed = seed
         self.n_startup_jobs = n_startup_jobs
+        self.warm_points = [dict(p) for p in (warm_points or [])]
         self.trials = Trials()
         self._domain = Domain(_never_called, space)
         self._rng = np.random.default_rng(seed)
@@ -44,6 +48,10 @@ class TPESearcher:
         """Called when a slot is free: returns the point to evaluate as trial ``trial_id``."""
         if any(doc["tid"] == trial_id for doc in self.trials.trials):
             raise ValueError(f"trial {trial_id} was already suggested")
+        if trial_id < len(self.warm_points):
+            self._rng.integers(2**31 - 1)  # the seed stream advances as for any suggestion
+            self._insert(trial_id, self.warm_points[trial_id])
+            return self.params(trial_id)
         docs = self._algo([trial_id], self._domain, self.trials, int(self._rng.integers(2**31 - 1)))
         self.trials.insert_trial_docs(docs)
         self.trials.refresh()
@@ -66,13 +74,17 @@ class TPESearcher:
         Advances the seed stream by one draw, as a suggestion would have.
         """
         self._rng.integers(2**31 - 1)
+        self._insert(trial_id, params)
+        self.record(trial_id, loss)
+
+    def _insert(self, trial_id: int, params: dict) -> None:
+        """A pending trial at a given point (its values in the space's own labels)."""
         labels = list(self._domain.params)
         misc = {"tid": trial_id, "cmd": self._domain.cmd, "workdir": self._domain.workdir,
                 "idxs": {k: [trial_id] for k in labels}, "vals": {k: [float(params[k])] for k in labels}}
         docs = self.trials.new_trial_docs([trial_id], [None], [self._domain.new_result()], [misc])
         self.trials.insert_trial_docs(docs)
         self.trials.refresh()
-        self.record(trial_id, loss)
 
     def overwrite_params(self, trial_id: int, params: dict) -> None:
         """Called on resume when a replayed suggestion differs from what was evaluated."""
