@@ -411,6 +411,30 @@ def test_study_best_so_far_checkpoints_and_table():
     assert rows[1] == "| 4 | 3.3000 ± 0.0000 | +10.00 % |"
 
 
+def test_study_replays_a_pruning_decision_on_a_fitted_curve():
+    study = _study()
+    params = {"max_depth": 9, "learning_rate": 0.1}
+    cache = {json.dumps(params, sort_keys=True): {"loss": 6.0, "curve": {"3": 7.0, "9": 6.5, "27": 6.1}, "rounds": 30}}
+    spent: list[int] = []
+    evaluate = study.xgboost_evaluator(None, 30, 1, cache, spent)  # cached: nothing is fitted
+    pruned = evaluate(0, params, {3: math.inf, 9: 6.4, 27: math.inf})
+    assert (pruned.pruned_at, pruned.loss, pruned.curve) == (9, 6.5, {3: 7.0, 9: 6.5})
+    full = evaluate(1, params, {3: math.inf, 9: math.inf, 27: math.inf})
+    assert (full.pruned_at, full.loss) == (None, 6.0) and spent == [9, 30]
+    # a search under a rule: thresholds asked at submission, pruned losses hidden from the curve
+    from taxi_hpo.search.pruning import Pruner
+
+    def synthetic(trial_id, params, thresholds):
+        curve = {3: 8.0 + params["learning_rate"], 9: 7.0 + params["learning_rate"], 27: 6.0 + params["learning_rate"]}
+        for r in sorted(curve):
+            if curve[r] > thresholds.get(r, math.inf):
+                return TrialOutcome(trial_id, params, curve[r], curve={k: v for k, v in curve.items() if k <= r}, pruned_at=r)
+        return TrialOutcome(trial_id, params, curve[27], curve=curve)
+
+    losses = study.losses_in_flight(synthetic, 2, 12, 3, 20, pruner=Pruner("asha", 30))
+    assert len(losses) == 12 and None in losses[3:] and all(loss is not None for loss in losses[:2])
+
+
 def test_time_to_target_follows_the_best_so_far_and_ignores_pruned_trials():
     start = 100.0
     trials = [{**trial(0, 100.0, 104.0, 4.0, loss=6.6), "pruned_at": None},
@@ -427,3 +451,15 @@ def test_time_to_target_follows_the_best_so_far_and_ignores_pruned_trials():
     assert par["time_to_target_s"] == 10.0 and par["speedup_to_target"] == pytest.approx(1.8)
     assert par["trials_pruned"] == 1 and par["target_reached"] == 1
     assert metrics.summarise([script, run_], (Layout("2x1", 2, 1),), target=6.0)[0]["time_to_target_s"] is None
+
+
+def test_warm_start_study_counts_trials_to_the_cold_final_best():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "warm_start.py"
+    spec = importlib.util.spec_from_file_location("warm_start", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.first_reaching([None, 7.0, 6.5, 6.5, 6.2], 6.5) == 3
+    assert module.first_reaching([7.0, 6.9], 6.5) is None
