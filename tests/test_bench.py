@@ -207,11 +207,20 @@ def test_process_roles():
 # -- flags ---------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("changes", [{"trials": 0}, {"trials": -3}, {"repeats": 0}, {"rounds": 0},
-                                     {"mode": "eager"}, {"max_depth": 3}, {"layouts": ()}])
+                                     {"mode": "eager"}, {"max_depth": 3}, {"layouts": ()},
+                                     {"prune": "asha", "prune_trials": 0}, {"prune_trials": 16}])
 def test_bench_config_rejects_bad_settings(changes):
     settings = {"layouts": (Layout("seq", 1, 2), Layout("2x1", 2, 1)), **changes}
     with pytest.raises(ConfigError):
         BenchConfig(**settings)
+
+
+def test_prune_trials_size_the_pruned_searches_only():
+    layouts = (Layout("seq", 1, 2), Layout("2x1", 2, 1))
+    pruned = BenchConfig(layouts=layouts, trials=8, prune="median", prune_trials=20)
+    assert pruned.layout_trials == 20 and pruned.run_config(layouts[1]).trials == 20
+    assert pruned.trials == 8 and pruned.describe()["prune_trials"] == 20  # the script's budget
+    assert BenchConfig(layouts=layouts, trials=8, prune="asha").run_config(layouts[0]).trials == 8
 
 
 @pytest.mark.parametrize("flags", [["--layouts", "2by1"], ["--trials", "0"], ["--layouts", "seq,2x1,seq"],
@@ -347,6 +356,24 @@ def test_bench_runs_seq_and_a_parallel_layout(data_dir, prefect_api_url, workdir
     for name in rows:
         children = tracking.child_runs(uri, runs[name]["parent_run_id"], status="FINISHED")
         assert len([c for c in children if c.data.tags.get(tracking.TRIAL_TAG) is not None]) == 2
+
+
+def test_bench_prunes_every_layout_but_the_script(data_dir, prefect_api_url, workdir, capsys):
+    from taxi_hpo import cli
+
+    out = workdir / "bench-prune"
+    code = cli.main(["bench", "--layouts", "script,seq", "--trials", "2", "--prune", "asha", "--prune-trials", "6",
+                     "--rounds", "4", "--max-depth", "5", "--data-dir", str(data_dir), "--out", str(out), "--json"])
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out)
+    runs = {r["layout"]: r for r in json.loads((out / "bench.json").read_text())["runs"]}
+    assert len(runs["script"]["trials"]) == 2 and len(runs["seq"]["trials"]) == 6
+    assert all(t["pruned_at"] is None for t in runs["script"]["trials"])
+    # 4 rounds: one checkpoint (round 2), judged once three trials have reached it
+    assert {t["pruned_at"] for t in runs["seq"]["trials"]} <= {None, 2}
+    rows = {row["layout"]: row for row in printed["layouts"]}
+    assert rows["script"]["speedup_to_target"] == 1.0 and rows["script"]["time_to_target_s"] > 0
+    assert rows["seq"]["trials_pruned"] == sum(t["pruned_at"] is not None for t in runs["seq"]["trials"])
 
 
 @pytest.mark.integration

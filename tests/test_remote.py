@@ -370,6 +370,19 @@ def test_search_on_remote_workers(stack, data_dir, tmp_path):
     assert all(t.state.is_completed() for t in task_runs if t.name.startswith("trial-"))
 
 
+@pytest.mark.integration
+def test_pruning_a_budget_and_a_warm_start_on_remote_workers(stack, data_dir, tmp_path):
+    first = summary_of(run_search(stack, stack.address, data_dir, tmp_path, "--trials", "2"))
+    s = summary_of(run_search(stack, stack.address, data_dir, tmp_path, "--trials", "8", "--mode", "batch",
+                              "--batch-size", "2", "--prune", "asha", "--warm-start", "latest",
+                              "--warm-start-trials", "2", "--timeout", "10m"))
+    assert_ran_remotely(s, stack, 8)
+    assert s["prune"] == "asha" and not s["ended_on_timeout"]
+    # 3 rounds: one checkpoint (round 2), so pruning is possible from the second batch on
+    assert all(t["pruned_at"] in (None, 2) for t in s["trials"])
+    assert s["warm_start"] and all(w.startswith(f"{first['parent_run_id']}:") for w in s["warm_start"])
+
+
 # -- integration: tls:// ---------------------------------------------------------------------
 
 @pytest.mark.integration

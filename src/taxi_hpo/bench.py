@@ -132,32 +132,42 @@ class BenchConfig:
     experiment: str = EXPERIMENT
     prune: str = "none"  # every layout but the script (the reference never prunes)
     target: float | None = None  # RMSE for time_to_target_s (default: the reference's final best)
+    prune_trials: int | None = None  # trials of the pruned layouts (default: trials)
 
     def __post_init__(self):
-        for flag, value in (("--trials", self.trials), ("--repeats", self.repeats), ("--rounds", self.rounds)):
+        for flag, value in (("--trials", self.trials), ("--repeats", self.repeats), ("--rounds", self.rounds),
+                            ("--prune-trials", 1 if self.prune_trials is None else self.prune_trials)):
             if value <= 0:
                 raise ConfigError(f"{flag} must be a positive whole number, got {value}")
         if self.mode not in MODES:
             raise ConfigError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if not self.layouts:
             raise ConfigError("--layouts is empty: give e.g. seq,2x1,1x2")
+        if self.prune_trials and self.prune == "none":
+            raise ConfigError("--prune-trials needs --prune median or asha (it sizes the pruned searches)")
         for layout in self.layouts:
             self.run_config(layout)  # the search's own checks (depth, ...) before anything runs
 
     def run_config(self, layout: Layout):
         from taxi_hpo.config import RunConfig
 
-        return RunConfig(train=self.train, valid=self.valid, data_dir=self.data_dir, trials=self.trials,
+        return RunConfig(train=self.train, valid=self.valid, data_dir=self.data_dir, trials=self.layout_trials,
                          workers=layout.workers, threads_per_worker=layout.threads,
                          elastic_threads=layout.elastic, mode=self.mode, seed=self.seed, rounds=self.rounds,
                          max_depth=self.max_depth, tracking_uri=self.tracking_uri, experiment=self.experiment,
                          register=False, prune=self.prune)
 
+    @property
+    def layout_trials(self) -> int:
+        """Trials of every layout but the script: ``prune_trials`` when pruning, as a pruned search
+        that runs more, cheaper trials in the time of the reference's."""
+        return self.prune_trials if self.prune != "none" and self.prune_trials else self.trials
+
     def describe(self) -> dict:
         return {"layouts": [layout.name for layout in self.layouts], "trials": self.trials, "rounds": self.rounds,
                 "max_depth": self.max_depth, "seed": self.seed, "repeats": self.repeats, "mode": self.mode,
                 "train": self.train, "valid": self.valid, "experiment": self.experiment, "whole": self.whole,
-                "prune": self.prune, "target": self.target,
+                "prune": self.prune, "target": self.target, "prune_trials": self.prune_trials,
                 "default_layout": next((layout.name for layout in self.layouts if layout.default), None)}
 
 
@@ -257,6 +267,9 @@ def add_parser(sub, add_search_flags) -> None:
                         f"x T threads, elastic) or WxT-fixed; default here {default_layouts(cores)}")
     p.add_argument("--prune", choices=("none", "median", "asha"), default="none",
                    help="pruning for every layout but the script (the unpruned reference); default none")
+    p.add_argument("--prune-trials", type=int, default=None,
+                   help="trials of the pruned layouts (default: --trials); the script keeps --trials, so "
+                        "speedup_to_target says how soon a longer pruned search reaches the reference's best")
     p.add_argument("--target", type=float, default=None,
                    help="RMSE for time_to_target_s (default: the script's, else seq's, final best RMSE)")
     p.add_argument("--whole", action="store_true",
@@ -275,7 +288,8 @@ def main(args: argparse.Namespace) -> int:
     cfg = BenchConfig(layouts=parse_layouts(args.layouts, cores), trials=args.trials, rounds=args.rounds,
                       max_depth=args.max_depth, seed=args.seed, repeats=args.repeats, mode=args.mode,
                       out=args.out, train=args.train, valid=args.valid, data_dir=args.data_dir,
-                      tracking_uri=args.tracking_uri, whole=args.whole, prune=args.prune, target=args.target)
+                      tracking_uri=args.tracking_uri, whole=args.whole, prune=args.prune, target=args.target,
+                      prune_trials=args.prune_trials)
     result = run_bench(cfg)
     if args.json:
         shown = {k: result[k] for k in ("machine", "settings", "layouts", "goals")}

@@ -64,7 +64,7 @@ def run_seq(cfg, layout, prepared, repeat: int) -> dict:
     status, metrics = "FAILED", {}
     try:
         start = time.time()
-        outcomes = run_reference(reference_space(cfg.max_depth), evaluate, cfg.trials, cfg.seed)
+        outcomes = run_reference(reference_space(cfg.max_depth), evaluate, run_cfg.trials, cfg.seed)
         wall = time.time() - start
         losses = [o.loss for o in outcomes if o.ok]
         metrics = {"search_wall_s": wall, **({"best_rmse": min(losses)} if losses else {})}
@@ -115,7 +115,7 @@ def run_command(cfg, layout, repeat: int) -> dict:
     run_cfg = cfg.run_config(layout)
     cli = Path(sys.executable).with_name("taxi-hpo")
     command = [str(cli), "run", "--json", "--train", run_cfg.train, "--valid", run_cfg.valid,
-               "--data-dir", run_cfg.data_dir, "--trials", str(cfg.trials), "--rounds", str(cfg.rounds),
+               "--data-dir", run_cfg.data_dir, "--trials", str(run_cfg.trials), "--rounds", str(cfg.rounds),
                "--max-depth", str(cfg.max_depth), "--seed", str(cfg.seed), "--mode", cfg.mode,
                "--workers", str(layout.workers), "--threads-per-worker", str(layout.threads),
                "--experiment", cfg.experiment, "--tracking-uri", run_cfg.resolved_tracking_uri]
