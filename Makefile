@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 ARGS   ?= --trials 8 --rounds 30 --max-depth 30
 PYTEST_ARGS ?=
 
-.PHONY: run test bench install clean
+.PHONY: run test bench serve-model install clean
 
 $(BIN)/taxi-hpo: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,14 @@ test: install
 
 bench: install
 	$(BIN)/taxi-hpo bench --layouts script,seq,default,2x1-fixed,1x2 --trials 8 --rounds 30 --max-depth 40 --seed 1 --out bench-out
+
+# The registered model behind a REST endpoint (POST /invocations, raw TLC rows in, minutes out).
+# MLflow starts `uvicorn` by name, so the venv's bin goes first on PATH.
+MLFLOW_TRACKING_URI ?= sqlite:///mlflow.db
+PORT ?= 5002
+serve-model: install
+	PATH="$(abspath $(BIN)):$$PATH" MLFLOW_TRACKING_URI="$(MLFLOW_TRACKING_URI)" \
+	  $(BIN)/mlflow models serve -m models:/nyc-taxi-duration@staging --env-manager local --host 127.0.0.1 --port $(PORT)
 
 clean:
 	rm -rf $(VENV) mlflow.db mlartifacts bench-out

@@ -87,6 +87,58 @@ def test_search_end_to_end(prefect_api_url, data_dir, workdir, capsys, monkeypat
     assert len(pred) == 200 and 0 < float(pd.Series(pred).median()) < 60
 
 
+def test_the_registered_model_serves_raw_rows_over_rest(prefect_api_url, data_dir, workdir, capsys):
+    """`make serve-model` (``mlflow models serve`` of ``models:/nyc-taxi-duration@staging``)
+    answers a REST request carrying raw TLC rows with the minutes the model predicts."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    s = run_cli(capsys, "--data-dir", str(data_dir), "--trials", "2", *SMALL, "--max-rmse", "10")
+    assert s["registered_version"] == "1"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    repo = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    server = subprocess.Popen(["make", "-s", "-C", str(repo), "serve-model", f"VENV={sys.prefix}",
+                               f"MLFLOW_TRACKING_URI={s['tracking_uri']}", f"PORT={port}"],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while True:
+            assert server.poll() is None, server.stdout.read().decode()[-2000:]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.time() < deadline, "the model server did not answer /ping within 120 s"
+            time.sleep(0.5)
+        raw = pd.read_parquet(data_dir / "green_tripdata_2023-03.parquet").head(5)
+        body = json.dumps({"dataframe_split": json.loads(raw.to_json(orient="split", date_format="iso"))})
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body.encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as r:
+            minutes = json.loads(r.read())["predictions"]
+        mlflow.set_tracking_uri(s["tracking_uri"])
+        local = mlflow.pyfunc.load_model("models:/nyc-taxi-duration@staging").predict(raw)
+        assert minutes == pytest.approx([float(x) for x in local], rel=1e-5)
+        assert len(minutes) == 5 and all(0 < m < 120 for m in minutes)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+
+
 def test_batch_mode_is_reproducible_and_preprocessing_reused(prefect_api_url, data_dir, workdir, capsys):
     common = ["--data-dir", str(data_dir), "--trials", "4", "--mode", "batch", "--batch-size", "2",
               "--no-register", *SMALL]
