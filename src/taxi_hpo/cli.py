@@ -38,6 +38,8 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     from taxi_hpo.config import default_workers
 
     p.add_argument("--no-register", action="store_true", help="do not register the best model")
+    p.add_argument("--no-report", action="store_true",
+                   help="no report (pictures and an HTML page under report/ on the parent run) at the end")
     p.add_argument("--trials", type=int, default=20, help="number of TPE trials (default 20)")
     p.add_argument("--workers", type=int, default=None,
                    help="local Dask worker processes (default: usable cores / --threads-per-worker, "
@@ -85,6 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench.add_parser(sub, _add_search_flags)
     plan.add_parser(sub)
+    report = sub.add_parser("report", help="the report of an earlier search, on its parent run (and in --out)",
+                            description="Pictures (best so far against time and trials, RMSE against each "
+                                        "hyperparameter, the workers' timeline) and one HTML page, logged under "
+                                        "report/ on the search's parent run, where the MLflow UI shows them.")
+    report.add_argument("parent_run_id", metavar="PARENT_RUN_ID", help="the search's parent run (or latest)")
+    report.add_argument("--out", default=None, help="also write the files into this folder")
+    report.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default sqlite:///$PWD/mlflow.db)")
+    report.add_argument("--experiment", default="nyc-taxi-hpo", help="for `latest` (default nyc-taxi-hpo)")
     serve.add_parser(sub, _add_search_flags, _add_run_flags)
     return parser
 
@@ -115,7 +125,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         warm_start=args.warm_start, warm_start_trials=args.warm_start_trials,
         max_depth=args.max_depth, tracking_uri=args.tracking_uri, experiment=args.experiment,
         max_rmse=args.max_rmse, max_inference_time=args.max_inference_time,
-        register=not args.no_register, resume=args.resume,
+        register=not args.no_register, report=not args.no_report, resume=args.resume,
     )
     # The API server takes seconds to start: launched before the heavy imports and the checks.
     prefect_api.start_early()
@@ -137,6 +147,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from taxi_hpo import report, tracking
+    from taxi_hpo.config import RunConfig
+    from taxi_hpo.errors import TrackingError
+
+    uri = RunConfig(tracking_uri=args.tracking_uri).resolved_tracking_uri
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        raise TrackingError(f"no tracking store at {uri}: pass the --tracking-uri the search used")
+    tracking.check_reachable(uri)
+    run_id = args.parent_run_id
+    if run_id == "latest":
+        from mlflow.tracking import MlflowClient
+
+        experiment = MlflowClient(uri).get_experiment_by_name(args.experiment)
+        run_id = experiment and tracking.latest_search(uri, experiment.experiment_id)
+        if not run_id:
+            raise TrackingError(f"no search with a finished trial in experiment {args.experiment!r} of {uri}")
+    files = report.publish(uri, run_id, Path(args.out) if args.out else None)
+    print(f"report logged under {report.ARTIFACT_DIR}/ on run {run_id} ({uri})"
+          + (f"; files in {Path(args.out).resolve()}: " + ", ".join(f.name for f in files) if files else ""))
+    return 0
+
+
 def _print_summary(s: dict) -> None:
     best = f"{s['best_rmse']:.4f}" if s["best_rmse"] is not None else "none"
     print(f"LinearRegression RMSE {s['lr_rmse']:.4f}; best XGBoost RMSE {best} "
@@ -146,7 +181,8 @@ def _print_summary(s: dict) -> None:
     if s.get("ended_on_timeout"):
         print(f"the time budget ran out: {s['trials_cancelled']} trial(s) stopped, {s['trials_not_started']} not "
               f"started; `taxi-hpo run --resume {s['parent_run_id']}` runs them")
-    print(f"MLflow: {s['tracking_uri']} parent run {s['parent_run_id']}")
+    print(f"MLflow: {s['tracking_uri']} parent run {s['parent_run_id']}"
+          + (f", report in its artifacts ({s['report']})" if s.get("report") else ""))
     if s["registered_version"]:
         print(f"registered nyc-taxi-duration version {s['registered_version']} as @staging")
     else:
@@ -171,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "plan":
             from taxi_hpo import plan
             return plan.main(args)
+        if args.command == "report":
+            return cmd_report(args)
         if args.command == "serve":
             from taxi_hpo import serve
             return serve.main(args)

@@ -108,6 +108,7 @@ class RunConfig:
     max_rmse: float = 6.5
     max_inference_time: float = 20e-6
     register: bool = True
+    report: bool = True             # the search's report (pictures, HTML) on its parent run
     resume: str | None = None
     workdir: str = field(default_factory=os.getcwd)
     default_layout: bool = False  # set when --workers was left to default_workers()

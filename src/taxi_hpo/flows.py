@@ -190,6 +190,7 @@ def search(config: dict) -> dict:
                    if summary[k] is not None}
         if summary["ended_on_timeout"]:
             tracking.tag_run(tracking_uri, parent_run_id, {"ended_on_timeout": "true"})
+        summary["report"] = _report(tracking_uri, parent_run_id, metrics) if cfg.report else None
         status = "FINISHED"
         return summary
     except BaseException:
@@ -200,6 +201,20 @@ def search(config: dict) -> dict:
             reporter.stop()
         tracking.close_stale_children(tracking_uri, parent_run_id)
         tracking.end_run(tracking_uri, parent_run_id, status, metrics=metrics)
+
+
+def _report(tracking_uri: str, parent_run_id: str, metrics: dict) -> str | None:
+    """The search's report on its parent run (``report/``); a report that cannot be made is a
+    warning, never a failed search."""
+    from taxi_hpo import report
+
+    try:
+        report.publish(tracking_uri, parent_run_id, metrics=metrics, status="FINISHED")
+    except Exception as exc:  # noqa: BLE001 - the search itself succeeded
+        get_run_logger().warning("no report for this search (%s: %s); `taxi-hpo report %s` tries again",
+                                 type(exc).__name__, exc, parent_run_id)
+        return None
+    return f"{report.ARTIFACT_DIR}/report.html"
 
 
 def _warm_points(cfg: RunConfig, tracking_uri: str, experiment_id: str) -> list[dict]:

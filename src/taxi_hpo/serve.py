@@ -116,6 +116,7 @@ def build_config(args: argparse.Namespace) -> dict:
         timeout_kill=args.timeout_kill, warm_start=args.warm_start, warm_start_trials=args.warm_start_trials,
         max_depth=args.max_depth, tracking_uri=args.tracking_uri, experiment=args.experiment,
         max_rmse=args.max_rmse, max_inference_time=args.max_inference_time, register=not args.no_register,
+        report=not args.no_report,
     )
     return cfg.to_dict()
 

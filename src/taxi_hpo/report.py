@@ -1,0 +1,396 @@
+"""A search's report, where users look: pictures and one HTML page on the parent MLflow run.
+
+Read from the tracking store alone (a sqlite file or a tracking server), so it can be made for
+any earlier search (``taxi-hpo report PARENT_RUN_ID``) as well as at the end of one:
+
+- ``best_so_far.png``: the best complete trial's validation RMSE against time and against the
+  number of trials finished, every trial as a point (pruned ones hollow: their RMSE is that of
+  an unfinished model), the LinearRegression baseline dashed;
+- ``params.png``: validation RMSE against each hyperparameter (a slice plot, coloured by trial
+  number, after Optuna's ``plot_slice``);
+- ``timeline.png``: which trial ran on which worker when (a lane per worker and trial at the
+  same time), complete, pruned, failed and stopped trials in their own colours, the best
+  outlined;
+- ``summary.json`` and ``report.html``: the search's figures and its ten best trials, the
+  three pictures inlined, a page with no outside references (it opens from the MLflow UI's
+  artifact view, or from disk).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+from taxi_hpo import tracking
+from taxi_hpo.errors import TrackingError
+
+ARTIFACT_DIR = "report"
+PICTURES = ("best_so_far.png", "params.png", "timeline.png")
+HYPERPARAMETERS = {"max_depth": False, "learning_rate": True, "reg_alpha": True, "reg_lambda": True,
+                   "min_child_weight": True}  # name: shown on a log axis (loguniform in the space)
+COLOURS = {"complete": "#2166ac", "pruned": "#f4a582", "failed": "#b2182b", "stopped": "#999999",
+           "running": "#d9d9d9"}
+
+
+@dataclass
+class TrialRow:
+    """One attempt of a trial, as its MLflow run says."""
+
+    trial_id: int
+    state: str                  # complete, pruned, failed, stopped (KILLED) or running
+    started: float              # epoch seconds
+    finished: float | None
+    worker: str
+    rmse: float | None
+    params: dict = field(default_factory=dict)
+    pruned_at: int | None = None
+    error: str | None = None
+    warm_from: str | None = None
+    run_id: str = ""
+
+
+@dataclass
+class SearchReport:
+    parent_run_id: str
+    experiment: str
+    status: str
+    started: float
+    finished: float | None
+    params: dict
+    metrics: dict
+    rows: list[TrialRow]
+
+    @property
+    def final(self) -> list[TrialRow]:
+        """One row per trial: its complete (or pruned) attempt if any, else its last one."""
+        by_trial: dict[int, TrialRow] = {}
+        for row in sorted(self.rows, key=lambda r: r.started):
+            kept = by_trial.get(row.trial_id)
+            if kept is None or kept.state not in ("complete", "pruned"):
+                by_trial[row.trial_id] = row
+        return sorted(by_trial.values(), key=lambda r: r.trial_id)
+
+    @property
+    def complete(self) -> list[TrialRow]:
+        return [r for r in self.final if r.state == "complete" and r.rmse is not None]
+
+    @property
+    def best(self) -> TrialRow | None:
+        return min(self.complete, key=lambda r: r.rmse, default=None)
+
+    def summary(self) -> dict:
+        final, best = self.final, self.best
+        counts = {state: sum(r.state == state for r in final) for state in COLOURS}
+        starts = [r.started for r in self.rows]
+        ends = [r.finished for r in self.rows if r.finished]
+        return {
+            "parent_run_id": self.parent_run_id, "experiment": self.experiment, "status": self.status,
+            "trials_planned": _int(self.params.get("trials")), "trials_run": len(final),
+            "trials_complete": counts["complete"], "trials_pruned": counts["pruned"],
+            "trials_failed": counts["failed"], "trials_stopped": counts["stopped"],
+            "attempts": len(self.rows), "workers": len({r.worker for r in self.rows}),
+            "best_rmse": best.rmse if best else None, "best_trial": best.trial_id if best else None,
+            "best_params": best.params if best else None, "best_run_id": best.run_id if best else None,
+            "lr_rmse": self.metrics.get("lr_rmse"),
+            "search_wall_s": round(max(ends) - min(starts), 3) if starts and ends else None,
+            "utilisation": self.metrics.get("utilisation"),
+            "prune": self.params.get("prune"), "mode": self.params.get("mode"),
+            "rounds": _int(self.params.get("rounds")), "seed": _int(self.params.get("seed")),
+            "warm_started": sum(r.warm_from is not None for r in final),
+        }
+
+
+def _int(value) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+# -- reading the store ---------------------------------------------------------------------------
+
+_STATES = {"FINISHED": "complete", "FAILED": "failed", "KILLED": "stopped", "RUNNING": "running",
+           "SCHEDULED": "running"}
+
+
+def collect(tracking_uri: str, parent_run_id: str) -> SearchReport:
+    """Everything the report shows, from the parent run and its child runs (TrackingError when
+    ``parent_run_id`` is not a search in that store)."""
+    record = tracking.load_search(tracking_uri, parent_run_id)  # says clearly what is wrong
+    client = MlflowClient(tracking_uri=tracking_uri)
+    parent = client.get_run(parent_run_id)
+    rows = []
+    for run in tracking.child_runs(tracking_uri, parent_run_id):
+        tag = run.data.tags.get(tracking.TRIAL_TAG)
+        if tag is None:
+            continue  # the LinearRegression baseline
+        state = _STATES.get(run.info.status, "running")
+        pruned = run.data.tags.get(tracking.PRUNED_TAG)
+        if state == "complete" and pruned is not None:
+            state = "pruned"
+        rows.append(TrialRow(
+            trial_id=int(tag), state=state, started=run.info.start_time / 1000,
+            finished=run.info.end_time / 1000 if run.info.end_time else None,
+            worker=run.data.tags.get("worker", "?"), rmse=run.data.metrics.get("rmse_valid"),
+            params={k: _number(v) for k, v in run.data.params.items() if k in HYPERPARAMETERS},
+            pruned_at=int(pruned) if pruned is not None else None, error=run.data.tags.get("error"),
+            warm_from=run.data.tags.get(tracking.WARM_FROM_TAG), run_id=run.info.run_id))
+    for trial_id, failed in record.failed.items():  # lost with its worker: no run of its own finished
+        if not any(r.trial_id == trial_id for r in rows):
+            rows.append(TrialRow(trial_id, "failed", parent.info.start_time / 1000, None, "?", None,
+                                 {k: _number(v) for k, v in failed.get("params", {}).items() if k in HYPERPARAMETERS},
+                                 error=failed.get("error")))
+    return SearchReport(parent_run_id, tracking.experiment_name(tracking_uri, record.experiment_id),
+                        parent.info.status, parent.info.start_time / 1000,
+                        parent.info.end_time / 1000 if parent.info.end_time else None,
+                        dict(parent.data.params), dict(parent.data.metrics), rows)
+
+
+def _number(value):
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return value
+    return int(number) if number.is_integer() and "." not in str(value) else number
+
+
+# -- the pictures --------------------------------------------------------------------------------
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _rmse_limits(report: SearchReport) -> tuple[float, float] | None:
+    """A y range that shows the complete trials well: pruned trials' RMSEs (unfinished models)
+    and wild failures may sit far above and are drawn at the top edge instead."""
+    values = sorted(r.rmse for r in report.complete)
+    if not values:
+        values = sorted(r.rmse for r in report.final if r.rmse is not None)
+    if not values:
+        return None
+    top = values[min(len(values) - 1, int(0.9 * len(values)))]
+    baseline = report.metrics.get("lr_rmse")
+    if baseline is not None and baseline < 1.2 * top:
+        top = max(top, baseline)
+    span = max(top - values[0], 1e-3)
+    return values[0] - 0.08 * span, top + 0.12 * span
+
+
+def _clip(value: float, limits) -> float:
+    return min(value, limits[1] - 0.02 * (limits[1] - limits[0])) if limits else value
+
+
+def plot_best_so_far(report: SearchReport, path: Path) -> None:
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    done = sorted((r for r in report.final if r.rmse is not None and r.finished), key=lambda r: r.finished)
+    t0 = min((r.started for r in report.rows), default=report.started)
+    limits = _rmse_limits(report)
+    scale, unit = (60, "minutes") if done and done[-1].finished - t0 > 300 else (1, "seconds")
+    for ax, xs, xlabel in ((axes[0], [(r.finished - t0) / scale for r in done], f"{unit} since the first trial started"),
+                           (axes[1], list(range(1, len(done) + 1)), "trials finished")):
+        best, steps = math.inf, []
+        for x, r in zip(xs, done):
+            if r.state == "complete" and r.rmse < best:
+                best = r.rmse
+            steps.append(best if best < math.inf else math.nan)
+        complete = [(x, r.rmse) for x, r in zip(xs, done) if r.state == "complete"]
+        pruned = [(x, _clip(r.rmse, limits)) for x, r in zip(xs, done) if r.state == "pruned"]
+        if complete:
+            ax.scatter(*zip(*[(x, _clip(y, limits)) for x, y in complete]), s=16, color=COLOURS["complete"],
+                       alpha=0.55, label="trial (complete)")
+        if pruned:
+            ax.scatter(*zip(*pruned), s=22, facecolors="none", edgecolors=COLOURS["pruned"],
+                       label="trial (pruned: RMSE where it stopped)")
+        ax.plot(xs, steps, drawstyle="steps-post", color="black", linewidth=1.6, label="best so far")
+        if report.metrics.get("lr_rmse") is not None:
+            ax.axhline(report.metrics["lr_rmse"], color="grey", linestyle="--", linewidth=1,
+                       label=f"LinearRegression {report.metrics['lr_rmse']:.4f}")
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("validation RMSE (minutes)")
+    if limits:
+        axes[0].set_ylim(*limits)
+    best = report.best
+    fig.suptitle(f"Search {report.parent_run_id[:8]}: best RMSE "
+                 f"{best.rmse:.4f} (trial {best.trial_id})" if best else f"Search {report.parent_run_id[:8]}: "
+                 "no complete trial", fontsize=10)
+    axes[1].legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_params(report: SearchReport, path: Path) -> None:
+    plt = _pyplot()
+    names = list(HYPERPARAMETERS)
+    fig, axes = plt.subplots(1, len(names), figsize=(3.0 * len(names), 3.6), sharey=True)
+    limits = _rmse_limits(report)
+    rows = [r for r in report.final if r.rmse is not None]
+    complete = [r for r in rows if r.state == "complete"]
+    pruned = [r for r in rows if r.state == "pruned"]
+    best = report.best
+    scatter = None
+    for ax, name in zip(axes, names):
+        xs = [r.params.get(name) for r in complete]
+        if complete:
+            scatter = ax.scatter(xs, [_clip(r.rmse, limits) for r in complete], c=[r.trial_id for r in complete],
+                                 cmap="viridis", s=18, vmin=0, vmax=max(r.trial_id for r in rows))
+        if pruned:
+            ax.scatter([r.params.get(name) for r in pruned], [_clip(r.rmse, limits) for r in pruned], s=18,
+                       facecolors="none", edgecolors=COLOURS["pruned"])
+        if best:
+            ax.scatter([best.params.get(name)], [best.rmse], marker="*", s=160, color="#d62728", zorder=3)
+        if HYPERPARAMETERS[name]:
+            ax.set_xscale("log")
+        ax.set_xlabel(name)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("validation RMSE")
+    if limits:
+        axes[0].set_ylim(*limits)
+    if scatter is not None:
+        fig.colorbar(scatter, ax=list(axes), label="trial number", fraction=0.02, pad=0.01)
+    fig.suptitle("Validation RMSE against each hyperparameter (star: best; hollow: pruned)", fontsize=10)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def lanes(rows: list[TrialRow], now: float) -> list[tuple[str, int, TrialRow]]:
+    """``(worker, lane, row)``: trials on one worker that overlap in time get lanes of their own."""
+    placed, ends = [], {}
+    for row in sorted(rows, key=lambda r: (r.worker, r.started)):
+        free = ends.setdefault(row.worker, [])
+        lane = next((i for i, end in enumerate(free) if end <= row.started + 1e-3), len(free))
+        if lane == len(free):
+            free.append(0.0)
+        free[lane] = row.finished or now
+        placed.append((row.worker, lane, row))
+    return placed
+
+
+def plot_timeline(report: SearchReport, path: Path) -> None:
+    plt = _pyplot()
+    from matplotlib.patches import Patch
+
+    now = time.time()
+    placed = lanes(report.rows, now)
+    names = sorted({(w, lane) for w, lane, _ in placed})
+    y = {key: i for i, key in enumerate(names)}
+    t0 = min((r.started for r in report.rows), default=report.started)
+    best = report.best
+    fig, ax = plt.subplots(figsize=(11, max(2.2, 0.42 * len(names) + 1.2)))
+    for worker, lane, row in placed:
+        start, end = row.started - t0, (row.finished or now) - t0
+        ax.barh(y[(worker, lane)], end - start, left=start, height=0.8, color=COLOURS[row.state],
+                edgecolor="black" if best is not None and row.run_id == best.run_id else "white",
+                linewidth=1.8 if best is not None and row.run_id == best.run_id else 0.5)
+        if end - start > 0.04 * max(1.0, (max((r.finished or now) for r in report.rows) - t0)):
+            ax.text((start + end) / 2, y[(worker, lane)], str(row.trial_id), ha="center", va="center", fontsize=7,
+                    color="white" if row.state in ("complete", "failed") else "black")
+    ax.set_yticks(range(len(names)), [_short(w) + (f" ({lane + 1})" if lane else "") for w, lane in names], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds since the first trial started")
+    ax.legend(handles=[Patch(color=COLOURS[s], label=s) for s in ("complete", "pruned", "failed", "stopped")]
+              + ([Patch(facecolor="white", edgecolor="black", label="best")] if best else []),
+              fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.22 if len(names) < 4 else -0.1), ncol=5,
+              frameon=False)
+    ax.set_title(f"Trials on the workers ({len(report.rows)} attempts)", fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _short(worker: str) -> str:
+    return worker if len(worker) <= 28 else "…" + worker[-27:]
+
+
+# -- the page --------------------------------------------------------------------------------------
+
+_CSS = """body{font-family:system-ui,sans-serif;margin:1.5rem;color:#222;max-width:1150px}
+table{border-collapse:collapse;margin:0.5rem 0 1.5rem}td,th{border:1px solid #ccc;padding:3px 8px;
+text-align:left;font-size:14px}th{background:#f3f3f3}img{max-width:100%;border:1px solid #eee;margin:0.5rem 0}
+.num{text-align:right;font-variant-numeric:tabular-nums}"""
+
+
+def render_html(report: SearchReport, pictures: dict[str, bytes]) -> str:
+    s = report.summary()
+    esc = html.escape
+    facts = [("search (parent run)", s["parent_run_id"]), ("experiment", s["experiment"]), ("status", s["status"]),
+             ("trials", f"{s['trials_run']} run of {s['trials_planned']} planned: {s['trials_complete']} complete, "
+                        f"{s['trials_pruned']} pruned, {s['trials_failed']} failed, {s['trials_stopped']} stopped"),
+             ("best validation RMSE", f"{s['best_rmse']:.4f} (trial {s['best_trial']})" if s["best_rmse"] else "none"),
+             ("LinearRegression baseline", f"{s['lr_rmse']:.4f}" if s["lr_rmse"] is not None else "-"),
+             ("search wall", f"{s['search_wall_s']:.1f} s" if s["search_wall_s"] else "-"),
+             ("utilisation", s["utilisation"] if s["utilisation"] is not None else "-"),
+             ("workers", s["workers"]), ("mode, pruning", f"{s['mode']}, {s['prune']}"),
+             ("rounds, seed", f"{s['rounds']}, {s['seed']}"), ("warm-started trials", s["warm_started"])]
+    out = ["<!doctype html><html><head><meta charset='utf-8'>",
+           f"<title>taxi-hpo search {esc(s['parent_run_id'][:8])}</title><style>{_CSS}</style></head><body>",
+           f"<h1>Search {esc(s['parent_run_id'][:8])}</h1><h2>Summary</h2><table>"]
+    out += [f"<tr><th>{esc(k)}</th><td>{esc(str(v))}</td></tr>" for k, v in facts]
+    out.append("</table><h2>Best trials</h2><table><tr><th>trial</th><th>validation RMSE</th>"
+               + "".join(f"<th>{esc(n)}</th>" for n in HYPERPARAMETERS) + "<th>worker</th><th>seconds</th></tr>")
+    for r in sorted(report.complete, key=lambda r: r.rmse)[:10]:
+        seconds = f"{r.finished - r.started:.1f}" if r.finished else "-"
+        out.append(f"<tr><td>{r.trial_id}</td><td class='num'>{r.rmse:.4f}</td>"
+                   + "".join(f"<td class='num'>{_fmt(r.params.get(n))}</td>" for n in HYPERPARAMETERS)
+                   + f"<td>{esc(_short(r.worker))}</td><td class='num'>{seconds}</td></tr>")
+    out.append("</table>")
+    titles = {"best_so_far.png": "Best so far", "params.png": "RMSE against each hyperparameter",
+              "timeline.png": "Timeline"}
+    for name, blob in pictures.items():
+        data = base64.b64encode(blob).decode()
+        out.append(f"<h2>{titles.get(name, name)}</h2><img alt='{esc(titles.get(name, name))}' "
+                   f"src='data:image/png;base64,{data}'>")
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return html.escape(str(value)) if value is not None else "-"
+
+
+def write(report: SearchReport, out: Path) -> list[Path]:
+    """The pictures, summary.json and report.html into ``out``; returns the files."""
+    out.mkdir(parents=True, exist_ok=True)
+    if not report.rows:
+        raise TrackingError(f"search {report.parent_run_id} has no trial runs yet: nothing to report")
+    plot_best_so_far(report, out / "best_so_far.png")
+    plot_params(report, out / "params.png")
+    plot_timeline(report, out / "timeline.png")
+    (out / "summary.json").write_text(json.dumps({**report.summary(), "trials": [asdict(r) for r in report.final]},
+                                                 indent=1, default=str))
+    pictures = {name: (out / name).read_bytes() for name in PICTURES}
+    (out / "report.html").write_text(render_html(report, pictures), encoding="utf-8")
+    return [out / name for name in (*PICTURES, "summary.json", "report.html")]
+
+
+def publish(tracking_uri: str, parent_run_id: str, out: Path | None = None, metrics: dict | None = None,
+            status: str | None = None) -> list[Path]:
+    """Make the report and log it under ``report/`` on the parent run (also into ``out`` if
+    given). ``metrics``, ``status``: the parent's, when a search reports before it closes."""
+    report = collect(tracking_uri, parent_run_id)
+    report.metrics.update(metrics or {})
+    report.status = status or report.status
+    with tempfile.TemporaryDirectory() as tmp:
+        where = Path(out) if out is not None else Path(tmp)
+        files = write(report, where)
+        client = MlflowClient(tracking_uri=tracking_uri)
+        for file in files:
+            tracking.retrying(lambda: client.log_artifact(parent_run_id, str(file), ARTIFACT_DIR))
+        return files if out is not None else []
