@@ -177,6 +177,11 @@ def search(config: dict) -> dict:
         search_wall = time.time() - search_start
         if reporter:
             reporter.stop()
+        # The report (~2 s of plotting) is drawn while the workers flush and the best model registers.
+        report_job = _start_report(tracking_uri, parent_run_id, {
+            "lr_rmse": lr_rmse, "search_wall_s": search_wall,
+            "utilisation": round(sum(o.busy_s for o in outcomes) / (slots * search_wall), 4) if search_wall > 0 else None,
+        }) if cfg.report else None
         _flush_workers(client)
         version = (register_best(outcomes, prepared, ctx, cfg.max_rmse, cfg.max_inference_time)
                    if cfg.register else None)
@@ -190,7 +195,7 @@ def search(config: dict) -> dict:
                    if summary[k] is not None}
         if summary["ended_on_timeout"]:
             tracking.tag_run(tracking_uri, parent_run_id, {"ended_on_timeout": "true"})
-        summary["report"] = _report(tracking_uri, parent_run_id, metrics) if cfg.report else None
+        summary["report"] = _finish_report(report_job, parent_run_id) if report_job else None
         status = "FINISHED"
         return summary
     except BaseException:
@@ -203,13 +208,25 @@ def search(config: dict) -> dict:
         tracking.end_run(tracking_uri, parent_run_id, status, metrics=metrics)
 
 
-def _report(tracking_uri: str, parent_run_id: str, metrics: dict) -> str | None:
-    """The search's report on its parent run (``report/``); a report that cannot be made is a
-    warning, never a failed search."""
+def _start_report(tracking_uri: str, parent_run_id: str, metrics: dict):
+    """The search's report on its parent run (``report/``), made in a thread of its own."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from taxi_hpo import report
+
+    pool = ThreadPoolExecutor(1, thread_name_prefix="taxi-hpo-report")
+    job = pool.submit(report.publish, tracking_uri, parent_run_id, metrics=metrics, status="FINISHED")
+    pool.shutdown(wait=False)
+    return job
+
+
+def _finish_report(job, parent_run_id: str) -> str | None:
+    """Where the report is, once made; one that could not be made is a warning, never a failed
+    search."""
     from taxi_hpo import report
 
     try:
-        report.publish(tracking_uri, parent_run_id, metrics=metrics, status="FINISHED")
+        job.result()
     except Exception as exc:  # noqa: BLE001 - the search itself succeeded
         get_run_logger().warning("no report for this search (%s: %s); `taxi-hpo report %s` tries again",
                                  type(exc).__name__, exc, parent_run_id)
