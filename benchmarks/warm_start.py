@@ -1,12 +1,13 @@
 """Does a warm start pay? A search on the next months, cold and warm-started from the last search.
 
-Per seed: a search on the source months (``--source``, e.g. 2023-01 -> 2023-02); then, on the
+Per seed: a search on the source months (``--source``, e.g. 2023-01 -> 2023-02, with a seed of
+its own); then, on the
 target months (``--target``, 2023-02 -> 2023-03), a cold search and one whose first ``--k``
 trials are the source search's best points (``TPESearcher(warm_points=...)``, what
 ``taxi-hpo run --warm-start`` does). Trials run in this process through the real scheduler
 (FIFO completion, ``--in-flight`` pending), as in ``sample_efficiency.py``.
 
-    .venv/bin/python benchmarks/warm_start.py --seeds 5 --trials 20 --rounds 30 --max-depth 40 \\
+    .venv/bin/python benchmarks/warm_start.py --seeds 5 --trials 30 --rounds 30 --max-depth 40 \\
         --data-dir ../shared/data --out benchmarks/out/warm-start
 
 Prints and writes ``warm_start.md`` (per seed: the cold search's final best, and after how many
@@ -55,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--in-flight", type=int, default=2)
     p.add_argument("--rounds", type=int, default=30)
     p.add_argument("--max-depth", type=int, default=40)
+    p.add_argument("--source-seed-offset", type=int, default=1000,
+                   help="the earlier search's seed is the seed plus this (default 1000): with the same seed, "
+                        "the cold search's random start-up would suggest the very points the warm one starts "
+                        "from, and the comparison would flatter the warm start")
     p.add_argument("--source", default="2023-01,2023-02")
     p.add_argument("--target", default="2023-02,2023-03")
     p.add_argument("--nthread", type=int, default=os.cpu_count() or 1)
@@ -67,8 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     target = prepared_months(args.data_dir, *args.target.split(","))
     rows, curves = [], {"cold": [], "warm": []}
     for seed in range(args.first_seed, args.first_seed + args.seeds):
-        from_source = search(study.xgboost_evaluator(source, args.rounds, args.nthread, {}), args.trials, seed,
-                             args.max_depth, args.in_flight)
+        from_source = search(study.xgboost_evaluator(source, args.rounds, args.nthread, {}), args.trials,
+                             seed + args.source_seed_offset, args.max_depth, args.in_flight)
         best = sorted((o for o in from_source if o.ok), key=lambda o: o.loss)[:args.k]
         warm_points = [{k: o.params[k] for k in ("max_depth", "learning_rate", "reg_alpha", "reg_lambda",
                                                   "min_child_weight")} for o in best]

@@ -88,6 +88,52 @@ def test_failed_download_leaves_no_file(tlc_server, tmp_path):
     assert list(cache.iterdir()) == []
 
 
+class _Truncating(http.server.BaseHTTPRequestHandler):
+    """Says the whole file's length, sends the first part of it and closes the connection (a
+    dropped download); ``/garbage`` sends a complete body that is not parquet."""
+
+    body = b""
+
+    def do_GET(self):  # noqa: N802 - http.server's name
+        full = self.body if not self.path.endswith("garbage.parquet") else b"<html>maintenance</html>"
+        sent = full if self.path.endswith("garbage.parquet") else full[: len(full) // 3]
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(full)))
+        self.end_headers()
+        self.wfile.write(sent)
+        self.wfile.flush()
+        self.close_connection = True
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def truncating_server(data_dir):
+    handler = type("Handler", (_Truncating,), {"body": (data_dir / "green_tripdata_2023-02.parquet").read_bytes()})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_a_truncated_download_is_refused_and_nothing_kept(truncating_server, tmp_path):
+    cache = tmp_path / "cache"
+    with pytest.raises(DataError) as err:
+        data.resolve("2023-02", cache, url_template=truncating_server + "/{name}")
+    line = str(err.value)
+    assert "stopped after" in line and "nothing was kept" in line and "\n" not in line
+    assert list(cache.iterdir()) == []
+
+
+def test_a_download_that_is_not_parquet_is_refused(truncating_server, tmp_path):
+    cache = tmp_path / "cache"
+    with pytest.raises(DataError) as err:
+        data.download(truncating_server + "/garbage.parquet", cache / "green_tripdata_2023-02.parquet")
+    assert "did not send a readable parquet file" in str(err.value)
+    assert list(cache.iterdir()) == []
+
+
 def test_offline_names_file_folder_and_flag(tmp_path):
     with pytest.raises(DataError) as err:
         data.resolve("2019-01", tmp_path, url_template="http://127.0.0.1:9/{name}")

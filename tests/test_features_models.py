@@ -88,7 +88,9 @@ def test_a_trial_stops_at_the_first_checkpoint_it_fails(prepared):
 
 
 def test_xgboost_rejects_bad_params(prepared):
-    with pytest.raises(Exception):
+    import xgboost
+
+    with pytest.raises(xgboost.core.XGBoostError, match=r"value -3 for Parameter max_depth"):
         models.fit_xgboost({"max_depth": -3, "objective": "reg:squarederror", "nthread": 1}, prepared, 2)
 
 
@@ -107,3 +109,18 @@ def test_space_bounds():
     from taxi_hpo.errors import ConfigError
     with pytest.raises(ConfigError, match="lower bound 4"):
         reference_space(3)
+
+
+def test_two_datasets_in_one_process_never_share_cached_matrices(data_dir):
+    """Found by the warm-start study: two months prepared in one process without file hashes
+    got one key, so the second search trained on the first one's cached matrices."""
+    from taxi_hpo import data as data_mod
+    from taxi_hpo import features
+
+    months = [data_mod.load(data_dir / f"green_tripdata_2023-0{m}.parquet") for m in (1, 2, 3)]
+    first = features.prepare_data(months[0], months[1])
+    second = features.prepare_data(months[1], months[2])
+    assert first.key != second.key
+    assert features.prepare_data(months[0], months[1]).key == first.key  # content, not identity
+    dtrain, dvalid = models.matrices(second)
+    assert (dtrain.num_row(), dvalid.num_row()) == (len(months[1]), len(months[2]))

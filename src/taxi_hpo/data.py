@@ -85,7 +85,19 @@ def download(url: str, dest: Path, progress: ProgressFn | None = None, timeout: 
                 done += len(chunk)
                 if progress:
                     progress(done, total)
+        # A server that closes early ends read() with b"" as a finished body would: count.
+        if total is not None and done != total:
+            raise DataError(f"the download of {dest.name} from {url} stopped after {done:,} of {total:,} bytes: "
+                            f"nothing was kept; run again, or put the file in {dest.parent}")
+        try:
+            pq.read_metadata(tmp)
+        except (pa.ArrowException, OSError) as exc:
+            raise DataError(f"{url} did not send a readable parquet file ({done:,} bytes; {exc}): nothing was "
+                            f"kept; run again, or put the file in {dest.parent}") from None
         os.replace(tmp, dest)
+    except DataError:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
         Path(tmp).unlink(missing_ok=True)
         raise DataError(

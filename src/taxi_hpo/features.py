@@ -94,13 +94,25 @@ class PreparedData:
         return total
 
 
+def frame_sha256(frame: pd.DataFrame) -> str:
+    """Content hash of a data frame's values and column names."""
+    digest = hashlib.sha256(",".join(map(str, frame.columns)).encode())
+    digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    return digest.hexdigest()
+
+
 def dataset_key(train_sha256: str, valid_sha256: str) -> str:
     return hashlib.sha256(f"v{FEATURES_VERSION}:{train_sha256}:{valid_sha256}".encode()).hexdigest()[:16]
 
 
 def prepare_data(train: pd.DataFrame, valid: pd.DataFrame, train_sha256: str = "",
                  valid_sha256: str = "") -> PreparedData:
-    """Fit on train only, transform both months."""
+    """Fit on train only, transform both months.
+
+    Without the files' hashes, the frames' own content names the data (the per-process matrix
+    cache is keyed by it: two datasets must never share a key)."""
+    train_sha256 = train_sha256 or frame_sha256(train)
+    valid_sha256 = valid_sha256 or frame_sha256(valid)
     pre = Preprocessor.fit(train)
     return PreparedData(
         X_train=pre.transform(train), y_train=train["duration"].to_numpy(dtype="float64"),
