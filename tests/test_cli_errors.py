@@ -53,6 +53,18 @@ CASES = {
     "unknown resume id": (["--resume", "0123456789abcdef"], "no search run 0123456789abcdef"),
     "max depth below bound": (["--max-depth", "3"], "below the space's lower bound 4"),
     "not a number": (["--trials", "many"], "invalid int value"),
+    "unknown cluster class": (["--cluster-class", "nosuch_pkg.Cluster"], "cannot import nosuch_pkg"),
+    "not a cluster class": (["--cluster-class", "distributed.NoSuchCluster"], "has no cluster class 'NoSuchCluster'"),
+    "cluster kwargs without a class": (["--cluster-kwargs", "{{}}"], "--cluster-kwargs needs --cluster-class"),
+    "cluster kwargs not a mapping": (["--cluster-class", "distributed.LocalCluster", "--cluster-kwargs", "[1, 2]"],
+                                     "must be a mapping"),
+    "cluster kwargs not JSON": (["--cluster-class", "distributed.LocalCluster", "--cluster-kwargs", "{{n_workers"],
+                                "is not valid JSON/YAML"),
+    "adapt without a class": (["--adapt", "1:3"], "--adapt needs --cluster-class"),
+    "adapt backwards": (["--cluster-class", "distributed.LocalCluster", "--adapt", "3:1"], "0 <= MIN <= MAX"),
+    "adapt not a range": (["--cluster-class", "distributed.LocalCluster", "--adapt", "three"], "give MIN:MAX"),
+    "address and cluster class": (["--address", "tcp://127.0.0.1:9", "--cluster-class", "distributed.LocalCluster"],
+                                  "give one of them"),
 }
 
 

@@ -106,3 +106,17 @@ def test_the_base_is_a_floor_even_where_it_oversubscribes():
     wide.place(0, 1.0)
     wide.place(1, 1.0)
     assert wide.allocation() == {0: 4, 1: 4}
+
+
+def test_a_worker_that_joins_gets_trials_and_shares_its_pool():
+    plan = ThreadPlan({"a": ("pool-1", 1)}, {"pool-1": 2})
+    assert plan.place(0) == ("a", 2)
+    assert plan.place(1) == (None, 1)  # every slot taken: Dask decides, base threads
+    plan.add_worker("b", "pool-1", 1, cores=2)  # same machine: its cores are the pool's
+    plan.add_worker("c", "pool-2", 1, cores=4)  # another machine
+    assert plan.pool_cores == {"pool-1": 2, "pool-2": 4}
+    assert plan.place(2) == ("c", 4)  # the pool with the most idle cores first
+    assert plan.place(3) == ("b", 1) and plan.pending_changes() == {"a": {0: 1}}
+    plan.remove_worker("c")
+    plan.finish(2)
+    assert plan.place(4) == (None, 1)

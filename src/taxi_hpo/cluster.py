@@ -37,6 +37,38 @@ QUIET_DASK = {
 }
 
 
+#: For a scheduler this process runs (a cluster manager's): Dask's ``Adaptive`` sizes the cluster
+#: from the expected duration of the queued tasks, 0.5 s for a kind it has not timed yet, so the
+#: first queued trials would ask for no worker at all; a trial takes tens of seconds.
+ADAPTIVE_HINTS = {"distributed.scheduler.unknown-task-duration": "30s"}
+
+
+def configure_dask(threads_per_worker: int) -> None:
+    """Process-wide Dask settings for clusters this process creates: quiet periodic work, and the
+    nanny's pre-spawn ``OMP_NUM_THREADS`` set to the trial's threads instead of 1."""
+    threads = str(threads_per_worker)
+    dask.config.set({**QUIET_DASK, **ADAPTIVE_HINTS, "distributed.nanny.pre-spawn-environ": {
+        **dask.config.get("distributed.nanny.pre-spawn-environ", {}), **{n: threads for n in THREAD_ENV}}})
+
+
+def import_cluster_class(path: str):
+    """The class behind ``--cluster-class``; ClusterError (one line) when it cannot be used."""
+    import importlib
+
+    module_name, _, name = path.rpartition(".")
+    if not module_name:
+        raise ClusterError(f"--cluster-class {path!r}: give a dotted path, e.g. distributed.LocalCluster")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ClusterError(f"--cluster-class {path}: cannot import {module_name} ({exc}); install it "
+                           f"(e.g. pip install dask-jobqueue)") from None
+    cls = getattr(module, name, None)
+    if cls is None or not callable(cls):
+        raise ClusterError(f"--cluster-class {path}: {module_name} has no cluster class {name!r}")
+    return cls
+
+
 @dataclass(frozen=True)
 class ClusterSpec:
     """Where trials run: a new LocalCluster (``address`` None) or an existing scheduler."""
@@ -89,11 +121,9 @@ class LocalClusterStart:
         # it: OMP_NUM_THREADS=1 would then cap XGBoost in this process and in everything it
         # starts later. Give the nanny our value, and put the environment back on close.
         self._saved_env = {name: os.environ.get(name) for name in THREAD_ENV}
-        threads = str(spec.threads_per_worker)
         # Process-wide on purpose: the scheduler, the nannies (which hand their config to each
         # worker they spawn) and the flow's own client are all created after this.
-        dask.config.set({**QUIET_DASK, "distributed.nanny.pre-spawn-environ": {
-            **dask.config.get("distributed.nanny.pre-spawn-environ", {}), **{n: threads for n in THREAD_ENV}}})
+        configure_dask(spec.threads_per_worker)
         self._thread = threading.Thread(target=self._start, args=(spec, env), name="taxi-hpo-cluster", daemon=True)
         self._thread.start()
 

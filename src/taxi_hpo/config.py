@@ -40,6 +40,40 @@ def usable_cores(cpu_max: Path = CGROUP_CPU_MAX) -> int:
     return max(cores, 1)
 
 
+def parse_adapt(text: str) -> tuple[int, int]:
+    """``MIN:MAX`` -> (MIN, MAX) workers; ConfigError (one line) otherwise."""
+    try:
+        low, high = (int(part) for part in text.split(":"))
+    except ValueError:
+        raise ConfigError(f"--adapt {text!r}: give MIN:MAX workers, e.g. 1:8") from None
+    return low, high
+
+
+def parse_cluster_kwargs(text: str) -> dict:
+    """``--cluster-kwargs``: a JSON object, or a ``.json``/``.yaml``/``.yml`` file holding one."""
+    import json
+
+    source = text
+    if text.endswith((".json", ".yaml", ".yml")):
+        try:
+            source = Path(text).expanduser().read_text()
+        except OSError as exc:
+            raise ConfigError(f"--cluster-kwargs {text}: cannot read it ({exc.strerror})") from None
+    try:
+        if text.endswith((".yaml", ".yml")):
+            import yaml
+
+            value = yaml.safe_load(source)
+        else:
+            value = json.loads(source)
+    except Exception as exc:  # noqa: BLE001 - json and yaml errors alike
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"--cluster-kwargs {text[:60]!r} is not valid JSON/YAML ({first})") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"--cluster-kwargs must be a mapping of keyword arguments, got {type(value).__name__}")
+    return value
+
+
 def parse_duration(text: str) -> float:
     """``90``, ``90s``, ``30m``, ``1.5h`` -> seconds; ConfigError (one line) otherwise."""
     units = {"s": 1, "m": 60, "h": 3600}
@@ -93,6 +127,9 @@ class RunConfig:
     threads_per_worker: int = 1
     elastic_threads: bool = True
     address: str | None = None
+    cluster_class: str | None = None  # a Dask cluster manager by dotted path (prefect-dask's convention)
+    cluster_kwargs: dict = field(default_factory=dict)
+    adapt: tuple[int, int] | None = None  # (minimum, maximum) workers for cluster.adapt
     mode: str = "async"
     batch_size: int | None = None
     seed: int = 42
@@ -116,7 +153,9 @@ class RunConfig:
     def __post_init__(self):
         if self.workers is None and isinstance(self.threads_per_worker, int):
             object.__setattr__(self, "workers", default_workers(self.threads_per_worker))
-            object.__setattr__(self, "default_layout", self.address is None)
+            object.__setattr__(self, "default_layout", self.address is None and self.cluster_class is None)
+        if self.adapt is not None:
+            object.__setattr__(self, "adapt", tuple(self.adapt))
         positive = {"--trials": self.trials, "--workers": self.workers,
                     "--threads-per-worker": self.threads_per_worker, "--rounds": self.rounds,
                     "--warm-start-trials": self.warm_start_trials}
@@ -139,6 +178,21 @@ class RunConfig:
                 f"give {MIN_MAX_DEPTH} or more")
         if self.max_rmse <= 0 or self.max_inference_time <= 0:
             raise ConfigError("--max-rmse and --max-inference-time must be positive")
+        if self.address and self.cluster_class:
+            raise ConfigError("--address and --cluster-class both say where trials run: give one of them")
+        if self.cluster_kwargs and not self.cluster_class:
+            raise ConfigError("--cluster-kwargs needs --cluster-class (the class they are passed to)")
+        if not isinstance(self.cluster_kwargs, dict):
+            raise ConfigError("--cluster-kwargs must be a JSON or YAML mapping, e.g. '{\"n_workers\": 2}'")
+        if self.adapt is not None:
+            if not self.cluster_class:
+                raise ConfigError("--adapt needs --cluster-class (e.g. distributed.LocalCluster): it is passed to "
+                                  "that cluster's adapt()")
+            low, high = self.adapt
+            if low < 0 or high < 1 or low > high:
+                raise ConfigError(f"--adapt {low}:{high}: give MIN:MAX workers with 0 <= MIN <= MAX and MAX >= 1")
+            if self.mode == "batch":
+                raise ConfigError("--adapt needs --mode async: a batch keeps its size, so the cluster could not grow")
         if self.address is not None and "://" not in self.address and ":" not in self.address:
             raise ConfigError(f"--address {self.address!r} is not a scheduler address: give e.g. tcp://host:8786")
 

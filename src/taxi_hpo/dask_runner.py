@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from typing import Callable
 
 import cloudpickle
@@ -113,6 +114,72 @@ class DaskTrialRunner:
         self.resubmits: dict[int, int] = {}
         self.submit_bytes: dict[int, int] = {}
         self.thread_posts = 0
+        # following the cluster (see follow): workers counted, workers warming up, slot-seconds
+        self._warm: Callable | None = None
+        self._known: dict[str, int] = {}
+        self._warming: dict[str, object] = {}
+        self._target = 0
+        self._slot_clock: tuple[float, int] | None = None
+        self.slot_seconds = 0.0
+        self.slots_seen: list[tuple[float, int]] = []  # (time, slots) at each change
+
+    # -- slots follow the cluster ------------------------------------------------------------
+    def follow(self, workers: dict[str, int], warm: Callable[[str], object], target_slots: int = 0) -> None:
+        """Let :meth:`capacity` follow the workers present.
+
+        Args:
+            workers: ``{address: slots}`` of the workers the search started with (warmed up).
+            warm: submits the warm-up to one new worker and returns its future, whose result
+                is ``{"pool": id, "cores": n}``; the worker's slots count once it is done.
+            target_slots: trials kept in flight even before workers hold them (``--adapt``: the
+                cluster's maximum; queued trials are what makes Dask's ``Adaptive`` add workers).
+        """
+        self._warm, self._known, self._target = warm, dict(workers), target_slots
+        self._mark_slots(sum(workers.values()))
+
+    def capacity(self) -> int:
+        """Trials to keep in flight now: the slots of the workers present and warmed up (at least
+        one, and at least ``target_slots``). Workers that joined get their warm-up (their slots count from
+        the next call after it is done), workers that left lose their slots."""
+        if self._client is None or self._warm is None:
+            return max(1, sum(self._known.values()))
+        info = self._client.scheduler_info(n_workers=-1).get("workers", {})
+        present = {addr: int(w.get("nthreads", 1)) for addr, w in info.items()
+                   if w.get("status", "running") == "running"}  # not closing_gracefully (retiring)
+        for addr in sorted(set(present) - set(self._known) - set(self._warming)):
+            self._warming[addr] = self._warm(addr)
+        for addr, future in list(self._warming.items()):
+            if addr not in present:
+                del self._warming[addr]
+            elif future.done():
+                del self._warming[addr]
+                facts = future.result() if future.status == "finished" else None
+                self._known[addr] = present[addr]
+                if self.plan is not None:
+                    facts = facts or {"pool": f"unknown:{addr}", "cores": present[addr] * self._nthread}
+                    self.plan.add_worker(addr, facts["pool"], present[addr], facts["cores"])
+        for addr in sorted(set(self._known) - set(present)):
+            del self._known[addr]
+            if self.plan is not None:
+                self.plan.remove_worker(addr)
+        slots = sum(self._known.values())
+        self._mark_slots(slots)
+        return max(1, slots, self._target)
+
+    def stop_following(self) -> None:
+        """The search ended: close the slot-seconds count."""
+        if self._slot_clock is not None:
+            self._mark_slots(self._slot_clock[1])
+        self._warm = None
+
+    def _mark_slots(self, slots: int) -> None:
+        now = time.time()
+        if self._slot_clock is not None:
+            since, before = self._slot_clock
+            self.slot_seconds += (now - since) * before
+        if not self.slots_seen or self.slots_seen[-1][1] != slots:
+            self.slots_seen.append((now, slots))
+        self._slot_clock = (now, slots)
 
     @property
     def elastic(self) -> bool:

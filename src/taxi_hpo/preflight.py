@@ -32,6 +32,10 @@ def check(cfg: RunConfig) -> None:
     for spec in (cfg.train, cfg.valid):
         month = data.resolve(spec, Path(cfg.data_dir), download_progress())
         data.load(month.path)
+    if cfg.cluster_class:  # the workers exist only once the flow creates the cluster: checked there
+        from taxi_hpo import cluster
+
+        cluster.import_cluster_class(cfg.cluster_class)
     if cfg.address:  # before the store is created: a remote run may refuse a local one
         from taxi_hpo import remote
 

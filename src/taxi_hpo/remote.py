@@ -68,6 +68,21 @@ def check(cfg: RunConfig, timeout_s: float = 10.0) -> dict:
     return info
 
 
+def check_cluster_workers(client, tracking_uri: str) -> None:
+    """The same checks for a cluster ``--cluster-class`` created in the flow, once its first
+    workers are there: the stores from where they are, then the probe's findings."""
+    api_url = configured_api_url()
+    urls = {name: url.rstrip("/") + path for name, url, path in (
+        ("MLflow tracking server", tracking_uri, MLFLOW_PROBE_PATH), ("Prefect API", api_url or "", "/health"))
+        if url.startswith(("http://", "https://"))}
+    probes = client.run(make_worker_probe(urls, PROBE_TIMEOUT_S), on_error="return")
+    _check_probes_ran(probes)
+    remote = sorted(addr for addr in probes if not is_loopback(urlsplit(addr).hostname))
+    if remote:  # a temporary API server of this process is fine for workers of this machine
+        check_placement(tracking_uri, api_url, f"worker {remote[0]}")
+    check_workers(probes, tracking_uri, api_url or "", client_environment())
+
+
 # -- where the servers are: no network ---------------------------------------------------------
 
 def check_placement(tracking_uri: str, api_url: str | None, remote: str | None) -> None:

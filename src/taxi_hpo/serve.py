@@ -103,6 +103,7 @@ def __getattr__(name: str):  # the entrypoint taxi_hpo.serve.scheduled_search re
 
 def build_config(args: argparse.Namespace) -> dict:
     """The deployment's ``config`` parameter from the flags, validated now."""
+    from taxi_hpo.cli import cluster_flags
     from taxi_hpo.config import RunConfig, parse_duration
 
     check_month_spec(args.train, "--train")
@@ -111,7 +112,7 @@ def build_config(args: argparse.Namespace) -> dict:
         train=args.train, valid=args.valid, data_dir=str(Path(args.data_dir).expanduser().resolve()),
         trials=args.trials, workers=args.workers, threads_per_worker=args.threads_per_worker,
         elastic_threads=args.elastic_threads,
-        address=args.address, mode=args.mode, batch_size=args.batch_size, prune=args.prune, seed=args.seed,
+        address=args.address, **cluster_flags(args), mode=args.mode, batch_size=args.batch_size, prune=args.prune, seed=args.seed,
         rounds=args.rounds, timeout_s=parse_duration(args.timeout) if args.timeout else None,
         timeout_kill=args.timeout_kill, warm_start=args.warm_start, warm_start_trials=args.warm_start_trials,
         max_depth=args.max_depth, tracking_uri=args.tracking_uri, experiment=args.experiment,

@@ -102,9 +102,13 @@ class Budget:
 OnOutcome = Callable[[TrialOutcome], None]
 
 
+Capacity = Callable[[], int]
+
+
 def run_search(searcher: TPESearcher, runner: TrialRunner, n_trials: int, *, mode: str = "async",
-               in_flight: int = 1, known: dict[int, TrialOutcome] | None = None,
-               on_outcome: OnOutcome | None = None, budget: Budget | None = None) -> list[TrialOutcome]:
+               in_flight: int | Capacity = 1, known: dict[int, TrialOutcome] | None = None,
+               on_outcome: OnOutcome | None = None, budget: Budget | None = None,
+               poll_s: float = 2.0) -> list[TrialOutcome]:
     """Run trials ``0 .. n_trials-1``; returns their outcomes in trial order.
 
     ``async``: ``in_flight`` trials run at all times; a new suggestion is made as each ends.
@@ -114,19 +118,30 @@ def run_search(searcher: TPESearcher, runner: TrialRunner, n_trials: int, *, mod
     mode they are replayed batch by batch, so the missing trials get the very suggestions an
     uninterrupted search would have made.
     ``budget``: no trial (async) or batch starts once it is over; fewer outcomes come back.
+    ``in_flight`` as a function (async only: a batch's size is fixed): asked before each refill,
+    and every ``poll_s`` seconds while trials run, so slots that appear (a worker joined) are
+    filled within ``poll_s``, and slots that go are not refilled; at least one trial is always
+    in flight (it waits for a slot where the runner keeps it).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if in_flight < 1:
+    if callable(in_flight) and mode == "batch":
+        raise ValueError("batch mode needs a fixed batch size, not a capacity function")
+    if not callable(in_flight) and in_flight < 1:
         raise ValueError(f"in_flight must be >= 1, got {in_flight}")
     known = {t: o for t, o in (known or {}).items() if t < n_trials}
-    loop = _run_async if mode == "async" else _run_batches
-    outcomes = loop(searcher, runner, list(range(n_trials)), in_flight, on_outcome or _ignore, known,
-                    budget or Budget())
+    budget = budget or Budget()
+    if mode == "async":
+        outcomes = _run_async(searcher, runner, list(range(n_trials)), in_flight, on_outcome or _ignore, known,
+                              budget, poll_s if callable(in_flight) else None)
+    else:
+        outcomes = _run_batches(searcher, runner, list(range(n_trials)), in_flight, on_outcome or _ignore, known,
+                                budget)
     return sorted(outcomes, key=lambda o: o.trial_id)
 
 
-def _run_async(searcher, runner, trial_ids, in_flight, on_outcome, known, budget) -> list[TrialOutcome]:
+def _run_async(searcher, runner, trial_ids, in_flight, on_outcome, known, budget, poll_s) -> list[TrialOutcome]:
+    capacity = in_flight if callable(in_flight) else (lambda: in_flight)
     outcomes: list[TrialOutcome] = []
     for trial_id in sorted(known):
         searcher.add_finished(trial_id, known[trial_id].params, known[trial_id].loss)
@@ -136,7 +151,8 @@ def _run_async(searcher, runner, trial_ids, in_flight, on_outcome, known, budget
     todo = iter([t for t in trial_ids if t not in known])
     exhausted, waiter = False, _Waiter(runner, budget)
     while True:
-        while not exhausted and len(pending) < in_flight:
+        slots = max(1, capacity())
+        while not exhausted and len(pending) < slots:
             trial_id = next(todo, None) if not budget.over() else None
             if trial_id is None:
                 exhausted = True
@@ -145,7 +161,7 @@ def _run_async(searcher, runner, trial_ids, in_flight, on_outcome, known, budget
             pending[runner.submit(trial_id, params, predicted_cost(params))] = trial_id
         if not pending:
             return outcomes
-        for handle in sorted(waiter.wait(pending), key=pending.get):
+        for handle in sorted(waiter.wait(pending, poll_s), key=pending.get):
             pending.pop(handle)
             outcomes.append(_finish(searcher, runner, handle, on_outcome))
 
@@ -187,16 +203,21 @@ class _Waiter:
     def __init__(self, runner, budget: Budget):
         self.runner, self.budget, self.stopped = runner, budget, False
 
-    def wait(self, pending: dict) -> list:
+    def wait(self, pending: dict, poll_s: float | None = None) -> list:
+        """The handles done; with ``poll_s``, possibly none after that many seconds (the caller
+        looks at its capacity again)."""
         while True:
-            if not self.budget.kill or self.budget.deadline is None or self.stopped:
+            timeout = poll_s
+            if self.budget.kill and self.budget.deadline is not None and not self.stopped:
+                if self.budget.over():
+                    self.runner.stop(list(pending))
+                    self.stopped = True
+                    continue
+                timeout = self.budget.left() if timeout is None else min(timeout, self.budget.left())
+            if timeout is None:
                 return self.runner.wait_any(list(pending))
-            if self.budget.over():
-                self.runner.stop(list(pending))
-                self.stopped = True
-                continue
-            done = self.runner.wait_any(list(pending), timeout=self.budget.left())
-            if done:
+            done = self.runner.wait_any(list(pending), timeout=timeout)
+            if done or poll_s is not None:
                 return done
 
 

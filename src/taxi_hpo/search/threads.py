@@ -109,6 +109,16 @@ class ThreadPlan:
         if worker is not None:
             self.slots[worker].running.discard(trial_id)
 
+    def add_worker(self, worker: str, pool: str, slots: int, cores: int) -> None:
+        """A worker joined (or came back): its slots take trials from now on. A pool already
+        known keeps its core count (its workers share those cores)."""
+        self.pool_cores.setdefault(pool, max(int(cores), 1))
+        slot = self.slots.get(worker)
+        if slot is None or slot.pool != pool:
+            self.slots[worker] = Slot(worker, pool, max(int(slots), 0), slot.running if slot else set())
+        else:
+            slot.slots = max(int(slots), 0)
+
     def remove_worker(self, worker: str) -> None:
         """A worker left: its slots are gone (its trials stay placed until they finish)."""
         slot = self.slots.get(worker)
