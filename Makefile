@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 ARGS   ?= --trials 8 --rounds 30 --max-depth 30
 PYTEST_ARGS ?=
 
-.PHONY: run test bench serve-model install clean
+.PHONY: run test bench serve-model screenshots install clean
 
 $(BIN)/taxi-hpo: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ PORT ?= 5002
 serve-model: install
 	PATH="$(abspath $(BIN)):$$PATH" MLFLOW_TRACKING_URI="$(MLFLOW_TRACKING_URI)" \
 	  $(BIN)/mlflow models serve -m models:/nyc-taxi-duration@staging --env-manager local --host 127.0.0.1 --port $(PORT)
+
+# The README's pictures of the MLflow and Prefect UIs: the browser test, saving what it checks.
+# Needs Debian's chromium (apt-get install chromium).
+screenshots: install
+	TAXI_HPO_SCREENSHOTS=docs/images $(BIN)/python -m pytest -q tests/test_browser.py
 
 clean:
 	rm -rf $(VENV) mlflow.db mlartifacts bench-out

@@ -39,6 +39,18 @@ def test_summary_counts_each_trial_once_by_its_last_word():
     assert s["search_wall_s"] == 19.0
 
 
+def test_a_trial_the_search_saw_end_is_not_shown_running():
+    """A tracking server under load may still read a just-ended run as RUNNING (seen once in the
+    browser test): the search's own outcome wins for it, and only for it."""
+    rep = synthetic()
+    rep.rows.append(row(5, "running", 112, None, rmse=None))
+    rep.rows.append(row(6, "running", 113, None, rmse=None))
+    report.apply_ended(rep, {"r5-112": report.ended_as(6.3, None, False, 121.0)})
+    s = rep.summary()
+    assert (s["best_trial"], s["best_rmse"], s["trials_complete"]) == (5, 6.3, 4)
+    assert [r.state for r in rep.rows if r.trial_id == 6] == ["running"]
+
+
 def test_lanes_separate_trials_that_overlap_on_one_worker():
     rows = [row(0, "complete", 0, 10), row(1, "complete", 2, 5), row(2, "complete", 5, 8), row(3, "complete", 10, 12)]
     placed = {r.trial_id: lane for _, lane, r in report.lanes(rows, now=20)}

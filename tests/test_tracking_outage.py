@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -91,3 +92,17 @@ def test_tracking_server_outage_loses_no_trial(prefect_api_url, data_dir, workdi
     assert summary["preprocessor_artifacts"] == 1
     for run in finished_trials():
         assert [a.path for a in client.list_artifacts(run.info.run_id, "model")] == ["model/booster.ubj"]
+
+
+def test_json_is_all_of_stdout_with_a_tracking_server(prefect_api_url, data_dir, workdir, mlflow_server):
+    """MLflow prints "View run ... at" to stdout for each run it ends on a tracking server, from
+    the flow and from the workers; under --json stdout holds the object alone. The printing is
+    left on here, so what keeps stdout clean is the redirection, not MLflow's switch."""
+    env = {**os.environ, "PREFECT_API_URL": prefect_api_url, "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "false"}
+    proc = subprocess.run([sys.executable, "-m", "taxi_hpo.cli", "run", "--data-dir", str(data_dir), "--trials", "2",
+                           "--rounds", "3", "--max-depth", "5", "--no-register", "--tracking-uri", mlflow_server.uri,
+                           "--json"], cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads(proc.stdout)  # the whole of it
+    assert summary["trials_done"] == 2 and summary["mlflow_ui"].startswith(mlflow_server.uri)
+    assert "View run" in proc.stderr  # it was printed, on the other stream

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -51,6 +52,15 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
                         "starts (default on; --no-elastic-threads: exactly --threads-per-worker)")
     p.add_argument("--address", default=None, help="existing Dask scheduler, tcp://host:8786 or tls://host:8786 (TLS certificates from "
                         "DASK_CONFIG; see cluster/README.md)")
+    p.add_argument("--cluster-class", default=None, metavar="DOTTED.PATH",
+                   help="a Dask cluster manager to create for the search, as prefect-dask's cluster_class: "
+                        "dask_jobqueue.SLURMCluster, dask_kubernetes.operator.KubeCluster, coiled.Cluster, "
+                        "distributed.LocalCluster, ... (see cluster/README.md)")
+    p.add_argument("--cluster-kwargs", default=None, metavar="JSON|FILE",
+                   help="keyword arguments of --cluster-class: a JSON object, or a .json/.yaml file")
+    p.add_argument("--adapt", default=None, metavar="MIN:MAX",
+                   help="with --cluster-class: cluster.adapt(minimum=MIN, maximum=MAX); the search keeps trials "
+                        "queued for up to MAX workers, and idle workers go at the tail")
     p.add_argument("--mode", choices=["async", "batch"], default="async",
                      help="async: refill each free slot at once (default); batch: synchronous, reproducible batches")
     p.add_argument("--batch-size", type=int, default=None, help="trials per batch in batch mode (default: slots)")
@@ -99,17 +109,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _not_our_error(record: logging.LogRecord) -> bool:
+    return not (record.exc_info and isinstance(record.exc_info[1], TaxiHpoError))
+
+
 def _quiet_libraries() -> None:
     # Quiet terminal, full record: Prefect's console shows warnings only, while flow and task
     # logs (INFO) still go to the Prefect API, from local and remote workers alike.
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    # MLflow prints "View run ... at" to standard output for every run it ends on a tracking server.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     logging.getLogger("distributed").setLevel(logging.ERROR)
+    # ... also once distributed is imported: it sets its loggers from the dask config then.
+    import dask.config
+
+    dask.config.set({"logging.distributed": "error"})
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     from taxi_hpo.prefect_api import quiet_drain_warnings
 
     quiet_drain_warnings()
+    # Our own errors raised inside the flow (a created cluster's workers failing the checks) are
+    # the one line this command prints; Prefect would log each with a traceback first.
+    for name in ("prefect.flow_runs", "prefect.engine"):
+        logging.getLogger(name).addFilter(_not_our_error)
     warnings.filterwarnings("ignore", message=".*type hints to the `predict` method.*")
+
+
+def cluster_flags(args: argparse.Namespace) -> dict:
+    """``--cluster-class``, ``--cluster-kwargs``, ``--adapt`` as RunConfig fields (parsed, one line
+    on error)."""
+    from taxi_hpo.config import parse_adapt, parse_cluster_kwargs
+    from taxi_hpo.errors import ConfigError
+
+    if args.cluster_kwargs is not None and not args.cluster_class:
+        raise ConfigError("--cluster-kwargs needs --cluster-class (the class they are passed to)")
+    return {"cluster_class": args.cluster_class,
+            "cluster_kwargs": parse_cluster_kwargs(args.cluster_kwargs) if args.cluster_kwargs else {},
+            "adapt": parse_adapt(args.adapt) if args.adapt else None}
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -119,7 +156,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = RunConfig(
         train=args.train, valid=args.valid, data_dir=args.data_dir, trials=args.trials,
         workers=args.workers, threads_per_worker=args.threads_per_worker,
-        elastic_threads=args.elastic_threads, address=args.address,
+        elastic_threads=args.elastic_threads, address=args.address, **cluster_flags(args),
         mode=args.mode, batch_size=args.batch_size, prune=args.prune, seed=args.seed, rounds=args.rounds,
         timeout_s=parse_duration(args.timeout) if args.timeout else None, timeout_kill=args.timeout_kill,
         warm_start=args.warm_start, warm_start_trials=args.warm_start_trials,
@@ -139,12 +176,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     preflight.check(cfg)
     from taxi_hpo import flows
 
-    summary = flows.execute(cfg, ProgressBar())
     if args.json:
+        with _stdout_to_stderr():
+            summary = flows.execute(cfg, ProgressBar())
         print(json.dumps(summary, default=str))
     else:
-        _print_summary(summary)
+        _print_summary(flows.execute(cfg, ProgressBar()))
     return 0
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr():
+    """Under ``--json`` standard output holds the JSON object alone: whatever the run prints
+    (MLflow's "View run" lines with a tracking server, a library's chatter), in this process or
+    in the local workers it starts, goes to standard error until the object is printed."""
+    sys.stdout.flush()
+    saved_fd, saved = os.dup(1), sys.stdout
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved_fd, 1)
+        os.close(saved_fd)
+        sys.stdout = saved
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -183,6 +239,8 @@ def _print_summary(s: dict) -> None:
               f"started; `taxi-hpo run --resume {s['parent_run_id']}` runs them")
     print(f"MLflow: {s['tracking_uri']} parent run {s['parent_run_id']}"
           + (f", report in its artifacts ({s['report']})" if s.get("report") else ""))
+    if s.get("mlflow_ui"):
+        print(f"MLflow UI: {s['mlflow_ui']}")
     if s["registered_version"]:
         print(f"registered nyc-taxi-duration version {s['registered_version']} as @staging")
     else:

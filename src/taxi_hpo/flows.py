@@ -7,6 +7,7 @@ Each task calls one function of the core or the tracking adapter; the search loo
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import threading
@@ -25,7 +26,7 @@ from prefect_dask import DaskTaskRunner
 
 from taxi_hpo import data as data_mod
 from taxi_hpo import dask_runner, features, models, registry, tracking, trials
-from taxi_hpo.cluster import ClusterSpec
+from taxi_hpo.cluster import THREAD_ENV, ClusterSpec, configure_dask
 from taxi_hpo.config import RunConfig
 from taxi_hpo.prefect_api import (cache_context_hydration, cache_settings_serialization, flush_to_api, prefect_api,
                                   quiet_drain_warnings, start_early)
@@ -132,7 +133,9 @@ def search(config: dict) -> dict:
     valid_file = data_mod.resolve(cfg.valid, Path(cfg.data_dir))
     pre = preprocess(str(train_file.path), str(valid_file.path))
     prepared = pre["data"]
-    client = FlowRunContext.get().task_runner.client  # connects to the cluster execute() started
+    client = FlowRunContext.get().task_runner.client  # connects to (or creates) the cluster
+    if cfg.cluster_class:
+        _check_created_cluster(cfg, client)
     slots = _slots(cfg, client)
     in_flight = slots if cfg.mode == "async" else (cfg.batch_size or slots)
     record = tracking.load_search(tracking_uri, cfg.resume) if cfg.resume else None
@@ -153,7 +156,7 @@ def search(config: dict) -> dict:
         warm = json.loads(record.tags.get(tracking.WARM_TAG) or "[]")  # the points it started with
     ctx = tracking.TrackingContext(tracking_uri, experiment_id, parent_run_id,
                                    features.preprocessor_sha256(prepared.preprocessor))
-    status, metrics = "FAILED", {}
+    status, metrics, outcomes = "FAILED", {}, []
     reporter = current_reporter()
     try:
         data_future = client.scatter(prepared, broadcast=True, hash=False)
@@ -169,16 +172,23 @@ def search(config: dict) -> dict:
                                              run_tags={i: {tracking.WARM_FROM_TAG: w["from"]} for i, w in enumerate(warm)})
         if reporter:
             reporter.start(cfg.trials, client.dashboard_link, _layout(cfg, client, slots, plan))
+        if cfg.mode == "async":  # slots follow the workers present; a batch keeps its size
+            api_url = PREFECT_API_URL.value()
+            runner.follow(dict(client.nthreads()), lambda addr: client.submit(
+                _warm_worker, data_future, ctx, api_url, workers=[addr], allow_other_workers=False, pure=False),
+                target_slots=cfg.adapt[1] * max(client.nthreads().values() or [1]) if cfg.adapt else 0)
+            in_flight = runner.capacity
         search_start = time.time()
         budget = Budget.from_now(cfg.timeout_s, kill=cfg.timeout_kill)
         with client.as_current():
             outcomes = run_search(searcher, runner, cfg.trials, mode=cfg.mode, in_flight=in_flight,
                                   known=known, on_outcome=_on_outcome(pruner, reporter), budget=budget)
         search_wall = time.time() - search_start
+        runner.stop_following()
         if reporter:
             reporter.stop()
         # The report (~2 s of plotting) is drawn while the workers flush and the best model registers.
-        report_job = _start_report(tracking_uri, parent_run_id, {
+        report_job = _start_report(tracking_uri, parent_run_id, outcomes, {
             "lr_rmse": lr_rmse, "search_wall_s": search_wall,
             "utilisation": round(sum(o.busy_s for o in outcomes) / (slots * search_wall), 4) if search_wall > 0 else None,
         }) if cfg.report else None
@@ -186,7 +196,8 @@ def search(config: dict) -> dict:
         version = (register_best(outcomes, prepared, ctx, cfg.max_rmse, cfg.max_inference_time)
                    if cfg.register else None)
         summary = _summary(cfg, ctx, outcomes, lr_rmse, slots, search_wall, time.time() - wall_start,
-                           version, pre["cached"], client)
+                           version, pre["cached"], client, runner.slot_seconds)
+        summary["slots_seen"] = [[round(t - search_start, 3), n] for t, n in runner.slots_seen]
         summary["search_started"] = search_start
         summary["warm_start"] = [w["from"] for w in warm]
         summary["submit_bytes_max"] = max(runner.submit_bytes.values(), default=0)
@@ -204,18 +215,20 @@ def search(config: dict) -> dict:
     finally:
         if reporter:
             reporter.stop()
-        tracking.close_stale_children(tracking_uri, parent_run_id)
+        tracking.close_stale_children(tracking_uri, parent_run_id, keep={o.run_id for o in outcomes if o.run_id})
         tracking.end_run(tracking_uri, parent_run_id, status, metrics=metrics)
 
 
-def _start_report(tracking_uri: str, parent_run_id: str, metrics: dict):
-    """The search's report on its parent run (``report/``), made in a thread of its own."""
+def _start_report(tracking_uri: str, parent_run_id: str, outcomes: list[TrialOutcome], metrics: dict):
+    """The search's report on its parent run (``report/``), made in a thread of its own, with
+    the trials' ends as the search saw them (a busy tracking server may not show them yet)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from taxi_hpo import report
 
+    ended = {o.run_id: report.ended_as(o.loss, o.pruned_at, o.cancelled, o.finished) for o in outcomes if o.run_id}
     pool = ThreadPoolExecutor(1, thread_name_prefix="taxi-hpo-report")
-    job = pool.submit(report.publish, tracking_uri, parent_run_id, metrics=metrics, status="FINISHED")
+    job = pool.submit(report.publish, tracking_uri, parent_run_id, metrics=metrics, status="FINISHED", ended=ended)
     pool.shutdown(wait=False)
     return job
 
@@ -332,13 +345,32 @@ def _interrupted() -> bool:
 
 
 def _slots(cfg: RunConfig, client) -> int:
-    if cfg.address is None:
+    if cfg.address is None and cfg.cluster_class is None:
         return cfg.workers
     return max(sum(client.nthreads().values()), 1)
 
 
+def _check_created_cluster(cfg: RunConfig, client, timeout_s: float = 600.0) -> None:
+    """A cluster made by ``--cluster-class``: wait for its first worker (a batch system may
+    queue it), then the checks ``--address`` makes before a run (stores reachable from the
+    workers, same taxi-hpo, Python and Prefect), before the search's parent run exists."""
+    from taxi_hpo import remote
+    from taxi_hpo.errors import ClusterError
+
+    try:
+        client.wait_for_workers(1, timeout=timeout_s)
+    except (TimeoutError, distributed.TimeoutError):
+        raise ClusterError(f"--cluster-class {cfg.cluster_class}: no worker joined within {timeout_s:.0f} s "
+                           "(a queued batch job? check the cluster's logs)") from None
+    remote.check_cluster_workers(client, cfg.resolved_tracking_uri)
+
+
 def _layout(cfg: RunConfig, client, slots: int, plan: ThreadPlan) -> str:
-    where = f"scheduler {cfg.address}" if cfg.address else "local cluster"
+    where = (f"scheduler {cfg.address}" if cfg.address else
+             f"{cfg.cluster_class}" + (f", adapting between {cfg.adapt[0]} and {cfg.adapt[1]} workers" if cfg.adapt
+                                       else "") if cfg.cluster_class else "local cluster")
+    if cfg.mode == "async" and (cfg.address or cfg.cluster_class) and not cfg.adapt:
+        where += "; more as workers join"
     workers = len(client.nthreads())
     base = cfg.threads_per_worker
     line = (f"{workers} worker{'s' * (workers != 1)} x {base} XGBoost thread{'s' * (base != 1)}, "
@@ -375,7 +407,8 @@ def _parent_params(cfg: RunConfig, prepared, slots: int, in_flight: int) -> dict
     }
 
 
-def _summary(cfg, ctx, outcomes, lr_rmse, slots, search_wall, wall, version, cached, client) -> dict:
+def _summary(cfg, ctx, outcomes, lr_rmse, slots, search_wall, wall, version, cached, client,
+             slot_seconds: float = 0.0) -> dict:
     ok = [o for o in outcomes if o.ok]
     complete = [o for o in ok if o.complete]  # a pruned trial's RMSE is of an unfinished model
     cancelled = [o for o in outcomes if o.cancelled]
@@ -385,6 +418,7 @@ def _summary(cfg, ctx, outcomes, lr_rmse, slots, search_wall, wall, version, cac
         "parent_run_id": ctx.parent_run_id,
         "experiment_id": ctx.experiment_id,
         "tracking_uri": ctx.tracking_uri,
+        "mlflow_ui": tracking.ui_link(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id),
         "lr_rmse": round(lr_rmse, 4),
         "best_rmse": best.loss if best else None,
         "best_params": best.params if best else None,
@@ -404,7 +438,8 @@ def _summary(cfg, ctx, outcomes, lr_rmse, slots, search_wall, wall, version, cac
         "slots": slots,
         "wall_s": round(wall, 3),
         "search_wall_s": round(search_wall, 3),
-        "utilisation": round(busy / (slots * search_wall), 4) if search_wall > 0 else None,
+        # busy slot-seconds over the slot-seconds the cluster offered (its slots may change)
+        "utilisation": round(busy / (slot_seconds or slots * search_wall), 4) if search_wall > 0 else None,
         "preprocessor_artifacts": tracking.count_preprocessor_artifacts(ctx.tracking_uri, ctx.parent_run_id),
         "preprocess_cached": cached,
         "registered_version": version,
@@ -433,11 +468,23 @@ def execute(cfg: RunConfig, reporter: Reporter | None = None) -> dict:
     # temporary API server of its own the first time anything Prefect runs there outside a task
     # (measured: two extra servers, ~5 s before the first trial on 2 cores).
     api_url = start_early()
-    local = spec.start_local({"PREFECT_API_URL": api_url}) if cfg.address is None else None
+    local = (spec.start_local({"PREFECT_API_URL": api_url})
+             if cfg.address is None and cfg.cluster_class is None else None)
     cache_settings_serialization()  # ~30 ms less of the flow per submitted trial (see there)
+    saved_env = {name: os.environ.get(name) for name in (*THREAD_ENV, "DASK_LOGGING__DISTRIBUTED")}
     try:
         with prefect_api():
-            runner = DaskTaskRunner(address=local.address()) if local else spec.task_runner()
+            if cfg.cluster_class:
+                # prefect-dask's convention: the runner creates the cluster (and its adaptivity)
+                # inside the flow run, and closes it with the flow run.
+                configure_dask(cfg.threads_per_worker)
+                # the processes it spawns log at INFO to stderr unless their environment says not to
+                os.environ["DASK_LOGGING__DISTRIBUTED"] = "error"
+                runner = DaskTaskRunner(cluster_class=cfg.cluster_class, cluster_kwargs=dict(cfg.cluster_kwargs),
+                                        adapt_kwargs={"minimum": cfg.adapt[0], "maximum": cfg.adapt[1]}
+                                        if cfg.adapt else None)
+            else:
+                runner = DaskTaskRunner(address=local.address()) if local else spec.task_runner()
             return search.with_options(task_runner=runner)(cfg.to_dict())
     finally:
         _REPORTER.reset(token)
@@ -445,3 +492,9 @@ def execute(cfg: RunConfig, reporter: Reporter | None = None) -> dict:
             signal.signal(signal.SIGINT, previous)
         if local:
             local.close()
+        for name, value in saved_env.items():  # a nanny writes OMP_NUM_THREADS into this process, and
+            # the cluster manager's logging variable must not reach what this process starts later
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

@@ -100,7 +100,8 @@ class SearchReport:
             "best_rmse": best.rmse if best else None, "best_trial": best.trial_id if best else None,
             "best_params": best.params if best else None, "best_run_id": best.run_id if best else None,
             "lr_rmse": self.metrics.get("lr_rmse"),
-            "search_wall_s": round(max(ends) - min(starts), 3) if starts and ends else None,
+            "search_wall_s": self.metrics.get("search_wall_s")
+            or (round(max(ends) - min(starts), 3) if starts and ends else None),
             "utilisation": self.metrics.get("utilisation"),
             "prune": self.params.get("prune"), "mode": self.params.get("mode"),
             "rounds": _int(self.params.get("rounds")), "seed": _int(self.params.get("seed")),
@@ -380,13 +381,30 @@ def write(report: SearchReport, out: Path) -> list[Path]:
     return [out / name for name in (*PICTURES, "summary.json", "report.html")]
 
 
+def ended_as(loss: float | None, pruned_at: int | None, cancelled: bool, finished: float) -> dict:
+    """How a trial ended, as the search knows it: overrides its run's row (see ``publish``)."""
+    state = "stopped" if cancelled else "failed" if loss is None else "pruned" if pruned_at is not None else "complete"
+    return {"state": state, "rmse": loss, "finished": finished, "pruned_at": pruned_at}
+
+
+def apply_ended(report: SearchReport, ended: dict[str, dict]) -> None:
+    """Rows the store still shows running, for trials the search saw end, take those ends."""
+    for row in report.rows:
+        known = ended.get(row.run_id)
+        if known and row.state == "running":
+            row.state, row.rmse, row.pruned_at = known["state"], known["rmse"], known["pruned_at"]
+            row.finished = row.finished or known["finished"]
+
+
 def publish(tracking_uri: str, parent_run_id: str, out: Path | None = None, metrics: dict | None = None,
-            status: str | None = None) -> list[Path]:
+            status: str | None = None, ended: dict[str, dict] | None = None) -> list[Path]:
     """Make the report and log it under ``report/`` on the parent run (also into ``out`` if
-    given). ``metrics``, ``status``: the parent's, when a search reports before it closes."""
+    given). ``metrics``, ``status``: the parent's, when a search reports before it closes;
+    ``ended``: ``{run id: ended_as(...)}`` for the trials the search saw end."""
     report = collect(tracking_uri, parent_run_id)
     report.metrics.update(metrics or {})
     report.status = status or report.status
+    apply_ended(report, ended or {})
     with tempfile.TemporaryDirectory() as tmp:
         where = Path(out) if out is not None else Path(tmp)
         files = write(report, where)

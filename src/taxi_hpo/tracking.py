@@ -51,6 +51,9 @@ PREPROCESSOR_TAG = "preprocessor_sha256"
 PREPROCESSOR_DIR = "preprocessor"
 PREPROCESSOR_FILE = "preprocessor.pkl"
 TRIAL_TAG = "trial_id"
+# MLflow 3's UI opens an experiment without this tag on its GenAI overview (traces, "No data
+# available"); with it, on the runs table of model training.
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 PRUNED_TAG = "pruned_at_round"   # set on a pruned trial's run: the checkpoint round it stopped at
 CURVE_TAG = "checkpoint_rmse"    # JSON {round: validation RMSE} at the checkpoints a trial reached
 T = TypeVar("T")
@@ -115,6 +118,17 @@ def check_reachable(tracking_uri: str, timeout: float = 5.0) -> None:
         ) from exc
 
 
+def ui_link(tracking_uri: str, experiment_id: str, run_id: str | None = None) -> str | None:
+    """The MLflow UI's page of the experiment's runs table (or of one run), for a tracking
+    server; None for a local store (``mlflow ui --backend-store-uri`` shows it). MLflow 3.17's
+    UI opens an experiment on its GenAI overview unless the page says ``workflowType``."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return None
+    base = f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}"
+    return f"{base}/runs/{run_id}?workflowType=machine_learning" if run_id else \
+        f"{base}/runs?workflowType=machine_learning"
+
+
 def prepare_store(tracking_uri: str, experiment: str, artifact_root: Path | None = None) -> str:
     """Create (or open) the store and the experiment from this process; returns its id.
 
@@ -128,11 +142,14 @@ def prepare_store(tracking_uri: str, experiment: str, artifact_root: Path | None
         if found is not None:
             if found.lifecycle_stage == "deleted":
                 client.restore_experiment(found.experiment_id)
+            if found.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+                client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
             return found.experiment_id
         location = None
         if artifact_root is not None and is_local_uri(tracking_uri):
             location = (Path(artifact_root).resolve() / experiment).as_uri()
-        return client.create_experiment(experiment, artifact_location=location)
+        return client.create_experiment(experiment, artifact_location=location,
+                                        tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
     except MlflowException as exc:
         raise TrackingError(f"tracking store {tracking_uri} cannot be used ({exc.message}): fix --tracking-uri") from exc
     except Exception as exc:  # sqlalchemy / OS errors surface raw
@@ -269,10 +286,13 @@ def finished_trial_run(ctx: TrackingContext, trial_id: int):
     return runs[0] if runs else None
 
 
-def close_stale_children(tracking_uri: str, parent_run_id: str) -> int:
-    """Mark children still RUNNING (an attempt killed with its worker) KILLED; returns how many."""
+def close_stale_children(tracking_uri: str, parent_run_id: str, keep: set | frozenset = frozenset()) -> int:
+    """Mark children still RUNNING (an attempt killed with its worker) KILLED; returns how many.
+
+    ``keep``: run ids known to have ended (the trials that came back): never marked, even if a
+    tracking server under load still reads them as RUNNING."""
     client = MlflowClient(tracking_uri=tracking_uri)
-    stale = child_runs(tracking_uri, parent_run_id, status="RUNNING")
+    stale = [r for r in child_runs(tracking_uri, parent_run_id, status="RUNNING") if r.info.run_id not in keep]
     for run in stale:
         retrying(lambda: client.set_terminated(run.info.run_id, "KILLED"))
     return len(stale)
