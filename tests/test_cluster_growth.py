@@ -163,3 +163,19 @@ def test_workers_of_a_created_cluster_are_checked_before_the_search(data_dir, wo
     assert len(lines) == 1 and lines[0].startswith("taxi-hpo: error: --tracking-uri sqlite:"), err[-2000:]
     assert "cannot open" in lines[0]
     assert [r for r in trial_runs(workdir / "mlflow.db")] == []
+
+
+def test_with_adapt_the_cluster_shrinks_as_the_tail_leaves_workers_idle(data_dir, workdir, prefect_api_url, monkeypatch):
+    """The search queues trials for MAX workers, so the cluster grows; once no trial is left to
+    queue, the workers the tail leaves idle are retired by Dask's Adaptive (told here to act after
+    one idle 200 ms interval instead of three 1 s ones, so a short test sees it)."""
+    monkeypatch.setenv("DASK_DISTRIBUTED__ADAPTIVE__INTERVAL", "200ms")
+    monkeypatch.setenv("DASK_DISTRIBUTED__ADAPTIVE__WAIT_COUNT", "1")
+    kwargs = {"n_workers": 1, "threads_per_worker": 1, "processes": True, "dashboard_address": ":0"}
+    proc = start_cli(workdir, prefect_api_url, "--cluster-class", "distributed.LocalCluster", "--cluster-kwargs",
+                     json.dumps(kwargs), "--adapt", "1:3", "--data-dir", str(data_dir), "--trials", "7", *TRIALS)
+    summary = finish(proc)
+    assert summary["trials_done"] == 7
+    slots = [n for _, n in summary["slots_seen"]]
+    peak = slots.index(max(slots))
+    assert max(slots) >= 2 and min(slots[peak:]) < max(slots), summary["slots_seen"]
