@@ -174,9 +174,11 @@ def search(config: dict) -> dict:
             reporter.start(cfg.trials, client.dashboard_link, _layout(cfg, client, slots, plan))
         if cfg.mode == "async":  # slots follow the workers present; a batch keeps its size
             api_url = PREFECT_API_URL.value()
-            runner.follow(dict(client.nthreads()), lambda addr: client.submit(
+            # starts from the workers the thread plan knows; later ones join it through capacity()
+            planned = {worker: slot.slots for worker, slot in plan.slots.items()}
+            runner.follow(planned, lambda addr: client.submit(
                 _warm_worker, data_future, ctx, api_url, workers=[addr], allow_other_workers=False, pure=False),
-                target_slots=cfg.adapt[1] * max(client.nthreads().values() or [1]) if cfg.adapt else 0)
+                target_slots=cfg.adapt[1] * max(planned.values(), default=1) if cfg.adapt else 0)
             in_flight = runner.capacity
         search_start = time.time()
         budget = Budget.from_now(cfg.timeout_s, kill=cfg.timeout_kill)

@@ -31,6 +31,7 @@ from mlflow.tracking import MlflowClient
 
 from taxi_hpo import tracking
 from taxi_hpo.errors import TrackingError
+from taxi_hpo.search.space import decode_logged
 
 ARTIFACT_DIR = "report"
 PICTURES = ("best_so_far.png", "params.png", "timeline.png")
@@ -141,13 +142,13 @@ def collect(tracking_uri: str, parent_run_id: str) -> SearchReport:
             trial_id=int(tag), state=state, started=run.info.start_time / 1000,
             finished=run.info.end_time / 1000 if run.info.end_time else None,
             worker=run.data.tags.get("worker", "?"), rmse=run.data.metrics.get("rmse_valid"),
-            params={k: _number(v) for k, v in run.data.params.items() if k in HYPERPARAMETERS},
+            params=_hyperparameters(run.data.params),
             pruned_at=int(pruned) if pruned is not None else None, error=run.data.tags.get("error"),
             warm_from=run.data.tags.get(tracking.WARM_FROM_TAG), run_id=run.info.run_id))
     for trial_id, failed in record.failed.items():  # lost with its worker: no run of its own finished
         if not any(r.trial_id == trial_id for r in rows):
             rows.append(TrialRow(trial_id, "failed", parent.info.start_time / 1000, None, "?", None,
-                                 {k: _number(v) for k, v in failed.get("params", {}).items() if k in HYPERPARAMETERS},
+                                 _hyperparameters(failed.get("params", {})),
                                  error=failed.get("error")))
     return SearchReport(parent_run_id, tracking.experiment_name(tracking_uri, record.experiment_id),
                         parent.info.status, parent.info.start_time / 1000,
@@ -155,12 +156,9 @@ def collect(tracking_uri: str, parent_run_id: str) -> SearchReport:
                         dict(parent.data.params), dict(parent.data.metrics), rows)
 
 
-def _number(value):
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return value
-    return int(number) if number.is_integer() and "." not in str(value) else number
+def _hyperparameters(params: dict) -> dict:
+    """The space's hyperparameters of a trial, decoded as the search decodes logged ones."""
+    return {k: v for k, v in decode_logged(params).items() if k in HYPERPARAMETERS}
 
 
 # -- the pictures --------------------------------------------------------------------------------
