@@ -22,6 +22,8 @@ os.environ.pop("PREFECT_API_URL", None)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("TAXI_HPO_SHARED_DATA", REPO.parent / "shared" / "data"))
+# Where a clone without ../shared keeps the months it fetched from the TLC (or TAXI_HPO_TLC_URL).
+FETCH_CACHE = Path(os.environ.get("TAXI_HPO_TEST_DATA_CACHE", Path.home() / ".cache" / "taxi-hpo" / "test-data"))
 MONTHS = ("2021-01", "2021-02", "2023-01", "2023-02", "2023-03")
 
 
@@ -29,16 +31,29 @@ def _month_file(month: str) -> Path:
     return SHARED_DATA / f"green_tripdata_{month}.parquet"
 
 
+def _source(month: str) -> Path:
+    """The month from ../shared/data, or else fetched once into FETCH_CACHE by the project's own code."""
+    if _month_file(month).is_file():
+        return _month_file(month)
+    from taxi_hpo import data
+    from taxi_hpo.errors import DataError
+
+    try:
+        return data.resolve(month, FETCH_CACHE).path
+    except DataError as exc:
+        pytest.exit(f"test data: {data.month_filename(month)} is not in {SHARED_DATA} and could not be fetched "
+                    f"({getattr(exc.__cause__, 'reason', None) or exc.__cause__ or exc}): set TAXI_HPO_SHARED_DATA to a folder holding the months "
+                    f"{', '.join(MONTHS)}", returncode=2)
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    """A writable copy of ../shared/data (read-only at the source)."""
-    if not _month_file("2021-01").is_file():
-        pytest.fail(f"shared data not found at {SHARED_DATA}: set TAXI_HPO_SHARED_DATA")
+    """A writable copy of the test months (read-only at the source)."""
     dest = _SESSION_HOME / "data"
     dest.mkdir(parents=True, exist_ok=True)
     for month in MONTHS:
-        src = _month_file(month)
-        if src.is_file() and not (dest / src.name).exists():
+        src = _source(month)
+        if not (dest / src.name).exists():
             shutil.copyfile(src, dest / src.name)
             os.chmod(dest / src.name, 0o644)
     return dest

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import functools
 import http.server
+import os
+import subprocess
+import sys
 import threading
 
 import pandas as pd
@@ -11,6 +14,8 @@ import pytest
 
 from taxi_hpo import data
 from taxi_hpo.errors import DataError
+
+from conftest import MONTHS, REPO
 
 
 @pytest.fixture
@@ -159,3 +164,54 @@ def test_bad_files(tmp_path, data_dir):
         data.load(empty)
     with pytest.raises(DataError, match="does not exist"):
         data.resolve(str(tmp_path / "nope.parquet"), tmp_path)
+
+
+# --- make test in a user's clone: no ../shared/data -------------------------------------------
+
+class _CountingHandler(http.server.SimpleHTTPRequestHandler):
+    fetched: list = []
+
+    def do_GET(self):  # noqa: N802 - http.server's name
+        type(self).fetched.append(self.path)
+        super().do_GET()
+
+    def log_message(self, *args):
+        pass
+
+
+def _pytest_in_a_clone(tmp_path, url: str) -> subprocess.CompletedProcess:
+    """This repository's own tests/test_data.py::test_bad_files (it needs the months), run as in
+    a clone that has no ../shared/data: TAXI_HPO_SHARED_DATA names an empty folder."""
+    env = {**os.environ, "TAXI_HPO_SHARED_DATA": str(tmp_path / "no-shared"),
+           "TAXI_HPO_TEST_DATA_CACHE": str(tmp_path / "cache"), "TAXI_HPO_TLC_URL": url}
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           f"{REPO}/tests/test_data.py::test_bad_files"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_a_clone_without_shared_data_fetches_the_months_once(data_dir, tmp_path):
+    handler = type("Handler", (_CountingHandler,), {"fetched": []})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(data_dir)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/{{name}}"
+    try:
+        first = _pytest_in_a_clone(tmp_path, url)
+        assert first.returncode == 0, first.stdout[-2000:]
+        assert sorted(handler.fetched) == sorted(f"/green_tripdata_{m}.parquet" for m in MONTHS)
+        assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == sorted(
+            f"green_tripdata_{m}.parquet" for m in MONTHS)
+        second = _pytest_in_a_clone(tmp_path, url)   # the cache serves the next run: nothing fetched
+        assert second.returncode == 0, second.stdout[-2000:]
+        assert len(handler.fetched) == len(MONTHS)
+    finally:
+        server.shutdown()
+
+
+def test_a_clone_that_cannot_fetch_says_how_to_provide_the_months(tmp_path):
+    proc = _pytest_in_a_clone(tmp_path, "http://127.0.0.1:9/{name}")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out[-2000:]
+    said = [line for line in out.splitlines() if "TAXI_HPO_SHARED_DATA" in line]
+    assert len(said) == 1 and "could not be fetched" in said[0] and "2021-01" in said[0]
+    assert "Traceback" not in out and "ERROR at setup" not in out and "Error" not in out.replace(said[0], "")
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())

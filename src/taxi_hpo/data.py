@@ -23,6 +23,8 @@ import pyarrow.parquet as pq
 from taxi_hpo.errors import DataError
 
 TLC_URL = "https://d37ci6vzurychx.cloudfront.net/trip-data/{name}"
+#: A mirror of the TLC's trip-data folder (``https://host/path/{name}``) replaces TLC_URL.
+TLC_URL_ENV = "TAXI_HPO_TLC_URL"
 MONTH_RE = re.compile(r"^(\d{4})-(\d{2})$")
 PICKUP, DROPOFF = "lpep_pickup_datetime", "lpep_dropoff_datetime"
 REQUIRED_COLUMNS = (PICKUP, DROPOFF, "PULocationID", "DOLocationID", "trip_distance")
@@ -55,26 +57,45 @@ def month_filename(month: str) -> str:
     return f"green_tripdata_{month}.parquet"
 
 
+def tlc_url() -> str:
+    """Where months come from: ``$TAXI_HPO_TLC_URL`` (a mirror, ``{name}`` for the file name) or the TLC."""
+    url = os.environ.get(TLC_URL_ENV) or TLC_URL
+    if "{name}" not in url:
+        raise DataError(f"{TLC_URL_ENV}={url} has no {{name}}: give the mirror's address with {{name}} where "
+                        f"the file name goes, e.g. https://mirror/trip-data/{{name}}")
+    return url
+
+
 def resolve(spec: str, data_dir: Path, progress: ProgressFn | None = None,
-            url_template: str = TLC_URL) -> MonthFile:
+            url_template: str | None = None) -> MonthFile:
     """Turn ``--train``/``--valid`` into an existing local file, downloading a month if needed."""
     looks_like_path = spec.endswith(".parquet") or os.sep in spec
     if looks_like_path:
         path = Path(spec).expanduser()
+        if path.is_dir():
+            raise DataError(f"{path} is a folder, not a file: pass a parquet file of one month or a month YYYY-MM "
+                            f"(--data-dir takes the folder)")
         if not path.is_file():
             raise DataError(f"{path} does not exist: pass an existing parquet file or a month YYYY-MM")
         return MonthFile(spec, path.resolve())
     name = month_filename(spec)
     path = Path(data_dir).expanduser().resolve() / name
+    if path.is_dir():
+        raise DataError(f"{path} is a folder, not the month's file: remove it or pass another --data-dir")
     if not path.is_file():
-        download(url_template.format(name=name), path, progress)
+        download((url_template or tlc_url()).format(name=name), path, progress)
     return MonthFile(spec, path)
 
 
 def download(url: str, dest: Path, progress: ProgressFn | None = None, timeout: float = 30.0) -> None:
     """Fetch ``url`` into ``dest`` atomically: a failed download leaves no file behind."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    except OSError as exc:
+        raise DataError(f"{dest.name} is not in {dest.parent} and must be downloaded, but that folder cannot be "
+                        f"written ({exc.strerror or exc}): pass --data-dir with a writable folder, or one that "
+                        f"holds the file") from exc
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
             total = resp.headers.get("Content-Length")
@@ -136,17 +157,45 @@ def load(path: Path) -> pd.DataFrame:
             f"{path} lacks column(s) {', '.join(missing)}: expected a TLC green-taxi trip file "
             f"with {', '.join(REQUIRED_COLUMNS)}"
         )
+    wrong = column_type_errors(schema)
+    if wrong:
+        raise DataError(f"{path} has columns of the wrong type ({'; '.join(wrong)}): expected a TLC green-taxi "
+                        f"trip file as published")
     try:
         df = pd.read_parquet(path, columns=list(REQUIRED_COLUMNS))
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise DataError(f"{path} could not be read ({exc}): re-download it or pass another file") from exc
-    df = prepare(df)
+    try:
+        df = prepare(df)
+    except DataError as exc:
+        raise DataError(f"{path}: {exc}") from exc
     if df.empty:
         raise DataError(
             f"{path} has no trips of {MIN_MINUTES:g}–{MAX_MINUTES:g} minutes after filtering: "
             f"check that it is a trip-record month"
         )
     return df
+
+
+def column_type_errors(schema: pa.Schema) -> list[str]:
+    """What is wrong with the types of the required columns (both TLC layouts pass):
+    timestamps for pickup and dropoff, a number for ``trip_distance``, integer (or integral
+    float) or string location ids."""
+    def kind(name: str) -> pa.DataType:
+        t = schema.field(name).type
+        return t.value_type if pa.types.is_dictionary(t) else t
+
+    wrong = [f"{c} is {kind(c)}, not a timestamp" for c in (PICKUP, DROPOFF)
+             if not (pa.types.is_timestamp(kind(c)) or pa.types.is_date(kind(c)))]
+    t = kind("trip_distance")
+    if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)):
+        wrong.append(f"trip_distance is {t}, not a number")
+    for c in ("PULocationID", "DOLocationID"):
+        t = kind(c)
+        if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_string(t)
+                or pa.types.is_large_string(t)):
+            wrong.append(f"{c} is {t}, not an id")
+    return wrong
 
 
 def prepare(df: pd.DataFrame) -> pd.DataFrame:
@@ -169,5 +218,8 @@ def prepare(df: pd.DataFrame) -> pd.DataFrame:
 def location_ids(col: pd.Series) -> pd.Series:
     """Location ids as strings, whether stored as int, float or string ('130', not '130.0')."""
     if pd.api.types.is_numeric_dtype(col):
-        return col.astype("Int64").astype(str)
+        try:
+            return col.astype("Int64").astype(str)
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"{col.name} holds numbers that are not whole location ids ({exc})") from exc
     return col.astype(str)
