@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import subprocess
@@ -25,7 +26,18 @@ def bad_files(data_dir, tmp_path_factory) -> dict[str, Path]:
     raw = pd.read_parquet(data_dir / "green_tripdata_2023-01.parquet").head(100)
     raw["lpep_dropoff_datetime"] = raw["lpep_pickup_datetime"]
     raw.to_parquet(empty)
-    return {"corrupt": corrupt, "columns": columns, "empty": empty, "missing": root / "missing.parquet"}
+    folder = root / "green_tripdata_2023-01.parquet"   # a folder named like a month's file
+    folder.mkdir()
+    typed = {}
+    for name, column, cast in (("text_times", "lpep_pickup_datetime", lambda c: c.astype(str)),
+                               ("text_distance", "trip_distance", lambda c: c.astype(str) + " mi"),
+                               ("fractional_ids", "PULocationID", lambda c: c + 0.5)):
+        frame = pd.read_parquet(data_dir / "green_tripdata_2023-01.parquet").head(500)
+        frame[column] = cast(frame[column])
+        typed[name] = root / f"{name}.parquet"
+        frame.to_parquet(typed[name])
+    return {"corrupt": corrupt, "columns": columns, "empty": empty, "missing": root / "missing.parquet",
+            "folder": folder, **typed}
 
 
 def cli(workdir: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -40,6 +52,14 @@ CASES = {
     "missing columns": (["--valid", "{columns}"], "lacks column(s) PULocationID"),
     "nothing after filter": (["--train", "{empty}"], "no trips of 1–60 minutes"),
     "bad month": (["--train", "2021-13"], "is not a month"),
+    "a folder as the month": (["--train", "{folder}"], "is a folder, not a file"),
+    "timestamps as text": (["--train", "{text_times}"], "lpep_pickup_datetime is large_string, not a timestamp"),
+    "distance as text": (["--valid", "{text_distance}"], "trip_distance is large_string, not a number"),
+    "fractional location ids": (["--train", "{fractional_ids}"], "PULocationID holds numbers that are not whole"),
+    "max inference time 0": (["--max-inference-time", "0"], "--max-inference-time must be a positive number"),
+    "max inference time < 0": (["--max-inference-time=-1e-6"], "--max-inference-time must be a positive number"),
+    "max rmse not finite": (["--max-rmse", "nan"], "--max-rmse must be a positive number"),
+    "unknown tracking scheme": (["--tracking-uri", "ftp://example.org/mlflow"], "unknown scheme 'ftp'"),
     "trials <= 0": (["--trials", "0"], "--trials must be a positive"),
     "workers <= 0": (["--workers", "-1"], "--workers must be a positive"),
     "threads <= 0": (["--threads-per-worker", "0"], "--threads-per-worker must be a positive"),
@@ -77,7 +97,102 @@ def test_bad_input_is_one_line_and_exit_2(case, bad_files, data_dir, tmp_path):
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, proc.stderr
     assert expected in lines[0] and "Traceback" not in proc.stderr
-    db = tmp_path / "mlflow.db"
-    if db.exists():
-        with sqlite3.connect(db) as conn:
-            assert conn.execute("select count(*) from runs where status = 'RUNNING'").fetchone()[0] == 0
+    assert_nothing_created(tmp_path)
+
+
+def assert_nothing_created(workdir: Path) -> None:
+    """What the README promises of bad input: no run, no artifact. Only a check that reads the
+    store (an unknown --resume or --warm-start id) may have made an empty sqlite store."""
+    made = sorted(p.name for p in workdir.iterdir())
+    assert made in ([], ["mlflow.db"]), made
+    if made:
+        with sqlite3.connect(workdir / "mlflow.db") as conn:
+            assert conn.execute("select count(*) from runs").fetchone()[0] == 0
+
+
+# --- the disk: a read-only data folder, a full artifact folder (real tmpfs mounts) --------------
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """Mount small tmpfs folders (root only: elsewhere the test skips with one line)."""
+    mounted = []
+
+    def mount(name: str, *options: str) -> Path:
+        where = tmp_path / name
+        where.mkdir()
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join(options), "tmpfs", str(where)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip() or proc.returncode}): needs root")
+        mounted.append(where)
+        return where
+
+    yield mount
+    for where in reversed(mounted):
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def test_a_read_only_data_folder_when_a_month_must_be_downloaded(tmpfs, tmp_path):
+    read_only = tmpfs("data", "ro", "size=1m")
+    proc = cli(tmp_path, "--data-dir", str(read_only), "--train", "2019-01")
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "must be downloaded, but that folder cannot be written" in lines[0], proc.stderr
+    assert "--data-dir" in lines[0]
+    assert [p.name for p in tmp_path.iterdir() if p != read_only] == []
+
+
+def test_a_full_disk_under_the_store_and_artifacts(tmpfs, data_dir):
+    full = tmpfs("work", "size=1m")   # the sqlite store fits, the preprocessor artifact does not
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    proc = subprocess.run([sys.executable, "-m", "taxi_hpo.cli", "run", "--data-dir", str(data_dir), "--trials", "2",
+                           "--rounds", "3", "--max-depth", "5", "--no-report"], cwd=full, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in proc.stderr and lines, proc.stderr[-3000:]
+    assert "No space left on device" in lines[-1] and "--resume" in lines[-1], lines[-1]
+    assert not [line for line in lines[:-1] if "rror" in line], lines
+    with sqlite3.connect(full / "mlflow.db") as conn:
+        statuses = [s for (s,) in conn.execute("select status from runs")]
+    assert statuses and "RUNNING" not in statuses, statuses
+
+
+# --- --resume of what is not a search to go on with ---------------------------------------------
+
+@pytest.fixture(scope="module")
+def finished_search(data_dir, tmp_path_factory) -> dict:
+    work = tmp_path_factory.mktemp("finished")
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    proc = subprocess.run([sys.executable, "-m", "taxi_hpo.cli", "run", "--data-dir", str(data_dir), "--trials", "2",
+                           "--rounds", "3", "--max-depth", "5", "--no-report", "--json"], cwd=work, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout)
+    with sqlite3.connect(work / "mlflow.db") as conn:
+        trial = conn.execute("select run_uuid from runs where name = 'trial-0000'").fetchone()[0]
+    return {"work": work, "parent": summary["parent_run_id"], "trial": trial}
+
+
+def _runs(work: Path) -> list[tuple]:
+    with sqlite3.connect(work / "mlflow.db") as conn:
+        return sorted(conn.execute("select run_uuid, status, end_time from runs").fetchall())
+
+
+def test_resume_of_a_trial_run_is_refused(finished_search, data_dir):
+    before = _runs(finished_search["work"])
+    proc = cli(finished_search["work"], "--data-dir", str(data_dir), "--resume", finished_search["trial"])
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "is not a taxi-hpo search" in lines[0] and "parent run id" in lines[0]
+    assert _runs(finished_search["work"]) == before
+
+
+def test_resume_of_a_complete_search_runs_nothing(finished_search, data_dir):
+    before = _runs(finished_search["work"])
+    proc = cli(finished_search["work"], "--data-dir", str(data_dir), "--resume", finished_search["parent"], "--json")
+    assert proc.returncode == 0, proc.stderr
+    said = json.loads(proc.stdout)
+    assert said["already_complete"] is True and said["trials_done"] == 2 and said["parent_run_id"] == finished_search["parent"]
+    assert "is already complete (2 of 2 trials ended" in proc.stderr and "nothing to run" in proc.stderr
+    assert _runs(finished_search["work"]) == before   # no run added, none reopened or re-ended

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -110,7 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _not_our_error(record: logging.LogRecord) -> bool:
-    return not (record.exc_info and isinstance(record.exc_info[1], TaxiHpoError))
+    exc = record.exc_info[1] if record.exc_info else None
+    if isinstance(exc, TaxiHpoError) or _disk_error(exc) is not None:
+        return False
+    # "Task run ... Finished in state Failed('... OSError: [Errno 28] ...')": said in our line.
+    return exc is not None or not any(f"[Errno {n}]" in str(record.msg) for n in _DISK_ERRNOS)
 
 
 def _quiet_libraries() -> None:
@@ -131,7 +136,7 @@ def _quiet_libraries() -> None:
     quiet_drain_warnings()
     # Our own errors raised inside the flow (a created cluster's workers failing the checks) are
     # the one line this command prints; Prefect would log each with a traceback first.
-    for name in ("prefect.flow_runs", "prefect.engine"):
+    for name in ("prefect.flow_runs", "prefect.task_runs", "prefect.engine"):
         logging.getLogger(name).addFilter(_not_our_error)
     warnings.filterwarnings("ignore", message=".*type hints to the `predict` method.*")
 
@@ -173,6 +178,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         from taxi_hpo.config import default_data_dir
 
         cfg = preflight.resume_config(cfg, data_dir_given=args.data_dir != default_data_dir())
+        done = preflight.complete_search(cfg)
+        if done is not None:  # nothing to run twice: say so, exit 0
+            best = f"; best RMSE {done['best_rmse']:.4f}" if done["best_rmse"] is not None else ""
+            sys.stderr.write(f"taxi-hpo: search {done['parent_run_id']} is already complete ({done['trials']} of "
+                             f"{done['trials']} trials ended{best}): nothing to run\n")
+            if args.json:
+                print(json.dumps(done))
+            return 0
     preflight.check(cfg)
     from taxi_hpo import flows
 
@@ -275,12 +288,34 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return _interrupted_exit()
-    except Exception:
+    except Exception as exc:
         flows = sys.modules.get("taxi_hpo.flows")
         if flows is not None and flows.interrupted():  # Ctrl-C surfaced as another exception
             return _interrupted_exit()
-        raise
+        disk = _disk_error(exc)
+        if disk is None:
+            raise
+        where = f" writing {disk.filename}" if disk.filename else " writing the tracking store or its artifacts"
+        sys.stderr.write(f"taxi-hpo: error: {disk.strerror or disk}{where}: free space on that disk (or point "
+                         f"--tracking-uri and the artifacts at another one); the runs this search opened are closed "
+                         f"FAILED, and `taxi-hpo run --resume PARENT_RUN_ID` goes on once there is room\n")
+        return EXIT_USAGE
     return 0
+
+
+#: Errors of the disk, not of the program: a full or read-only disk gets one line, not a traceback.
+_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
+
+
+def _disk_error(exc: BaseException | None) -> OSError | None:
+    """The full/read-only-disk OSError behind ``exc`` (MLflow and Prefect wrap it), or None."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in _DISK_ERRNOS:
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def entry() -> None:

@@ -115,6 +115,20 @@ def default_workers(threads_per_worker: int) -> int:
     return max(1, usable_cores() // max(1, threads_per_worker))
 
 
+#: The stores MLflow opens (a database scheme may carry its driver: postgresql+psycopg2://).
+TRACKING_SCHEMES = ("file", "sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
+
+
+def check_tracking_uri(uri: str) -> None:
+    """One line for a tracking URI MLflow would reject deep in the run with a traceback."""
+    if "://" not in uri and ":" not in uri.split("/", 1)[0]:
+        return  # a folder: MLflow's file store
+    scheme = uri.split(":", 1)[0].split("+", 1)[0].lower()
+    if scheme not in TRACKING_SCHEMES and len(scheme) > 1:  # one letter: a Windows drive
+        raise ConfigError(f"--tracking-uri {uri}: unknown scheme '{scheme}'; give sqlite:///PATH.db, "
+                          f"http(s)://HOST:PORT of an MLflow server, a database URI (postgresql://...) or a folder")
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Everything ``taxi-hpo run`` was asked to do."""
@@ -176,8 +190,11 @@ class RunConfig:
             raise ConfigError(
                 f"--max-depth {self.max_depth} is below the space's lower bound {MIN_MAX_DEPTH}: "
                 f"give {MIN_MAX_DEPTH} or more")
-        if self.max_rmse <= 0 or self.max_inference_time <= 0:
-            raise ConfigError("--max-rmse and --max-inference-time must be positive")
+        for flag, value in (("--max-rmse", self.max_rmse), ("--max-inference-time", self.max_inference_time)):
+            if not (value > 0 and math.isfinite(value)):
+                raise ConfigError(f"{flag} must be a positive number (a registration threshold), got {value:g}")
+        if self.tracking_uri:
+            check_tracking_uri(self.tracking_uri)
         if self.address and self.cluster_class:
             raise ConfigError("--address and --cluster-class both say where trials run: give one of them")
         if self.cluster_kwargs and not self.cluster_class:

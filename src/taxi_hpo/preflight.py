@@ -27,6 +27,20 @@ def resume_config(cfg: RunConfig, data_dir_given: bool = False) -> RunConfig:
     )
 
 
+def complete_search(cfg: RunConfig) -> dict | None:
+    """For ``--resume`` of a search whose every trial has ended (finished, pruned or failed for
+    good) and whose parent run is closed: what to say instead of running anything; else None.
+    A search that stopped on its time budget has trials left: it is not complete."""
+    record = tracking.load_search(cfg.resolved_tracking_uri, cfg.resume)
+    ended = set(record.trials) | set(record.failed)
+    if record.status != "FINISHED" or not set(range(cfg.trials)) <= ended:
+        return None
+    losses = [t["loss"] for t in record.trials.values() if t["loss"] is not None and t.get("pruned_at") is None]
+    return {"parent_run_id": record.run_id, "already_complete": True, "trials": cfg.trials,
+            "trials_done": len(record.trials), "trials_failed": len(record.failed),
+            "best_rmse": min(losses) if losses else None, "tracking_uri": cfg.resolved_tracking_uri}
+
+
 def check(cfg: RunConfig) -> None:
     """Resolve (download) and load both months, reach the store and the scheduler."""
     for spec in (cfg.train, cfg.valid):
