@@ -64,7 +64,7 @@ def assert_gone(pids: list[int], within: float = 10.0) -> None:
         alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
         if not alive:
             return
-        time.sleep(0.2)
+        time.sleep(0.02)
     raise AssertionError(f"processes still alive: {alive}")
 
 
@@ -75,19 +75,66 @@ def finished_once(db: Path, n: int) -> None:
     assert not [r for r in rows if r[1] == "RUNNING"], rows
 
 
+def running_trials(db: Path) -> list[tuple[str, int]]:
+    """(trial id, worker pid) of the trial runs open right now."""
+    return [(t, int(w.split(":")[1])) for t, status, w in trial_runs(db) if status == "RUNNING" and w]
+
+
+def freeze_a_running_worker(db: Path, timeout: float = 120) -> int:
+    """A worker pid stopped (SIGSTOP) while its trial's run is open: it cannot finish that trial
+    before the kill, so killing it cannot race a finishing trial."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for _, pid in wait_for(lambda: running_trials(db), deadline - time.time(), "a running trial"):
+            os.kill(pid, signal.SIGSTOP)
+            if pid in [p for _, p in running_trials(db)]:
+                return pid
+            os.kill(pid, signal.SIGCONT)  # its trial ended in between: try another
+    raise AssertionError("no worker held a running trial")
+
+
 def test_killed_worker_reruns_trial_once(prefect_api_url, data_dir, workdir):
     proc = start_cli(workdir, prefect_api_url, "--data-dir", str(data_dir), "--trials", "6", "--workers", "2",
                      "--rounds", "60", "--max-depth", "14", "--no-register")
     db = workdir / "mlflow.db"
-    running = wait_for(lambda: [r for r in trial_runs(db) if r[1] == "RUNNING"], 120, "a running trial")
-    victim = int(running[0][2].split(":")[1])
+    victim = freeze_a_running_worker(db)
     os.kill(victim, signal.SIGKILL)
     summary = finish(proc)
     assert (summary["trials_done"], summary["trials_failed"]) == (6, 0)
     finished_once(db, 6)
-    killed = [r for r in trial_runs(db) if r[1] in ("KILLED", "FAILED")]
-    assert killed and all(int(r[2].split(":")[1]) == victim for r in killed)
+    not_finished = [r for r in trial_runs(db) if r[1] != "FINISHED"]
+    assert len(not_finished) == 1 and not_finished[0][1] == "KILLED", not_finished   # as the README says
+    assert int(not_finished[0][2].split(":")[1]) == victim
     assert summary["preprocessor_artifacts"] == 1
+
+
+def test_a_trial_that_kills_its_worker_every_time_is_a_failed_trial(prefect_api_url, data_dir, workdir, monkeypatch):
+    """A poison trial (a segfault, the OOM killer): Dask gives up on it after
+    ``distributed.scheduler.allowed-failures`` dead workers (0 here, 3 by default) and the
+    search counts it as failed and goes on."""
+    monkeypatch.setenv("DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES", "0")
+    proc = start_cli(workdir, prefect_api_url, "--data-dir", str(data_dir), "--trials", "4", "--workers", "2",
+                     "--rounds", "40", "--max-depth", "10", "--no-register", "--no-report")
+    db = workdir / "mlflow.db"
+    killed = set()
+    while proc.poll() is None:   # every attempt at trial 0 dies with its worker
+        for trial, pid in running_trials(db):
+            if trial == "0" and pid not in killed:
+                killed.add(pid)
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
+    summary = finish(proc)
+    assert killed
+    assert (summary["trials_done"], summary["trials_failed"]) == (3, 1), summary
+    assert summary["trial_rmse"][0] is None and all(summary["trial_rmse"][1:])
+    statuses = {}
+    for trial, status, _ in trial_runs(db):
+        statuses.setdefault(int(trial), []).append(status)
+    assert set(statuses[0]) == {"KILLED"} and all(statuses[t] == ["FINISHED"] for t in (1, 2, 3)), statuses
+    parent = _only_parent(db)
+    record = tracking.load_search(f"sqlite:///{db}", parent)
+    assert set(record.failed) == {0} and "KilledWorker" in record.failed[0]["error"]
+    assert tracking.run_status(f"sqlite:///{db}", parent) == "FINISHED"
 
 
 def test_killed_flow_resumes_with_the_same_batch_suggestions(prefect_api_url, data_dir, workdir, tmp_path):
@@ -100,10 +147,13 @@ def test_killed_flow_resumes_with_the_same_batch_suggestions(prefect_api_url, da
     proc = start_cli(workdir, prefect_api_url, *args)
     db = workdir / "mlflow.db"
     wait_for(lambda: len([r for r in trial_runs(db) if r[1] == "FINISHED"]) >= 3, 180, "three finished trials")
-    children = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+    children = psutil.Process(proc.pid).children(recursive=True)
+    workers = [c.pid for c in children if "spawn_main" in " ".join(c.cmdline())]
+    assert len(workers) == 2, [c.cmdline() for c in children]
     proc.kill()
     proc.wait()
-    assert_gone(children)  # the worker watchdog: no orphans left to write runs
+    assert_gone(workers, within=1.0)  # the worker watchdog, as the README says: no orphans left to write runs
+    assert_gone([c.pid for c in children])
     parent = _only_parent(db)
     resumed = finish(start_cli(workdir, prefect_api_url, "--resume", parent, "--workers", "1"))
     assert resumed["parent_run_id"] == parent

@@ -1,14 +1,21 @@
-"""The MLflow tracking server unreachable for ~20 s mid-search: trials wait and retry, none lost."""
+"""The MLflow tracking server unreachable mid-search: trials wait and retry, none lost.
+
+The outage is event-driven: a reverse proxy in front of a real `mlflow server` stops answering
+(each request's connection is closed unanswered, as a server that went away) until the search
+has been refused a number of times, then answers again at once; no sleep decides the test.
+"""
 
 from __future__ import annotations
 
+import http.client
+import http.server
 import json
 import os
+import threading
 import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 
 import pytest
@@ -58,6 +65,52 @@ class MlflowServer:
                 self.proc.wait()
 
 
+class Outage(http.server.ThreadingHTTPServer):
+    """A reverse proxy to a tracking server that can go dark: while ``down``, every request's
+    connection is closed unanswered (nothing reaches the server, so no write happens twice)."""
+
+    daemon_threads = True
+
+    def __init__(self, backend_port: int):
+        self.backend_port = backend_port
+        self.down = threading.Event()
+        self.refused = 0
+        self.lock = threading.Lock()
+        super().__init__(("127.0.0.1", free_port()), _ProxyHandler)
+        self.uri = f"http://127.0.0.1:{self.server_address[1]}"
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+
+class _ProxyHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def _forward(self):
+        if self.server.down.is_set():
+            with self.server.lock:
+                self.server.refused += 1
+            self.close_connection = True
+            return
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        backend = http.client.HTTPConnection("127.0.0.1", self.server.backend_port, timeout=60)
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection", "keep-alive")}
+        backend.request(self.command, self.path, body=body, headers=headers)
+        resp = backend.getresponse()
+        payload = resp.read()
+        self.send_response(resp.status)
+        for k, v in resp.getheaders():
+            if k.lower() not in ("transfer-encoding", "connection", "content-length", "keep-alive"):
+                self.send_header(k, v)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+        backend.close()
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _forward
+
+    def log_message(self, *args):
+        pass
+
+
 @pytest.fixture
 def mlflow_server(workdir):
     server = MlflowServer(workdir)
@@ -67,9 +120,10 @@ def mlflow_server(workdir):
 
 
 def test_tracking_server_outage_loses_no_trial(prefect_api_url, data_dir, workdir, mlflow_server):
+    outage = Outage(mlflow_server.port)
     proc = start_cli(workdir, prefect_api_url, "--data-dir", str(data_dir), "--trials", "6", "--workers", "2",
-                     "--rounds", "30", "--max-depth", "10", "--no-register", "--tracking-uri", mlflow_server.uri)
-    client = MlflowClient(mlflow_server.uri)
+                     "--rounds", "30", "--max-depth", "10", "--no-register", "--tracking-uri", outage.uri)
+    client = MlflowClient(mlflow_server.uri)   # the test itself reads the server directly
 
     def finished_trials():
         try:
@@ -79,11 +133,13 @@ def test_tracking_server_outage_loses_no_trial(prefect_api_url, data_dir, workdi
         return [r for r in runs if "trial_id" in r.data.tags]
 
     wait_for(finished_trials, 180, "a finished trial")
-    mlflow_server.stop()
-    time.sleep(20)
+    outage.down.set()
+    # Dark until the search has run into it again and again (its retries back off: 0.5, 1, 2 s ...).
+    wait_for(lambda: outage.refused >= 6, 120, "six refused requests")
     assert proc.poll() is None, "the search must wait for the store, not give up"
-    mlflow_server.start()
+    outage.down.clear()
     summary = finish(proc)
+    outage.shutdown()
     assert (summary["trials_done"], summary["trials_failed"]) == (6, 0)
     finished = sorted(int(r.data.tags["trial_id"]) for r in finished_trials())
     assert finished == list(range(6))

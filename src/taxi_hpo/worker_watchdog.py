@@ -11,7 +11,7 @@ import os
 import threading
 import time
 
-POLL_S = 0.5
+POLL_S = 0.2
 
 
 def dask_setup(worker=None) -> None:  # called by distributed when the worker starts
