@@ -5,12 +5,18 @@ MLflow and Prefect servers) and namespaces for the scheduler and two workers, on
 each with its own hostname. Every service is started and stopped by the cluster/local scripts,
 so they cannot rot. Needs root, ``ip`` (iproute2) and ``unshare`` (util-linux); without them
 the tests skip, except on CI (``CI=true``), where they fail.
+
+The servers listen beyond loopback, so they run as the scripts start them by default: MLflow
+with basic auth and Prefect with an auth string, both generated into the client host's run
+dir, which the client and these tests read. The plain ``tcp://`` cluster is the scripts'
+explicit opt-out (``ALLOW_PLAINTEXT=1``); ``tests/test_security.py`` runs the secure default.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -23,9 +29,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId, FlowRunFilter, FlowRunFilterId
-from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
-from taxi_hpo import cli, cluster, remote, tracking
+from taxi_hpo import cli, cluster, credentials, remote, tracking
 from taxi_hpo.config import RunConfig
 from taxi_hpo.errors import ClusterError, TrackingError
 
@@ -215,7 +221,9 @@ class Net:
         if h.netns:
             argv = ["ip", "netns", "exec", h.netns, "unshare", "--uts", "sh", "-c",
                     'hostname "$0" && exec "$@"', f"thpo-{host}", *argv]
-        inherited = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+        # A host starts with none of this process's credentials: workers get them from the flow.
+        inherited = {k: v for k, v in os.environ.items()
+                     if k != "PREFECT_API_URL" and k not in credentials.ENV_NAMES}
         full_env = {**inherited, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
                     "TAXI_HPO_RUN_DIR": str(h.run_dir), "PREFECT_HOME": str(h.run_dir / "prefect"),
                     "BIND_HOST": h.ip, "THREADS_PER_TRIAL": THREADS, **(env or {})}
@@ -276,11 +284,27 @@ class Stack:
     api_url: str
     address: str
     client_home: Path
+    credentials: dict = field(default_factory=dict)  # what start-mlflow.sh and start-prefect.sh made
+
+    def prefect_settings(self) -> dict:
+        """``temporary_settings`` updates for this process's Prefect client."""
+        auth = self.credentials.get("PREFECT_API_AUTH_STRING")
+        return {PREFECT_API_URL: self.api_url, **({PREFECT_API_AUTH_STRING: auth} if auth else {})}
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """The ``export NAME='VALUE'`` lines of a credentials file of the cluster/local scripts."""
+    return dict(re.findall(r"^export (\w+)='([^']*)'$", path.read_text(), re.M))
+
+
+def server_credentials(run_dir: Path) -> dict[str, str]:
+    return {**read_env_file(run_dir / "mlflow-auth.env"), **read_env_file(run_dir / "prefect-auth.env")}
 
 
 def start_cluster(net: Net, tls_dir: Path | None = None) -> dict[str, subprocess.Popen]:
-    """The scheduler and one worker process on each worker host, all at once."""
-    env = {"TLS_DIR": str(tls_dir)} if tls_dir else {}
+    """The scheduler and one worker process on each worker host, all at once; without
+    ``tls_dir``, plain TCP through the scripts' explicit opt-out."""
+    env = {"TLS_DIR": str(tls_dir)} if tls_dir else {"ALLOW_PLAINTEXT": "1"}
     scheme = "tls" if tls_dir else "tcp"
     address = f"{scheme}://{net.hosts['sched'].ip}:8786"
     return {
@@ -291,7 +315,9 @@ def start_cluster(net: Net, tls_dir: Path | None = None) -> dict[str, subprocess
 
 @pytest.fixture(scope="module")
 def stack(net, tmp_path_factory) -> Stack:
-    """MLflow and Prefect on the client host, a tcp:// scheduler and two worker hosts."""
+    """MLflow and Prefect on the client host (with the credentials their scripts made), a
+    tcp:// scheduler and two worker hosts. MLflow's credentials are in this process's
+    environment while the module runs (MlflowClient reads them there)."""
     client = net.hosts["client"]
     mlflow_port, prefect_port = free_port(client.ip), free_port(client.ip)
     wait_all({
@@ -299,18 +325,29 @@ def stack(net, tmp_path_factory) -> Stack:
         "prefect": net.script("client", "start-prefect.sh", env={"PREFECT_PORT": str(prefect_port)}),
         **start_cluster(net),
     })
-    return Stack(f"http://{client.ip}:{mlflow_port}", f"http://{client.ip}:{prefect_port}/api",
-                 f"tcp://{net.hosts['sched'].ip}:8786", tmp_path_factory.mktemp("client-home"))
+    creds = server_credentials(client.run_dir)
+    with pytest.MonkeyPatch.context() as mp:
+        for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+            mp.setenv(name, creds[name])
+        yield Stack(f"http://{client.ip}:{mlflow_port}", f"http://{client.ip}:{prefect_port}/api",
+                    f"tcp://{net.hosts['sched'].ip}:8786", tmp_path_factory.mktemp("client-home"), creds)
+
+
+def search_command(stack: Stack, address: str, data_dir: Path, *args: str, env: dict | None = None,
+                   creds: dict | None = None) -> tuple[list[str], dict]:
+    """``taxi-hpo run`` on the stack: argv and environment, with the stack's credentials
+    (``creds``: others) and no TLS settings unless given."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("DASK_") and k not in credentials.ENV_NAMES}
+    full_env = {**clean, "PREFECT_API_URL": stack.api_url, "PREFECT_HOME": str(stack.client_home),
+                **(stack.credentials if creds is None else creds), **(env or {})}
+    return ([str(VENV_BIN / "taxi-hpo"), "run", "--address", address, "--tracking-uri", stack.tracking_uri,
+             "--data-dir", str(data_dir), "--threads-per-worker", THREADS, *SMALL, "--json", *args], full_env)
 
 
 def run_search(stack: Stack, address: str, data_dir: Path, cwd: Path, *args: str,
-               env: dict | None = None) -> subprocess.CompletedProcess:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("DASK_")}  # no TLS unless given
-    full_env = {**clean, "PREFECT_API_URL": stack.api_url, "PREFECT_HOME": str(stack.client_home), **(env or {})}
-    return subprocess.run(
-        [str(VENV_BIN / "taxi-hpo"), "run", "--address", address, "--tracking-uri", stack.tracking_uri,
-         "--data-dir", str(data_dir), "--threads-per-worker", THREADS, *SMALL, "--json", *args],
-        cwd=cwd, env=full_env, capture_output=True, text=True, timeout=240)
+               env: dict | None = None, creds: dict | None = None) -> subprocess.CompletedProcess:
+    argv, full_env = search_command(stack, address, data_dir, *args, env=env, creds=creds)
+    return subprocess.run(argv, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=240)
 
 
 def summary_of(proc: subprocess.CompletedProcess) -> dict:
@@ -338,7 +375,7 @@ def assert_ran_remotely(s: dict, stack: Stack, trials: int) -> None:
 
 @pytest.mark.integration
 def test_preflight_probes_the_workers(stack, tmp_path):
-    with temporary_settings(updates={PREFECT_API_URL: stack.api_url}):
+    with temporary_settings(updates=stack.prefect_settings()):
         info = remote.check(cfg(tmp_path, address=stack.address, tracking_uri=stack.tracking_uri,
                                 threads_per_worker=int(THREADS)))
         assert info["workers"] == 2 and set(info["versions"].values()) == {remote.client_environment()["taxi_hpo"]}
@@ -357,7 +394,7 @@ def test_search_on_remote_workers(stack, data_dir, tmp_path):
     assert_ran_remotely(s, stack, 3)
     # The trials are task runs of the search's flow run in the shared Prefect API (the UI's view).
     flow_run_id = MlflowClient(stack.tracking_uri).get_run(s["parent_run_id"]).data.tags["flow_run_id"]
-    with temporary_settings(updates={PREFECT_API_URL: stack.api_url}):
+    with temporary_settings(updates=stack.prefect_settings()):
         with get_client(sync_client=True) as client:
             flow_run = client.read_flow_run(flow_run_id)
             task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])))

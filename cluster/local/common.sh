@@ -19,6 +19,8 @@
 : "${PREFECT_DB_URL:=}"                        # empty: sqlite under PREFECT_HOME; or postgresql+asyncpg://...
 : "${PREFECT_HOME:=$TAXI_HPO_RUN_DIR/prefect}"
 : "${TLS_DIR:=}"                               # folder made by cluster/tls/make-certs.sh: enables tls://
+: "${ALLOW_PLAINTEXT:=}"                       # 1: Dask over plain TCP beyond loopback (anyone who reaches it runs code)
+: "${ALLOW_NO_AUTH:=}"                         # 1: MLflow and Prefect beyond loopback without credentials
 : "${WAIT_S:=90}"                              # how long a start script waits for its service; 0: do not wait
 export PREFECT_HOME
 export PREFECT_SERVER_ANALYTICS_ENABLED="${PREFECT_SERVER_ANALYTICS_ENABLED:-false}"
@@ -39,6 +41,58 @@ export DASK_DISTRIBUTED__WORKER__MEMORY__MONITOR_INTERVAL="${DASK_DISTRIBUTED__W
 die() { echo "$(basename "$0"): $*" >&2; exit 1; }
 
 tls_scheme() { if [ -n "$TLS_DIR" ]; then echo tls; else echo tcp; fi; }
+
+# is_loopback HOST: true for names and addresses that only this machine can reach.
+is_loopback() { case "$1" in 127.* | localhost | ::1 | "[::1]") return 0 ;; *) return 1 ;; esac; }
+
+# refuse_plaintext WHAT HOST: Dask listening on HOST beyond loopback speaks TLS, unless
+# ALLOW_PLAINTEXT=1 says otherwise: a Dask scheduler or worker runs whatever pickle it is sent.
+refuse_plaintext() {
+    [ -z "$TLS_DIR" ] || return 0
+    is_loopback "$2" && return 0
+    local risk="anyone who can reach the port can run code on every worker (Dask runs the pickles it is sent)"
+    if [ "$ALLOW_PLAINTEXT" = 1 ]; then
+        echo "$(basename "$0"): warning: plain TCP beyond loopback for $1 (ALLOW_PLAINTEXT=1): $risk" >&2
+        return 0
+    fi
+    die "refusing plain TCP beyond loopback for $1: $risk; use TLS (cluster/tls/make-certs.sh DIR HOST, then TLS_DIR=DIR), stay on 127.0.0.1, or set ALLOW_PLAINTEXT=1 to accept that risk"
+}
+
+# needs_auth NAME: true when NAME listens beyond loopback and ALLOW_NO_AUTH is not 1.
+needs_auth() {
+    is_loopback "$BIND_HOST" && return 1
+    if [ "$ALLOW_NO_AUTH" = 1 ]; then
+        echo "$(basename "$0"): warning: $1 on $BIND_HOST without credentials (ALLOW_NO_AUTH=1): anyone who can reach it can read and write it" >&2
+        return 1
+    fi
+    return 0
+}
+
+random_secret() { od -An -N24 -tx1 /dev/urandom | tr -d ' \n'; }
+
+# read_secret FILE NAME: the value FILE (made by write_secrets) exports as NAME, or nothing.
+read_secret() { [ -r "$1" ] || return 0; ( . "$1" && printf '%s' "${!2:-}" ); }
+
+# write_secrets FILE NAME=VALUE...: a file of `export NAME='VALUE'` lines, readable by its owner only.
+write_secrets() {
+    local file=$1 pair value; shift
+    mkdir -p "$(dirname "$file")"
+    ( umask 077
+      { echo "# Credentials made by cluster/local; on the client: source $file"
+        for pair in "$@"; do
+            value=${pair#*=}
+            printf "export %s='%s'\n" "${pair%%=*}" "${value//\'/\'\\\'\'}"
+        done; } >"$file.tmp" )
+    chmod 600 "$file.tmp" && mv -f "$file.tmp" "$file"
+}
+
+# http_status HOST PORT PATH [AUTHORIZATION]: the HTTP status of a GET, 000 if none.
+http_status() {
+    ( exec 3<>"/dev/tcp/$1/$2" || exit 0
+      auth=""; [ -z "${4:-}" ] || auth="Authorization: $4"$'\r\n'
+      printf 'GET %s HTTP/1.0\r\nHost: %s:%s\r\n%s\r\n' "$3" "$1" "$2" "$auth" >&3
+      IFS=' ' read -r -t 20 _ code _ <&3 && echo "$code" ) 2>/dev/null | grep -E '^[0-9]{3}$' || echo 000
+}
 
 tls_flags() {  # tls_flags ROLE: the dask CLI flags of ROLE's certificate, or nothing
     [ -n "$TLS_DIR" ] || return 0

@@ -4,6 +4,8 @@
 # Each process runs SLOTS_PER_WORKER trials at once, each with THREADS_PER_TRIAL XGBoost
 # threads: give taxi-hpo run the same --threads-per-worker. Several groups on one host need
 # distinct WORKER_GROUP names (default: workers; the log and pid file are named after it).
+# Workers listen on the address that reaches the scheduler (or WORKER_HOST): beyond loopback they
+# need tls:// and TLS_DIR, or ALLOW_PLAINTEXT=1 to run plain TCP.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
@@ -14,6 +16,9 @@ case "$address" in
     tls://*) [ -n "$TLS_DIR" ] || die "$address is tls://: set TLS_DIR to the folder of cluster/tls/make-certs.sh" ;;
     *) [ -z "$TLS_DIR" ] || die "TLS_DIR is set but $address is not tls://: give tls://HOST:$SCHEDULER_PORT" ;;
 esac
+scheduler_host=${address#*://}
+scheduler_host=${scheduler_host%:*}
+refuse_plaintext "the workers of $address" "${WORKER_HOST:-$scheduler_host}"
 flags=$(tls_flags worker)
 export DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON="$THREAD_ENVIRON"
 from=$(log_lines "$group")

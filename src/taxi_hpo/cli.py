@@ -171,12 +171,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     # The API server takes seconds to start: launched before the heavy imports and the checks.
     prefect_api.start_early()
-    from taxi_hpo import preflight
+    from taxi_hpo import preflight, tracking
     from taxi_hpo.progress import ProgressBar
 
     if cfg.resume:
+        from taxi_hpo import remote
         from taxi_hpo.config import default_data_dir
 
+        # Read before the checks: a server that refuses us must say so, not "no search run".
+        tracking.check_reachable(cfg.resolved_tracking_uri)
+        remote.check_credentials(cfg.resolved_tracking_uri, None)
         cfg = preflight.resume_config(cfg, data_dir_given=args.data_dir != default_data_dir())
         done = preflight.complete_search(cfg)
         if done is not None:  # nothing to run twice: say so, exit 0
@@ -227,6 +231,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
         raise TrackingError(f"no tracking store at {uri}: pass the --tracking-uri the search used")
     tracking.check_reachable(uri)
+    from taxi_hpo import remote
+
+    remote.check_credentials(uri, None)  # a server that asks for a password: one line
     run_id = args.parent_run_id
     if run_id == "latest":
         from mlflow.tracking import MlflowClient

@@ -25,7 +25,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect_dask import DaskTaskRunner
 
 from taxi_hpo import data as data_mod
-from taxi_hpo import dask_runner, features, models, registry, tracking, trials
+from taxi_hpo import credentials, dask_runner, features, models, registry, tracking, trials
 from taxi_hpo.cluster import THREAD_ENV, ClusterSpec, configure_dask
 from taxi_hpo.config import RunConfig
 from taxi_hpo.prefect_api import (cache_context_hydration, cache_settings_serialization, flush_to_api, prefect_api,
@@ -158,7 +158,12 @@ def search(config: dict) -> dict:
                                    features.preprocessor_sha256(prepared.preprocessor))
     status, metrics, outcomes = "FAILED", {}, []
     reporter = current_reporter()
+    handed = None
     try:
+        # Before anything runs there: workers of a cluster this process did not start get the
+        # tracking server's and the Prefect API's credentials from this process's environment
+        # (a worker plugin over the scheduler connection; never a task argument, see credentials).
+        handed = credentials.hand_to_workers(client)
         data_future = client.scatter(prepared, broadcast=True, hash=False)
         warming = _warm_workers(client, data_future, ctx)  # overlaps with the two steps below
         log_preprocessor(ctx, prepared.preprocessor.to_bytes())
@@ -217,6 +222,7 @@ def search(config: dict) -> dict:
     finally:
         if reporter:
             reporter.stop()
+        credentials.withdraw(client, handed)
         tracking.close_stale_children(tracking_uri, parent_run_id, keep={o.run_id for o in outcomes if o.run_id})
         tracking.end_run(tracking_uri, parent_run_id, status, metrics=metrics)
 

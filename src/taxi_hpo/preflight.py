@@ -50,10 +50,14 @@ def check(cfg: RunConfig) -> None:
         from taxi_hpo import cluster
 
         cluster.import_cluster_class(cfg.cluster_class)
-    if cfg.address:  # before the store is created: a remote run may refuse a local one
-        from taxi_hpo import remote
+    from taxi_hpo import remote
 
-        remote.check(cfg)
+    if cfg.address:  # before the store is created: a remote run may refuse a local one
+        remote.check(cfg)  # (credentials included)
+    else:  # a server that asks for credentials: one line, not a traceback from the first call
+        from taxi_hpo.prefect_api import configured_api_url
+
+        remote.check_credentials(cfg.resolved_tracking_uri, configured_api_url())
     # Creates the store from this (the flow's) process before any worker can race to migrate it.
     tracking.prepare_store(cfg.resolved_tracking_uri, cfg.experiment, Path(cfg.workdir) / "mlartifacts")
     if cfg.warm_start and cfg.warm_start != "latest" and not cfg.resume:

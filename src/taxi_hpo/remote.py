@@ -12,14 +12,21 @@ decided here, on the client, before anything is submitted:
 - ``taxi_hpo`` importable on every worker at this client's version, under the same Python and
   Prefect minor versions (tasks and their arguments are pickled), and both servers answering
   from every worker (a probe run there through ``client.run``);
-- for ``tls://``: this client's certificates in the dask config.
+- for ``tls://``: this client's certificates in the dask config;
+- for servers that ask for credentials (HTTP 401/403): this client's, from the environment
+  (``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD``, ``PREFECT_API_AUTH_STRING``),
+  accepted by both servers; the flow hands the same to the workers (see ``credentials``).
 
 Each failure is one line.
 """
 
 from __future__ import annotations
 
+import base64
+import os
 import platform
+import urllib.error
+import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -48,8 +55,10 @@ def check(cfg: RunConfig, timeout_s: float = 10.0) -> dict:
         What :func:`cluster.probe_scheduler` found, with each worker's probe result.
 
     Raises:
-        TrackingError: the tracking URI is not one remote workers can use or reach.
-        ClusterError: anything else the workers lack, or the scheduler cannot be reached.
+        TrackingError: the tracking URI is not one remote workers can use or reach, or the
+            server refuses this client's credentials.
+        ClusterError: anything else the workers lack, the scheduler cannot be reached, or the
+            Prefect API refuses this client's credentials.
     """
     tracking_uri, api_url = cfg.resolved_tracking_uri, configured_api_url()
     check_tls(cfg.address)
@@ -65,6 +74,7 @@ def check(cfg: RunConfig, timeout_s: float = 10.0) -> dict:
     remote = sorted(addr for addr in probes if not is_loopback(urlsplit(addr).hostname))
     check_placement(tracking_uri, api_url, f"worker {remote[0]}" if remote else None)
     check_workers(probes, tracking_uri, api_url, client_environment())
+    check_credentials(tracking_uri, api_url)
     return info
 
 
@@ -131,6 +141,82 @@ def check_tls(address: str) -> None:
                                f"or make the files with cluster/tls/make-certs.sh")
 
 
+# -- credentials: this client's, against each server ------------------------------------------
+
+CREDENTIALS_HINT = {
+    "MLflow": ("MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD",
+               "cluster/local/start-mlflow.sh writes both to <run dir>/mlflow-auth.env: source it"),
+    "Prefect": ("PREFECT_API_AUTH_STRING",
+                "cluster/local/start-prefect.sh writes it to <run dir>/prefect-auth.env: source it"),
+}
+
+
+def check_credentials(tracking_uri: str, api_url: str | None, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+    """One line when the tracking server or the Prefect API asks for credentials (HTTP 401, or
+    403 from MLflow's permissions) and this process has none, or the wrong ones.
+
+    Makes one authenticated call to each ``http(s)://`` server with what the clients would send.
+    A server that does not answer is left to the reachability checks.
+    """
+    if tracking_uri.startswith(("http://", "https://")):
+        user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+        token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+        header, given = None, " and ".join(n for n, v in (("MLFLOW_TRACKING_USERNAME", user),
+                                                         ("MLFLOW_TRACKING_PASSWORD", password)) if not v)
+        if user and password:
+            header, given = _basic(f"{user}:{password}"), f"MLFLOW_TRACKING_USERNAME={user} and its password"
+        elif token:
+            header, given = f"Bearer {token}", "MLFLOW_TRACKING_TOKEN"
+        _check_server("MLflow", "tracking server", tracking_uri, tracking_uri.rstrip("/") + MLFLOW_PROBE_PATH,
+                      header, given, timeout_s, TrackingError)
+    if api_url and api_url.startswith(("http://", "https://")):
+        from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_KEY
+
+        auth, key = PREFECT_API_AUTH_STRING.value(), PREFECT_API_KEY.value()
+        header, given = None, "PREFECT_API_AUTH_STRING"
+        if auth:
+            header, given = _basic(auth), "PREFECT_API_AUTH_STRING"
+        elif key:
+            header, given = f"Bearer {key}", "PREFECT_API_KEY"
+        _check_server("Prefect", "API", api_url, api_url.rstrip("/") + "/admin/version", header, given, timeout_s,
+                      ClusterError)
+
+
+def _basic(user_colon_password: str) -> str:
+    return "Basic " + base64.b64encode(user_colon_password.encode()).decode()
+
+
+def _check_server(kind: str, what: str, url: str, probe: str, header: str | None, given: str,
+                  timeout_s: float, error: type) -> None:
+    """``header``: the Authorization this client sends (None: none); ``given``: the variables it
+    came from, or (without a header) the ones missing."""
+    request = urllib.request.Request(probe, headers={"Authorization": header} if header else {})
+    try:
+        urllib.request.urlopen(request, timeout=timeout_s).close()
+        return
+    except urllib.error.HTTPError as exc:
+        code, body = exc.code, _first_line(exc)
+    except Exception:  # noqa: BLE001 - unreachable: the reachability checks say so
+        return
+    names, where = CREDENTIALS_HINT[kind]
+    if code == 401:
+        if header is None:
+            raise error(f"{kind} {what} {url} asks for credentials (HTTP 401) and {given} "
+                        f"{'are' if ' and ' in given else 'is'} not set: export {names} ({where})")
+        raise error(f"{kind} {what} {url} refused the credentials of {given} (HTTP 401): fix {names} ({where})")
+    if code == 403 and kind == "MLflow" and "Host header" not in body:
+        raise error(f"{kind} {what} {url} denied {given if header else 'a client without credentials'} "
+                    f"(HTTP 403 {body}): give that user permission, or use {names} of one that has it")
+
+
+def _first_line(exc: urllib.error.HTTPError) -> str:
+    try:
+        text = exc.read(300).decode("utf-8", "replace")
+    except Exception:  # noqa: BLE001
+        text = ""
+    return " ".join(text.split())[:120] or exc.reason or ""
+
+
 # -- what the workers report ------------------------------------------------------------------
 
 def client_environment() -> dict:
@@ -165,7 +251,8 @@ def make_worker_probe(urls: dict[str, str], timeout_s: float):
             except urllib.error.HTTPError as exc:
                 if exc.code == 403:  # answered, but will refuse the work: say so now
                     unreachable[name] = "HTTP 403 Forbidden; for MLflow, add this host name to --allowed-hosts"
-                # other codes (e.g. 401 before credentials): it answered, so it is reachable
+                # other codes (401: the probe carries no credentials; the flow hands this client's
+                # to the workers before the search, see credentials): it answered, so it is reachable
             except Exception as exc:  # noqa: BLE001 - reported, not raised
                 unreachable[name] = f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
         return {"taxi_hpo": version("taxi_hpo"), "prefect": version("prefect"),
