@@ -82,8 +82,9 @@ class DaskTrialRunner:
     """Submits trial tasks through the flow's DaskTaskRunner; handles are trial ids.
 
     A future Dask reports as cancelled (seen under heavy load after a worker died: "already
-    forgotten") is submitted again, with the data scattered again if its copy went too; trials
-    are idempotent in the tracking store, so a rerun never makes a second finished run.
+    forgotten") is submitted again (with the data scattered again if it was a scattered future
+    whose copy went too); trials are idempotent in the tracking store, so a rerun never makes a
+    second finished run.
 
     Args:
         submit_trial: the trial task's ``submit`` (keyword arguments as in ``flows.trial``).
@@ -193,7 +194,7 @@ class DaskTrialRunner:
                       "rounds": self._rounds, "nthread": self._nthread, "start_threads": threads,
                       "control_key": self._search_key, "elastic": self.elastic,
                       "prune_at": self._prune_at.get(trial_id), "run_tags": self._run_tags.get(trial_id)}
-        # What this trial puts on the wire: the data travels as a reference to the scattered copy.
+        # What this trial puts on the wire: the data travels as a reference (worker_data.DataRef).
         self.submit_bytes[trial_id] = len(cloudpickle.dumps(parameters))
         # Higher priority starts first among queued tasks: heaviest trials first in a batch. The
         # worker is a preference: if it is gone, Dask runs the trial elsewhere.
@@ -251,7 +252,9 @@ class DaskTrialRunner:
 
     def _resubmit(self, trial_id: int) -> None:
         self.resubmits[trial_id] = self.resubmits.get(trial_id, 0) + 1
-        if self._data.cancelled() and self._prepared is not None and self._client is not None:
+        # A scattered copy (not the worker plugin of worker_data, which no worker loses) can go.
+        lost = getattr(self._data, "cancelled", lambda: False)()
+        if lost and self._prepared is not None and self._client is not None:
             self._data = self._client.scatter(self._prepared, broadcast=True, hash=False)
         if self.plan is not None:
             self.plan.finish(trial_id)  # placed again, maybe elsewhere

@@ -25,7 +25,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect_dask import DaskTaskRunner
 
 from taxi_hpo import data as data_mod
-from taxi_hpo import credentials, dask_runner, features, models, registry, tracking, trials
+from taxi_hpo import credentials, dask_runner, features, models, registry, tracking, trials, worker_data
 from taxi_hpo.cluster import THREAD_ENV, ClusterSpec, configure_dask
 from taxi_hpo.config import RunConfig
 from taxi_hpo.prefect_api import (cache_context_hydration, cache_settings_serialization, flush_to_api, prefect_api,
@@ -99,8 +99,8 @@ def trial(trial_id: int, params: dict, prepared, ctx: tracking.TrackingContext, 
     threads = dask_runner.thread_source(control_key, trial_id) if control_key and elastic else None
     stop = dask_runner.stop_source(control_key, trial_id) if control_key else None
     try:
-        result = trials.run_trial(trial_id, params, prepared, ctx, rounds, nthread, threads, start_threads, prune_at,
-                                  stop, run_tags)
+        result = trials.run_trial(trial_id, params, worker_data.resolve(prepared), ctx, rounds, nthread, threads,
+                                  start_threads, prune_at, stop, run_tags)
     finally:
         if control_key:
             dask_runner.forget_trial(control_key, trial_id)
@@ -158,21 +158,22 @@ def search(config: dict) -> dict:
                                    features.preprocessor_sha256(prepared.preprocessor))
     status, metrics, outcomes = "FAILED", {}, []
     reporter = current_reporter()
-    handed = None
+    handed = data_ref = None
     try:
         # Before anything runs there: workers of a cluster this process did not start get the
         # tracking server's and the Prefect API's credentials from this process's environment
         # (a worker plugin over the scheduler connection; never a task argument, see credentials).
         handed = credentials.hand_to_workers(client)
-        data_future = client.scatter(prepared, broadcast=True, hash=False)
-        warming = _warm_workers(client, data_future, ctx)  # overlaps with the two steps below
+        # Once to each worker, present or joining later, and out of reach of Dask's memory manager.
+        data_ref = worker_data.share(client, prepared)
+        warming = _warm_workers(client, data_ref, ctx)  # overlaps with the two steps below
         log_preprocessor(ctx, prepared.preprocessor.to_bytes())
         lr_rmse = record.lr_rmse if record and record.lr_rmse is not None else linear_baseline(prepared, ctx)
         plan = _thread_plan(cfg, client, _gather_by_worker(client, warming))
         searcher = TPESearcher(reference_space(cfg.max_depth), cfg.seed, max(DEFAULT_STARTUP, in_flight),
                                warm_points=[w["params"] for w in warm])
         pruner = Pruner(cfg.prune, cfg.rounds)
-        runner = dask_runner.DaskTrialRunner(trial.submit, data_future, ctx, cfg.rounds, cfg.threads_per_worker,
+        runner = dask_runner.DaskTrialRunner(trial.submit, data_ref, ctx, cfg.rounds, cfg.threads_per_worker,
                                              prepared, client, plan=plan, pruner=pruner,
                                              run_tags={i: {tracking.WARM_FROM_TAG: w["from"]} for i, w in enumerate(warm)})
         if reporter:
@@ -182,7 +183,7 @@ def search(config: dict) -> dict:
             # starts from the workers the thread plan knows; later ones join it through capacity()
             planned = {worker: slot.slots for worker, slot in plan.slots.items()}
             runner.follow(planned, lambda addr: client.submit(
-                _warm_worker, data_future, ctx, api_url, workers=[addr], allow_other_workers=False, pure=False),
+                _warm_worker, data_ref, ctx, api_url, workers=[addr], allow_other_workers=False, pure=False),
                 target_slots=cfg.adapt[1] * max(planned.values(), default=1) if cfg.adapt else 0)
             in_flight = runner.capacity
         search_start = time.time()
@@ -223,6 +224,7 @@ def search(config: dict) -> dict:
         if reporter:
             reporter.stop()
         credentials.withdraw(client, handed)
+        worker_data.unshare(client, data_ref)
         tracking.close_stale_children(tracking_uri, parent_run_id, keep={o.run_id for o in outcomes if o.run_id})
         tracking.end_run(tracking_uri, parent_run_id, status, metrics=metrics)
 
@@ -296,9 +298,9 @@ def _gather_by_worker(client, futures: dict) -> dict:
     return dict(zip(done, results))
 
 
-def _warm_workers(client, data_future, ctx: tracking.TrackingContext) -> dict:
+def _warm_workers(client, data_ref, ctx: tracking.TrackingContext) -> dict:
     """One warm-up task per worker: imports, matrices and store ready before the first trial."""
-    return _on_each_worker(client, _warm_worker, data_future, ctx, PREFECT_API_URL.value())
+    return _on_each_worker(client, _warm_worker, data_ref, ctx, PREFECT_API_URL.value())
 
 
 def _thread_plan(cfg: RunConfig, client, warmed: dict) -> ThreadPlan:
@@ -323,7 +325,7 @@ def _warm_worker(prepared, ctx: tracking.TrackingContext, api_url: str) -> dict:
         api.api_healthcheck()
     quiet_drain_warnings()
     cache_context_hydration()  # also on remote workers, which have no preload of ours
-    return trials.warm_up(prepared, ctx)
+    return trials.warm_up(worker_data.resolve(prepared), ctx)
 
 
 def _flush_workers(client, timeout_s: float = 10.0) -> None:

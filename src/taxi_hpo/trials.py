@@ -56,7 +56,9 @@ def run_trial(trial_id: int, params: dict, data: PreparedData, ctx: tracking.Tra
     ``stop`` (the time budget): asked between rounds; a stopped trial's run ends KILLED and its
     outcome is ``cancelled`` (no loss), so a resumed search runs it again.
     Idempotent: when an earlier attempt of the same trial already FINISHED its run (a worker
-    died after logging but before returning), that run's result is returned, not a second run.
+    died after logging but before returning, or a retired worker finished its attempt while
+    Dask ran the trial elsewhere too), that run's result is returned and this attempt's run ends
+    KILLED, not a second FINISHED run.
     """
     started = time.time()
     earlier = tracking.finished_trial_run(ctx, trial_id)
@@ -85,6 +87,13 @@ def run_trial(trial_id: int, params: dict, data: PreparedData, ctx: tracking.Tra
             tags = {tracking.CURVE_TAG: json.dumps(fit.curve)} if prune_at else {}
             if fit.pruned_at is not None:
                 tags[tracking.PRUNED_TAG] = fit.pruned_at
+            # Two attempts can run at once: a worker retired mid-trial finishes its attempt while
+            # Dask has already started the trial elsewhere. The first to finish keeps its run.
+            other = tracking.finished_trial_run(ctx, trial_id)
+            if other is not None:
+                tracking.fail_child_run(ctx, run_id, f"another attempt at trial {trial_id} finished first "
+                                        f"(run {other.info.run_id})", status="KILLED")
+                return _outcome_from_run(trial_id, params, other, started)
             tracking.finish_child_run(ctx, run_id, {**params, "nthread": nthread, "rounds": rounds},
                                       metrics, {BOOSTER_DIR: booster_path}, tags=tags)
     except BaseException as exc:

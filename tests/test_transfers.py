@@ -1,0 +1,63 @@
+""""The data travels once", counted by Dask itself: a search of 20 trials on two real
+``dask worker`` processes, then each worker's own transition log and transfer counters.
+
+With the data scattered (before worker_data), this test failed: one worker fetched the data
+from its peer twice, after Dask's Active Memory Manager had dropped its copy between trials."""
+
+from __future__ import annotations
+
+import sys
+
+import cloudpickle
+import pytest
+
+from test_cluster_growth import dask_processes  # noqa: F401 - the fixture
+from test_faults import finish, start_cli
+
+pytestmark = pytest.mark.integration
+cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import tests/
+
+
+def _what_arrived(dask_worker) -> dict:
+    """Runs in each worker: what came by scatter, what came from peers (gather_dep), what left,
+    and how many times the search's data plugin was set up here."""
+    from taxi_hpo import worker_data
+
+    scattered = [entry[0] for entry in dask_worker.state.log if entry[1] == "receive-from-scatter"]
+    peer_fetches = [entry for entry in dask_worker.state.log if entry[0] == "gather-dependencies"]
+    return {"scattered": scattered, "peer_fetches": len(peer_fetches),
+            "incoming_total": dask_worker.state.transfer_incoming_count_total,
+            "incoming_log": len(dask_worker.transfer_incoming_log),
+            "fetched": [(str(k), e["total"], e["who"]) for e in dask_worker.transfer_incoming_log
+                        for k in e["keys"]],
+            "outgoing_total": dask_worker.transfer_outgoing_count_total,
+            "outgoing_bytes": dask_worker.transfer_outgoing_bytes_total,
+            "log_len": len(dask_worker.state.log), "log_max": dask_worker.state.log.maxlen,
+            "arrivals": dict(worker_data.ARRIVALS), "held": list(worker_data._STASH)}
+
+
+def test_the_data_reaches_each_worker_once_in_a_20_trial_search(dask_processes, data_dir, workdir, prefect_api_url):
+    dask_processes.worker("w1")
+    dask_processes.worker("w2")
+    proc = start_cli(workdir, prefect_api_url, "--address", dask_processes.address, "--data-dir", str(data_dir),
+                     "--trials", "20", "--rounds", "3", "--max-depth", "5", "--no-register", "--no-report")
+    summary = finish(proc)
+    assert (summary["trials_done"], summary["trials_failed"]) == (20, 0)
+    per_worker = dask_processes.client.run(_what_arrived)
+    assert len(per_worker) == 2
+    ran_on = {t["worker"].split(":")[1] for t in summary["trials"]}
+    assert len(ran_on) == 2, "both workers must have run trials for the count to mean anything"
+    for address, seen in per_worker.items():
+        assert seen["log_len"] < seen["log_max"], "the transition log wrapped: the count would be partial"
+        # The prepared data arrived once (its worker plugin set up once), nothing by scatter ...
+        assert len(seen["arrivals"]) == 1 and list(seen["arrivals"].values()) == [1], (address, seen["arrivals"])
+        assert seen["scattered"] == [], (address, seen["scattered"])
+        # ... no worker fetched anything from a peer: 20 trials, no second copy; what left the
+        # workers is the trials' small results, gathered by the flow ...
+        assert seen["peer_fetches"] == seen["incoming_total"] == seen["incoming_log"] == 0, (address, seen["fetched"])
+        assert 0 < seen["outgoing_total"] <= 20 and seen["outgoing_bytes"] < summary["data_bytes"] / 100, (address, seen)
+        # ... and the search's end freed it (a long-lived cluster keeps nothing of it).
+        assert seen["held"] == [], (address, seen["held"])
+    keys = {next(iter(seen["arrivals"])) for seen in per_worker.values()}
+    assert len(keys) == 1, keys   # the same search's data on both workers
+    assert summary["submit_bytes_max"] < summary["data_bytes"] / 1000
