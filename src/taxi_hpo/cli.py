@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import json
 import logging
 import os
 import sys
 import warnings
 
-from taxi_hpo.errors import TaxiHpoError
+from taxi_hpo.errors import DISK_ERRNOS, TaxiHpoError
 
 EXIT_USAGE = 2
 
@@ -115,7 +114,7 @@ def _not_our_error(record: logging.LogRecord) -> bool:
     if isinstance(exc, TaxiHpoError) or _disk_error(exc) is not None:
         return False
     # "Task run ... Finished in state Failed('... OSError: [Errno 28] ...')": said in our line.
-    return exc is not None or not any(f"[Errno {n}]" in str(record.msg) for n in _DISK_ERRNOS)
+    return exc is not None or not any(f"[Errno {n}]" in str(record.msg) for n in DISK_ERRNOS)
 
 
 def _quiet_libraries() -> None:
@@ -310,16 +309,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-#: Errors of the disk, not of the program: a full or read-only disk gets one line, not a traceback.
-_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
-
-
 def _disk_error(exc: BaseException | None) -> OSError | None:
     """The full/read-only-disk OSError behind ``exc`` (MLflow and Prefect wrap it), or None."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno in _DISK_ERRNOS:
+        if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS:
             return exc
         exc = exc.__cause__ or exc.__context__
     return None

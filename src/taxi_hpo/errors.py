@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import errno
+
+#: Errors of the disk, not of the program: a full or read-only disk does not get better by
+#: retrying, and the CLI says so in one line instead of a traceback.
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+
 
 class TaxiHpoError(Exception):
     """Root of every error the user can cause; the CLI prints it as one line and exits 2."""

@@ -32,7 +32,7 @@ with warnings.catch_warnings():
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-from taxi_hpo.errors import TrackingError
+from taxi_hpo.errors import DISK_ERRNOS, TrackingError
 
 # mlflow configures its loggers at import (INFO): schema-migration chatter is noise for users.
 logging.getLogger("mlflow").setLevel(os.environ.get("MLFLOW_LOGGING_LEVEL", "WARNING").upper())
@@ -98,6 +98,8 @@ def retrying(fn: Callable[[], T], *, attempts: int = 8, first_wait: float = 0.5,
 
 
 def _transient(exc: BaseException) -> bool:
+    if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS:  # waiting does not free a disk
+        return False
     text = str(exc).lower()
     markers = ("database is locked", "connection", "timed out", "timeout", "temporarily",
                "503", "502", "504", "max retries", "refused", "reset by peer")
