@@ -180,8 +180,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         # Read before the checks: a server that refuses us must say so, not "no search run".
         tracking.check_reachable(cfg.resolved_tracking_uri)
         remote.check_credentials(cfg.resolved_tracking_uri, None)
-        cfg = preflight.resume_config(cfg, data_dir_given=args.data_dir != default_data_dir())
-        done = preflight.complete_search(cfg)
+        record = tracking.load_search(cfg.resolved_tracking_uri, cfg.resume)  # one read for both
+        cfg = preflight.resume_config(cfg, record, data_dir_given=args.data_dir != default_data_dir())
+        done = preflight.complete_search(cfg, record)
         if done is not None:  # nothing to run twice: say so, exit 0
             best = f"; best RMSE {done['best_rmse']:.4f}" if done["best_rmse"] is not None else ""
             sys.stderr.write(f"taxi-hpo: search {done['parent_run_id']} is already complete ({done['trials']} of "

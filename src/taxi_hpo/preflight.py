@@ -10,12 +10,12 @@ from taxi_hpo.config import RunConfig
 from taxi_hpo.progress import download_progress
 
 
-def resume_config(cfg: RunConfig, data_dir_given: bool = False) -> RunConfig:
-    """For ``--resume``: the search-defining settings come from the parent run, not the flags.
+def resume_config(cfg: RunConfig, record: tracking.SearchRecord, data_dir_given: bool = False) -> RunConfig:
+    """For ``--resume``: the search-defining settings come from the parent run (``record``,
+    from :func:`tracking.load_search`), not the flags.
 
     The data folder too, unless ``--data-dir`` was given explicitly.
     """
-    record = tracking.load_search(cfg.resolved_tracking_uri, cfg.resume)
     p = record.params
     batch = p.get("mode") == "batch"
     data_dir = cfg.data_dir if data_dir_given or not p.get("data_dir") else p["data_dir"]
@@ -27,11 +27,10 @@ def resume_config(cfg: RunConfig, data_dir_given: bool = False) -> RunConfig:
     )
 
 
-def complete_search(cfg: RunConfig) -> dict | None:
-    """For ``--resume`` of a search whose every trial has ended (finished, pruned or failed for
-    good) and whose parent run is closed: what to say instead of running anything; else None.
-    A search that stopped on its time budget has trials left: it is not complete."""
-    record = tracking.load_search(cfg.resolved_tracking_uri, cfg.resume)
+def complete_search(cfg: RunConfig, record: tracking.SearchRecord) -> dict | None:
+    """For ``--resume`` of a search (``record``) whose every trial has ended (finished, pruned or
+    failed for good) and whose parent run is closed: what to say instead of running anything;
+    else None. A search that stopped on its time budget has trials left: it is not complete."""
     ended = set(record.trials) | set(record.failed)
     if record.status != "FINISHED" or not set(range(cfg.trials)) <= ended:
         return None
