@@ -61,3 +61,63 @@ def test_the_data_reaches_each_worker_once_in_a_20_trial_search(dask_processes, 
     keys = {next(iter(seen["arrivals"])) for seen in per_worker.values()}
     assert len(keys) == 1, keys   # the same search's data on both workers
     assert summary["submit_bytes_max"] < summary["data_bytes"] / 1000
+
+
+_KILLED_FLOW = """
+import sys, time
+from distributed import Client
+from taxi_hpo import credentials, worker_data
+
+client = Client(sys.argv[1])
+ref = worker_data.share(client, {"rows": list(range(1000))})
+name = credentials.hand_to_workers(client, {"MLFLOW_TRACKING_PASSWORD": "killed-flow-secret"})
+print(ref.key, name, flush=True)
+time.sleep(600)
+"""
+
+
+def _held(dask_worker) -> dict:
+    import os
+
+    from taxi_hpo import worker_data
+
+    return {"data": sorted(worker_data._STASH), "password": os.environ.get("MLFLOW_TRACKING_PASSWORD")}
+
+
+def test_a_killed_flows_data_and_credentials_leave_the_workers(dask_processes, tmp_path):
+    """A flow SIGKILLed on a long-lived cluster never unregisters its plugins: the scheduler
+    drops them when it drops the flow's client; another client's stay."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from taxi_hpo import worker_data
+
+    dask_processes.worker("w1")
+    flow = subprocess.Popen([sys.executable, "-c", _KILLED_FLOW, dask_processes.address],
+                            stdout=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        key, credentials_name = flow.stdout.readline().split()
+        survivor = worker_data.share(dask_processes.client, {"rows": [1]})  # a search that is still running
+        (held,) = dask_processes.client.run(_held).values()
+        assert held == {"data": sorted([key, survivor.key]), "password": "killed-flow-secret"}
+        os.kill(flow.pid, signal.SIGKILL)
+        flow.wait(10)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            (held,) = dask_processes.client.run(_held).values()
+            if held["data"] == [survivor.key] and held["password"] is None:
+                break
+            time.sleep(0.2)
+        assert held == {"data": [survivor.key], "password": None}
+        plugins = dask_processes.client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.worker_plugins))
+        assert survivor.plugin_name in plugins and credentials_name not in plugins
+        assert not [p for p in plugins if key in p]
+        # a worker that joins now gets the running search's data, nothing of the killed one
+        dask_processes.worker("w2")
+        dask_processes.client.wait_for_workers(2, timeout=60)
+        assert [h for h in dask_processes.client.run(_held).values()] == [held, held]
+        worker_data.unshare(dask_processes.client, survivor)
+    finally:
+        flow.kill()

@@ -14,7 +14,6 @@ join or restart later, and nothing in Dask's memory management touches it. Trial
 from __future__ import annotations
 
 import collections
-import uuid
 from dataclasses import dataclass
 
 from distributed.diagnostics.plugin import WorkerPlugin
@@ -54,7 +53,11 @@ class WorkerData(WorkerPlugin):
 
 def share(client, data) -> DataRef:
     """Send ``data`` to every worker of ``client``'s cluster, now and when one joins later."""
-    ref = DataRef(uuid.uuid4().hex, int(getattr(data, "nbytes", 0)))
+    from taxi_hpo import plugin_owner
+
+    # the name says which client owns it: the scheduler drops it if that client dies (a SIGKILLed flow)
+    ref = DataRef(plugin_owner.owned_name("", client), int(getattr(data, "nbytes", 0)))
+    plugin_owner.watch(client)
     client.register_plugin(WorkerData(ref.key, data))
     return ref
 

@@ -1,0 +1,76 @@
+"""Worker plugins that leave with the client that registered them.
+
+A search hands its workers two worker plugins (the prepared data, :mod:`taxi_hpo.worker_data`;
+the services' credentials, :mod:`taxi_hpo.credentials`) and unregisters them when it ends. A flow
+process that is SIGKILLed never gets there, and a long-lived scheduler kept both for good: the
+data in every worker's memory, the credentials in every worker's environment, on workers that
+join later too. So the plugin names carry the registering client's id (:func:`owned_name`), and
+a scheduler plugin (:class:`DropWithClient`, registered once per scheduler) unregisters them when
+the scheduler drops that client, however it went.
+
+Self-contained on purpose (only ``distributed``): it is pickled by value, so a scheduler without
+taxi-hpo installed can run it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import uuid
+
+import cloudpickle
+from distributed.diagnostics.plugin import SchedulerPlugin
+
+OWNER = "--of-"
+PREFIX = "taxi-hpo-"
+_log = logging.getLogger(__name__)
+_watched: set[str] = set()   # scheduler addresses this process registered the watch on
+
+
+def owned_name(prefix: str, client) -> str:
+    """A unique plugin name that says which client owns it (``prefix`` starts with ``taxi-hpo-``)."""
+    return f"{prefix}{uuid.uuid4().hex[:12]}{OWNER}{client.id}"
+
+
+def owner_of(name: str) -> str | None:
+    """The client id in a name made by :func:`owned_name`, else None."""
+    if not name.startswith(PREFIX) or OWNER not in name:
+        return None
+    return name.rsplit(OWNER, 1)[1]
+
+
+class DropWithClient(SchedulerPlugin):
+    """On the scheduler: when a client goes, unregisters the taxi-hpo worker plugins it owned."""
+
+    name = "taxi-hpo-drop-with-client"
+    idempotent = True
+
+    def __init__(self) -> None:
+        self._tasks: set = set()
+
+    def remove_client(self, scheduler, client: str) -> None:
+        for plugin in [n for n in scheduler.worker_plugins if owner_of(n) == client]:
+            task = asyncio.ensure_future(scheduler.unregister_worker_plugin(None, plugin))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+
+def watch(client) -> bool:
+    """Register :class:`DropWithClient` on ``client``'s scheduler (once; idempotent there too).
+    Best effort: a scheduler that refuses pickled plugins keeps the old behaviour (the search
+    still unregisters its plugins when it ends); returns whether the watch is on."""
+    address = client.scheduler_info().get("id") or client.scheduler.address  # a restarted scheduler: again
+    if address in _watched:
+        return True
+    try:
+        client.register_plugin(DropWithClient(), name=DropWithClient.name)
+    except Exception as exc:  # noqa: BLE001 - e.g. distributed.scheduler.pickle: false
+        _log.warning("the scheduler took no plugin to drop a killed search's data and credentials (%s: %s); "
+                     "they are dropped when a search ends normally", type(exc).__name__, exc)
+        return False
+    _watched.add(address)
+    return True
+
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
