@@ -286,6 +286,31 @@ def test_warm_points_come_first_then_tpe_learns_from_them():
     assert again.suggest(2) == third
 
 
+def test_a_warm_start_replaces_the_random_start_up():
+    from taxi_hpo.search.tpe import DEFAULT_STARTUP, startup_trials
+
+    assert startup_trials(2) == DEFAULT_STARTUP and startup_trials(32) == 32  # cold: hyperopt's 20, or the slots
+    assert startup_trials(2, n_warm=5) == 5 and startup_trials(8, n_warm=5) == 8
+    assert startup_trials(2, n_warm=5, random_after_warm=3) == 8
+    # Right after the warm points TPE models them: what it suggests next depends on how they did.
+    # Counted toward hyperopt's 20 random trials instead, the next ones ignore their losses.
+    space = reference_space(40)
+    warm = [{"max_depth": d, "learning_rate": lr, "reg_alpha": 0.02, "reg_lambda": 0.01, "min_child_weight": 2.0}
+            for d, lr in ((36, 0.5), (30, 0.3), (12, 0.05), (8, 0.02), (6, 0.9))]
+
+    def next_points(startup: int, losses: list[float]) -> list[dict]:
+        searcher = TPESearcher(space, seed=3, n_startup_jobs=startup, warm_points=warm)
+        for i, loss in enumerate(losses):
+            searcher.suggest(i)
+            searcher.record(i, loss)
+        return [searcher.suggest(i) for i in range(len(warm), len(warm) + 2)]
+
+    one, other = [6.4, 6.5, 7.0, 7.5, 8.0], [8.0, 7.5, 7.0, 6.5, 6.4]
+    rule = startup_trials(1, len(warm))
+    assert next_points(rule, one) != next_points(rule, other)
+    assert next_points(DEFAULT_STARTUP, one) == next_points(DEFAULT_STARTUP, other)
+
+
 class PollingRunner(PoolRunner):
     """A PoolRunner that can give up waiting (as the Dask runner does when it polls)."""
 

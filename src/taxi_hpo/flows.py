@@ -35,7 +35,7 @@ from taxi_hpo.search.scheduler import Budget
 from taxi_hpo.search.pruning import Pruner
 from taxi_hpo.search.space import MIN_MAX_DEPTH, decode_logged
 from taxi_hpo.search.threads import ThreadPlan
-from taxi_hpo.search.tpe import DEFAULT_STARTUP
+from taxi_hpo.search.tpe import startup_trials
 
 
 class Reporter(Protocol):
@@ -170,7 +170,7 @@ def search(config: dict) -> dict:
         log_preprocessor(ctx, prepared.preprocessor.to_bytes())
         lr_rmse = record.lr_rmse if record and record.lr_rmse is not None else linear_baseline(prepared, ctx)
         plan = _thread_plan(cfg, client, _gather_by_worker(client, warming))
-        searcher = TPESearcher(reference_space(cfg.max_depth), cfg.seed, max(DEFAULT_STARTUP, in_flight),
+        searcher = TPESearcher(reference_space(cfg.max_depth), cfg.seed, startup_trials(in_flight, len(warm)),
                                warm_points=[w["params"] for w in warm])
         pruner = Pruner(cfg.prune, cfg.rounds)
         runner = dask_runner.DaskTrialRunner(trial.submit, data_ref, ctx, cfg.rounds, cfg.threads_per_worker,

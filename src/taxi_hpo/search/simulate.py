@@ -295,7 +295,7 @@ def simulate(cost: CostModel, loss, layout: SimLayout, n_trials: int, *, seed: i
              mode: str = "async", overheads: Overheads | None = None, rounds: int | None = None) -> dict:
     """Run one search on the virtual clock; its wall, utilisations and trials."""
     from taxi_hpo.search import TPESearcher, reference_space, run_search
-    from taxi_hpo.search.tpe import DEFAULT_STARTUP
+    from taxi_hpo.search.tpe import startup_trials
 
     overheads = overheads or Overheads()
     if layout.seq:  # in-process: no dispatch; the whole host's cores on one trial
@@ -308,7 +308,7 @@ def simulate(cost: CostModel, loss, layout: SimLayout, n_trials: int, *, seed: i
         base, elastic = layout.threads, layout.elastic
     runner = SimulatedRunner(cost, loss, pools, base, elastic, overheads, rounds)
     slots = 1 if layout.seq else layout.slots
-    searcher = TPESearcher(reference_space(max_depth), seed, max(DEFAULT_STARTUP, slots))
+    searcher = TPESearcher(reference_space(max_depth), seed, startup_trials(slots))
     outcomes = run_search(searcher, runner, n_trials, mode=mode, in_flight=slots)
     wall = max(o.finished for o in outcomes)
     cores = layout.cores * (1 if layout.seq else layout.hosts)
