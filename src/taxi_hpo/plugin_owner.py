@@ -8,8 +8,9 @@ join later too. So the plugin names carry the registering client's id (:func:`ow
 a scheduler plugin (:class:`DropWithClient`, registered once per scheduler) unregisters them when
 the scheduler drops that client, however it went.
 
-Self-contained on purpose (only ``distributed``): it is pickled by value, so a scheduler without
-taxi-hpo installed can run it.
+Self-contained (only ``distributed``) and pickled by value: the scheduler runs the class this
+process sent, whatever taxi-hpo version it has installed (it needs one all the same: Dask
+unpickles task graphs on the scheduler, so it must import what the trials are made of).
 """
 
 from __future__ import annotations
