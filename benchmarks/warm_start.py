@@ -41,11 +41,10 @@ def search(evaluate, n_trials: int, seed: int, max_depth: int, in_flight: int, w
     ``random_after_warm`` overrides the random trials after the warm points (``None``: hyperopt's
     ``points_to_evaluate``, the warm points counting toward its 20 random ones)."""
     from taxi_hpo.search import TPESearcher, reference_space, run_search
-    from taxi_hpo.search.tpe import DEFAULT_STARTUP, startup_trials
+    from taxi_hpo.search.tpe import startup_trials
 
-    n_warm = len(warm or [])
-    startup = (max(DEFAULT_STARTUP, in_flight) if random_after_warm is None
-               else startup_trials(in_flight, n_warm, random_after_warm))
+    startup = (startup_trials(in_flight) if random_after_warm is None
+               else startup_trials(in_flight, len(warm or []), random_after_warm))
     searcher = TPESearcher(reference_space(max_depth), seed, startup, warm_points=warm)
     return run_search(searcher, study.FifoRunner(evaluate), n_trials, in_flight=in_flight)
 

@@ -12,7 +12,7 @@ import cloudpickle
 import pytest
 
 from test_cluster_growth import dask_processes  # noqa: F401 - the fixture
-from test_faults import finish, start_cli
+from test_faults import finish, start_cli, wait_for
 
 pytestmark = pytest.mark.integration
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import tests/
@@ -90,7 +90,6 @@ def test_a_killed_flows_data_and_credentials_leave_the_workers(dask_processes, t
     import os
     import signal
     import subprocess
-    import time
 
     from taxi_hpo import worker_data
 
@@ -104,20 +103,16 @@ def test_a_killed_flows_data_and_credentials_leave_the_workers(dask_processes, t
         assert held == {"data": sorted([key, survivor.key]), "password": "killed-flow-secret"}
         os.kill(flow.pid, signal.SIGKILL)
         flow.wait(10)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            (held,) = dask_processes.client.run(_held).values()
-            if held["data"] == [survivor.key] and held["password"] is None:
-                break
-            time.sleep(0.2)
-        assert held == {"data": [survivor.key], "password": None}
+        gone = {"data": [survivor.key], "password": None}
+        wait_for(lambda: list(dask_processes.client.run(_held).values()) == [gone], 30,
+                 "the killed flow's data and credentials to leave the worker")
         plugins = dask_processes.client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.worker_plugins))
         assert survivor.plugin_name in plugins and credentials_name not in plugins
         assert not [p for p in plugins if key in p]
         # a worker that joins now gets the running search's data, nothing of the killed one
         dask_processes.worker("w2")
         dask_processes.client.wait_for_workers(2, timeout=60)
-        assert [h for h in dask_processes.client.run(_held).values()] == [held, held]
+        assert list(dask_processes.client.run(_held).values()) == [gone, gone]
         worker_data.unshare(dask_processes.client, survivor)
     finally:
         flow.kill()

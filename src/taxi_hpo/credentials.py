@@ -99,8 +99,7 @@ def hand_to_workers(client, environ: os._Environ | dict | None = None) -> str | 
 
     plugin = WorkerCredentials(values)
     plugin.name = plugin_owner.owned_name(PLUGIN_PREFIX + "-", client)  # dropped if this client dies
-    plugin_owner.watch(client)
-    client.register_plugin(plugin, name=plugin.name)
+    plugin_owner.register(client, plugin)
     return plugin.name
 
 

@@ -26,12 +26,20 @@ from distributed.diagnostics.plugin import SchedulerPlugin
 OWNER = "--of-"
 PREFIX = "taxi-hpo-"
 _log = logging.getLogger(__name__)
-_watched: set[str] = set()   # scheduler addresses this process registered the watch on
+_watched: set[str] = set()   # schedulers (their id) this process registered the watch on
 
 
 def owned_name(prefix: str, client) -> str:
-    """A unique plugin name that says which client owns it (``prefix`` starts with ``taxi-hpo-``)."""
+    """A unique name that says which client owns it: a plugin's name, or the part of it after
+    its ``taxi-hpo-...`` prefix."""
     return f"{prefix}{uuid.uuid4().hex[:12]}{OWNER}{client.id}"
+
+
+def register(client, plugin) -> None:
+    """Register a worker plugin named by :func:`owned_name`, with the watch that drops it if
+    ``client`` goes without unregistering it."""
+    watch(client)
+    client.register_plugin(plugin, name=plugin.name)
 
 
 def owner_of(name: str) -> str | None:
@@ -61,8 +69,8 @@ def watch(client) -> bool:
     """Register :class:`DropWithClient` on ``client``'s scheduler (once; idempotent there too).
     Best effort: a scheduler that refuses pickled plugins keeps the old behaviour (the search
     still unregisters its plugins when it ends); returns whether the watch is on."""
-    address = client.scheduler_info().get("id") or client.scheduler.address  # a restarted scheduler: again
-    if address in _watched:
+    scheduler = client.scheduler_info().get("id") or client.scheduler.address  # a restarted scheduler: again
+    if scheduler in _watched:
         return True
     try:
         client.register_plugin(DropWithClient(), name=DropWithClient.name)
@@ -70,7 +78,7 @@ def watch(client) -> bool:
         _log.warning("the scheduler took no plugin to drop a killed search's data and credentials (%s: %s); "
                      "they are dropped when a search ends normally", type(exc).__name__, exc)
         return False
-    _watched.add(address)
+    _watched.add(scheduler)
     return True
 
 

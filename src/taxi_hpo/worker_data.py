@@ -57,8 +57,7 @@ def share(client, data) -> DataRef:
 
     # the name says which client owns it: the scheduler drops it if that client dies (a SIGKILLed flow)
     ref = DataRef(plugin_owner.owned_name("", client), int(getattr(data, "nbytes", 0)))
-    plugin_owner.watch(client)
-    client.register_plugin(WorkerData(ref.key, data))
+    plugin_owner.register(client, WorkerData(ref.key, data))
     return ref
 
 
