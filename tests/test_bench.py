@@ -490,3 +490,22 @@ def test_warm_start_study_counts_trials_to_the_cold_final_best():
     spec.loader.exec_module(module)
     assert module.first_reaching([None, 7.0, 6.5, 6.5, 6.2], 6.5) == 3
     assert module.first_reaching([7.0, 6.9], 6.5) is None
+
+
+def test_rungs_study_rank_correlation_is_spearmans():
+    """benchmarks/rungs.py's figure (rank correlation of the RMSE at a round with the final one)."""
+    import importlib.util
+    import random
+    from pathlib import Path
+
+    from scipy.stats import spearmanr
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "rungs.py"
+    spec = importlib.util.spec_from_file_location("rungs", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.spearman([1.0, 2.0, 3.0], [10.0, 20.0, 35.0]) == pytest.approx(1.0)
+    assert module.spearman([1.0, 2.0, 3.0], [3.0, 2.0, 1.0]) == pytest.approx(-1.0)
+    rng = random.Random(1)
+    a, b = [rng.random() for _ in range(40)], [rng.random() for _ in range(40)]
+    assert module.spearman(a, b) == pytest.approx(spearmanr(a, b).correlation)
