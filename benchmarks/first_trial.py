@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from taxi_hpo.config import usable_cores
+from taxi_hpo.core.machine import usable_cores
 
 CLI = Path(sys.executable).with_name("taxi-hpo")
 

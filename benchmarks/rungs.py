@@ -58,8 +58,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import xgboost as xgb
 
-    from taxi_hpo import data, features, models
-    from taxi_hpo.models import EARLY_STOPPING_ROUNDS
+    from taxi_hpo.core import data, features, models
+    from taxi_hpo.core.models import EARLY_STOPPING_ROUNDS
     from taxi_hpo.search import TPESearcher, reference_space, xgb_params
     from taxi_hpo.search.pruning import ETA, checkpoints
 

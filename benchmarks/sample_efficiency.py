@@ -168,7 +168,7 @@ def xgboost_evaluator(prepared, rounds: int, nthread: int, cache: dict, rounds_r
     validation RMSE at the checkpoint rounds and the rounds it ran. Called with thresholds
     (pruning), the trial stops at the first checkpoint above them; ``rounds_run`` collects the
     boosting rounds each evaluation cost."""
-    from taxi_hpo import models
+    from taxi_hpo.core import models
     from taxi_hpo.search import xgb_params
     from taxi_hpo.search.pruning import checkpoints, should_stop
 
@@ -230,7 +230,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _load(args):
-    from taxi_hpo import data, features
+    from taxi_hpo.core import data, features
 
     months = [data.resolve(spec, Path(args.data_dir)) for spec in (args.train, args.valid)]
     return features.prepare_data(data.load(months[0].path), data.load(months[1].path))

@@ -29,7 +29,7 @@ import sample_efficiency as study  # noqa: E402 - the study's runner, evaluator 
 
 
 def prepared_months(data_dir: str, train: str, valid: str):
-    from taxi_hpo import data, features
+    from taxi_hpo.core import data, features
 
     months = [data.resolve(spec, Path(data_dir)) for spec in (train, valid)]
     return features.prepare_data(data.load(months[0].path), data.load(months[1].path))

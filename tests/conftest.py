@@ -35,7 +35,7 @@ def _source(month: str) -> Path:
     """The month from ../shared/data, or else fetched once into FETCH_CACHE by the project's own code."""
     if _month_file(month).is_file():
         return _month_file(month)
-    from taxi_hpo import data
+    from taxi_hpo.core import data
     from taxi_hpo.errors import DataError
 
     try:

@@ -37,7 +37,7 @@ def test_parse_layouts_reads_the_references_and_w_x_t():
 
 
 def test_default_stands_for_what_taxi_hpo_run_picks():
-    from taxi_hpo.config import usable_cores
+    from taxi_hpo.core.machine import usable_cores
 
     cores = usable_cores()
     (default,) = bench.parse_layouts("default", cores)

@@ -10,7 +10,8 @@ import sys
 
 import pytest
 
-from taxi_hpo.config import RunConfig, usable_cores
+from taxi_hpo.config import RunConfig
+from taxi_hpo.core.machine import usable_cores
 from taxi_hpo.errors import ConfigError
 
 AFFINITY = len(os.sched_getaffinity(0))

@@ -12,7 +12,7 @@ import threading
 import pandas as pd
 import pytest
 
-from taxi_hpo import data
+from taxi_hpo.core import data
 from taxi_hpo.errors import DataError
 
 from conftest import MONTHS, REPO

@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from taxi_hpo import data, features, models
+from taxi_hpo.core import data, features, models
 from taxi_hpo.search import xgb_params
 
 POINT = {"max_depth": 10, "learning_rate": 0.05, "reg_alpha": 0.02, "reg_lambda": 0.01,
@@ -61,7 +61,7 @@ def test_a_thread_source_is_capped_at_the_limit_and_never_below_one(prepared):
 _PROBE = textwrap.dedent("""
     import json, os, sys
     import xgboost as xgb
-    from taxi_hpo import data, features, models
+    from taxi_hpo.core import data, features, models
     from taxi_hpo.search import xgb_params
     d = sys.argv[1]
     prepared = features.prepare_data(data.load(d + "/green_tripdata_2021-01.parquet"),

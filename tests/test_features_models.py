@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from taxi_hpo import data, features, models
+from taxi_hpo.core import data, features, models
 from taxi_hpo.search import reference_space, xgb_params
 
 
@@ -114,8 +114,8 @@ def test_space_bounds():
 def test_two_datasets_in_one_process_never_share_cached_matrices(data_dir):
     """Found by the warm-start study: two months prepared in one process without file hashes
     got one key, so the second search trained on the first one's cached matrices."""
-    from taxi_hpo import data as data_mod
-    from taxi_hpo import features
+    from taxi_hpo.core import data as data_mod
+    from taxi_hpo.core import features
 
     months = [data_mod.load(data_dir / f"green_tripdata_2023-0{m}.parquet") for m in (1, 2, 3)]
     first = features.prepare_data(months[0], months[1])

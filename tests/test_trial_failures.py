@@ -7,7 +7,8 @@ from prefect import flow
 from prefect.context import FlowRunContext
 from prefect_dask import DaskTaskRunner
 
-from taxi_hpo import data, features, flows, tracking
+from taxi_hpo import flows, tracking
+from taxi_hpo.core import data, features
 from taxi_hpo.dask_runner import DaskTrialRunner
 from taxi_hpo.search import TPESearcher, reference_space, run_search
 

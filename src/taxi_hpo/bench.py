@@ -24,7 +24,7 @@ from importlib import metadata
 from pathlib import Path
 
 from taxi_hpo.bench_metrics import SCRIPT, SEQ, goal_checks, run_metrics, summarise
-from taxi_hpo.config import usable_cores
+from taxi_hpo.core.machine import usable_cores
 from taxi_hpo.errors import ConfigError
 
 DEFAULT = "default"
@@ -205,7 +205,7 @@ def _cpu_model() -> str:
 def run_bench(cfg: BenchConfig, log=None) -> dict:
     """Run every layout ``cfg.repeats`` times, alternating; write bench.json and the pictures."""
     from taxi_hpo import bench_runs, preflight
-    from taxi_hpo import data as data_mod
+    from taxi_hpo.core import data as data_mod
     from taxi_hpo import flows
     from taxi_hpo.prefect_api import prefect_api
 

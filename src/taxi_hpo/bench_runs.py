@@ -35,7 +35,8 @@ def _first_start(records: list[dict], called: float) -> float | None:
 
 def run_seq(cfg, layout, prepared, repeat: int) -> dict:
     """The reference search in this process, each trial logged like a parallel one."""
-    from taxi_hpo import features, models, tracking, trials
+    from taxi_hpo import tracking, trials
+    from taxi_hpo.core import features, models
     from taxi_hpo.search import TrialOutcome, reference_space
     from taxi_hpo.search.baseline import run_reference
     from taxi_hpo.search.pruning import Pruner

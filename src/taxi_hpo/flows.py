@@ -24,8 +24,9 @@ from prefect.context import FlowRunContext
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect_dask import DaskTaskRunner
 
-from taxi_hpo import data as data_mod
-from taxi_hpo import credentials, dask_runner, features, models, registry, tracking, trials, worker_data
+from taxi_hpo.core import data as data_mod
+from taxi_hpo import credentials, dask_runner, registry, tracking, trials, worker_data
+from taxi_hpo.core import features, models
 from taxi_hpo.cluster import THREAD_ENV, ClusterSpec, configure_dask
 from taxi_hpo.config import RunConfig
 from taxi_hpo.prefect_api import (cache_context_hydration, cache_settings_serialization, flush_to_api, prefect_api,

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from taxi_hpo import data, tracking
+from taxi_hpo import tracking
+from taxi_hpo.core import data
 from taxi_hpo.config import RunConfig
 from taxi_hpo.progress import download_progress
 

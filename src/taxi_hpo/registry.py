@@ -6,7 +6,7 @@ import tempfile
 from pathlib import Path
 
 from taxi_hpo import tracking
-from taxi_hpo.features import Preprocessor
+from taxi_hpo.core.features import Preprocessor
 from taxi_hpo.search.scheduler import TrialOutcome
 from taxi_hpo.trials import BOOSTER_DIR, BOOSTER_FILE
 

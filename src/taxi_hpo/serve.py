@@ -47,7 +47,7 @@ def resolve_month(spec: str, when: datetime) -> str:
 
 def check_month_spec(spec: str, flag: str) -> None:
     """Reject at serve time what would fail every scheduled run."""
-    from taxi_hpo import data
+    from taxi_hpo.core import data
 
     if RELATIVE_MONTH.match(spec):
         return

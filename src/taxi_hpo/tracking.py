@@ -312,8 +312,8 @@ class DurationPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
         import xgboost as xgb
 
-        from taxi_hpo.features import Preprocessor
-        from taxi_hpo.models import DurationPredictor
+        from taxi_hpo.core.features import Preprocessor
+        from taxi_hpo.core.models import DurationPredictor
 
         booster = xgb.Booster()
         booster.load_model(context.artifacts["booster"])

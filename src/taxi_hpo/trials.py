@@ -14,9 +14,10 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from taxi_hpo import models, tracking
-from taxi_hpo.config import core_pool
-from taxi_hpo.features import PreparedData
+from taxi_hpo import tracking
+from taxi_hpo.core import models
+from taxi_hpo.core.machine import core_pool
+from taxi_hpo.core.features import PreparedData
 from taxi_hpo.search.space import xgb_params
 
 BOOSTER_DIR = "model"
@@ -35,7 +36,7 @@ def warm_up(data: PreparedData, ctx: tracking.TrackingContext) -> dict:
     opening the store (engine, schema check) besides building its matrices.
 
     Returns what the flow needs to place trials: the worker's core pool and its cores
-    (:func:`taxi_hpo.config.core_pool`), and how many matrix pairs this process has built.
+    (:func:`taxi_hpo.core.machine.core_pool`), and how many matrix pairs this process has built.
     """
     models.matrices(data)
     tracking.warm(ctx)

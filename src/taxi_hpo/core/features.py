@@ -1,0 +1,121 @@
+"""The preprocessor: ``PU_DO`` one-hot plus ``trip_distance`` through a DictVectorizer (pure)."""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from sklearn.feature_extraction import DictVectorizer
+
+from taxi_hpo.core import data as data_mod
+
+#: Bump when the feature recipe changes, so cached preprocessing is not reused across recipes.
+FEATURES_VERSION = 1
+CATEGORICAL = ["PU_DO"]
+NUMERICAL = ["trip_distance"]
+
+
+def feature_dicts(df: pd.DataFrame) -> list[dict]:
+    """Rows as the dicts the reference pipeline vectorises."""
+    frame = pd.DataFrame({
+        "PU_DO": df["PULocationID"].astype(str) + "_" + df["DOLocationID"].astype(str),
+        "trip_distance": df["trip_distance"].astype("float64"),
+    })
+    return frame.to_dict("records")
+
+
+@dataclass
+class Preprocessor:
+    """A DictVectorizer fitted on the training month only."""
+
+    vectorizer: DictVectorizer
+
+    @classmethod
+    def fit(cls, train: pd.DataFrame) -> "Preprocessor":
+        vectorizer = DictVectorizer()
+        vectorizer.fit(feature_dicts(train))
+        return cls(vectorizer)
+
+    def transform(self, df: pd.DataFrame) -> sp.csr_matrix:
+        return self.vectorizer.transform(feature_dicts(df)).tocsr()
+
+    def transform_raw(self, raw: pd.DataFrame) -> sp.csr_matrix:
+        """Features from raw TLC rows (no filter: every row gets a prediction)."""
+        frame = pd.DataFrame({
+            "PULocationID": data_mod.location_ids(raw["PULocationID"]),
+            "DOLocationID": data_mod.location_ids(raw["DOLocationID"]),
+            "trip_distance": pd.to_numeric(raw["trip_distance"], errors="coerce"),
+        })
+        return self.transform(frame)
+
+    @property
+    def n_features(self) -> int:
+        return len(self.vectorizer.feature_names_)
+
+    def to_bytes(self) -> bytes:
+        return pickle.dumps(self, protocol=5)
+
+    @staticmethod
+    def from_bytes(blob: bytes) -> "Preprocessor":
+        return pickle.loads(blob)
+
+
+def preprocessor_sha256(pre: Preprocessor) -> str:
+    """Content hash of the fitted preprocessor, the key child runs reference it by."""
+    return hashlib.sha256(pre.to_bytes()).hexdigest()
+
+
+@dataclass
+class PreparedData:
+    """What every trial needs, built once per search and shared with every worker."""
+
+    X_train: sp.csr_matrix
+    y_train: np.ndarray
+    X_valid: sp.csr_matrix
+    y_valid: np.ndarray
+    preprocessor: Preprocessor
+    train_sha256: str
+    valid_sha256: str
+
+    @property
+    def key(self) -> str:
+        """Identifies the data by content: input files plus the feature recipe."""
+        return dataset_key(self.train_sha256, self.valid_sha256)
+
+    @property
+    def nbytes(self) -> int:
+        total = self.y_train.nbytes + self.y_valid.nbytes
+        for m in (self.X_train, self.X_valid):
+            total += m.data.nbytes + m.indices.nbytes + m.indptr.nbytes
+        return total
+
+
+def frame_sha256(frame: pd.DataFrame) -> str:
+    """Content hash of a data frame's values and column names."""
+    digest = hashlib.sha256(",".join(map(str, frame.columns)).encode())
+    digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    return digest.hexdigest()
+
+
+def dataset_key(train_sha256: str, valid_sha256: str) -> str:
+    return hashlib.sha256(f"v{FEATURES_VERSION}:{train_sha256}:{valid_sha256}".encode()).hexdigest()[:16]
+
+
+def prepare_data(train: pd.DataFrame, valid: pd.DataFrame, train_sha256: str = "",
+                 valid_sha256: str = "") -> PreparedData:
+    """Fit on train only, transform both months.
+
+    Without the files' hashes, the frames' own content names the data (the per-process matrix
+    cache is keyed by it: two datasets must never share a key)."""
+    train_sha256 = train_sha256 or frame_sha256(train)
+    valid_sha256 = valid_sha256 or frame_sha256(valid)
+    pre = Preprocessor.fit(train)
+    return PreparedData(
+        X_train=pre.transform(train), y_train=train["duration"].to_numpy(dtype="float64"),
+        X_valid=pre.transform(valid), y_valid=valid["duration"].to_numpy(dtype="float64"),
+        preprocessor=pre, train_sha256=train_sha256, valid_sha256=valid_sha256,
+    )
