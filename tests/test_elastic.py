@@ -138,7 +138,7 @@ def test_through_dask_the_long_trial_takes_the_core_the_short_one_left(prefect_a
 
     from taxi_hpo import flows, tracking
     from taxi_hpo.cluster import ClusterSpec
-    from taxi_hpo.dask_runner import DaskTrialRunner
+    from taxi_hpo.cluster.runner import DaskTrialRunner
     from taxi_hpo.search import run_search
     from taxi_hpo.search.threads import ThreadPlan
 

@@ -31,7 +31,9 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId, FlowRunFilter, FlowRunFilterId
 from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
-from taxi_hpo import cli, cluster, credentials, remote, tracking
+from taxi_hpo import cli, cluster, tracking
+from taxi_hpo.cluster import credentials
+from taxi_hpo.preflight import remote
 from taxi_hpo.config import RunConfig
 from taxi_hpo.errors import ClusterError, TrackingError
 

@@ -32,7 +32,8 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
 from prefect.settings import PREFECT_API_AUTH_STRING, temporary_settings
 
-from taxi_hpo import credentials, remote
+from taxi_hpo.cluster import credentials
+from taxi_hpo.preflight import remote
 from taxi_hpo.errors import ClusterError, TrackingError
 from test_remote import (LOCAL, REPO, VENV_BIN, Net, Stack, assert_ran_remotely, free_port, read_env_file, require_namespaces,
                          search_command, server_credentials, start_cluster, summary_of)

@@ -21,7 +21,7 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers canno
 def _what_arrived(dask_worker) -> dict:
     """Runs in each worker: what came by scatter, what came from peers (gather_dep), what left,
     and how many times the search's data plugin was set up here."""
-    from taxi_hpo import worker_data
+    from taxi_hpo.cluster import worker_data
 
     scattered = [entry[0] for entry in dask_worker.state.log if entry[1] == "receive-from-scatter"]
     peer_fetches = [entry for entry in dask_worker.state.log if entry[0] == "gather-dependencies"]
@@ -66,7 +66,7 @@ def test_the_data_reaches_each_worker_once_in_a_20_trial_search(dask_processes, 
 _KILLED_FLOW = """
 import sys, time
 from distributed import Client
-from taxi_hpo import credentials, worker_data
+from taxi_hpo.cluster import credentials, worker_data
 
 client = Client(sys.argv[1])
 ref = worker_data.share(client, {"rows": list(range(1000))})
@@ -79,7 +79,7 @@ time.sleep(600)
 def _held(dask_worker) -> dict:
     import os
 
-    from taxi_hpo import worker_data
+    from taxi_hpo.cluster import worker_data
 
     return {"data": sorted(worker_data._STASH), "password": os.environ.get("MLFLOW_TRACKING_PASSWORD")}
 
@@ -91,7 +91,7 @@ def test_a_killed_flows_data_and_credentials_leave_the_workers(dask_processes, t
     import signal
     import subprocess
 
-    from taxi_hpo import worker_data
+    from taxi_hpo.cluster import worker_data
 
     dask_processes.worker("w1")
     flow = subprocess.Popen([sys.executable, "-c", _KILLED_FLOW, dask_processes.address],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 from prefect import flow
 from prefect.context import FlowRunContext
@@ -9,7 +11,7 @@ from prefect_dask import DaskTaskRunner
 
 from taxi_hpo import flows, tracking
 from taxi_hpo.core import data, features
-from taxi_hpo.dask_runner import DaskTrialRunner
+from taxi_hpo.cluster.runner import DaskTrialRunner
 from taxi_hpo.search import TPESearcher, reference_space, run_search
 
 pytestmark = pytest.mark.integration
@@ -47,7 +49,7 @@ def test_failing_trials_are_retried_then_recorded_as_failed(prefect_api_url, pre
     def search_with_failures():
         client = FlowRunContext.get().task_runner.client
         runner = DaskTrialRunner(flows.trial.submit, client.scatter(prepared, broadcast=True), ctx, rounds=3,
-                                 nthread=1)
+                                 nthread=1, on_failed=functools.partial(tracking.mark_trial_failed, ctx))
         with client.as_current():
             return run_search(searcher, runner, 4, mode="async", in_flight=2)
 

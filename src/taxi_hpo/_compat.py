@@ -19,6 +19,13 @@ MOVED = {
     "taxi_hpo.data": "taxi_hpo.core.data",
     "taxi_hpo.features": "taxi_hpo.core.features",
     "taxi_hpo.models": "taxi_hpo.core.models",
+    "taxi_hpo.dask_runner": "taxi_hpo.cluster.runner",
+    "taxi_hpo.credentials": "taxi_hpo.cluster.credentials",
+    "taxi_hpo.worker_data": "taxi_hpo.cluster.worker_data",
+    "taxi_hpo.plugin_owner": "taxi_hpo.cluster.plugin_owner",
+    "taxi_hpo.worker_watchdog": "taxi_hpo.cluster.watchdog",
+    "taxi_hpo.worker_imports": "taxi_hpo.cluster.preload",
+    "taxi_hpo.remote": "taxi_hpo.preflight.remote",
 }
 
 

@@ -171,10 +171,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     # The API server takes seconds to start: launched before the heavy imports and the checks.
     prefect_api.start_early()
     from taxi_hpo import preflight, tracking
-    from taxi_hpo.progress import ProgressBar
+    from taxi_hpo.progress import ProgressBar, download_progress
 
     if cfg.resume:
-        from taxi_hpo import remote
+        from taxi_hpo.preflight import remote
         from taxi_hpo.config import default_data_dir
 
         # Read before the checks: a server that refuses us must say so, not "no search run".
@@ -190,7 +190,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps(done))
             return 0
-    preflight.check(cfg)
+    preflight.check(cfg, download_progress())
     from taxi_hpo import flows
 
     if args.json:
@@ -231,7 +231,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
         raise TrackingError(f"no tracking store at {uri}: pass the --tracking-uri the search used")
     tracking.check_reachable(uri)
-    from taxi_hpo import remote
+    from taxi_hpo.preflight import remote
 
     remote.check_credentials(uri, None)  # a server that asks for a password: one line
     run_id = args.parent_run_id

@@ -1,7 +1,7 @@
 """Thin Prefect tasks and flows: the reference recipe, with trials on a DaskTaskRunner.
 
 Each task calls one function of the core or the tracking adapter; the search loop itself is
-``search.run_search`` driving a :class:`~taxi_hpo.dask_runner.DaskTrialRunner`.
+``search.run_search`` driving a :class:`~taxi_hpo.cluster.runner.DaskTrialRunner`.
 """
 
 from __future__ import annotations
@@ -25,9 +25,10 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect_dask import DaskTaskRunner
 
 from taxi_hpo.core import data as data_mod
-from taxi_hpo import credentials, dask_runner, registry, tracking, trials, worker_data
+from taxi_hpo import registry, tracking, trials
+from taxi_hpo.cluster import credentials, runner as dask_runner, worker_data
 from taxi_hpo.core import features, models
-from taxi_hpo.cluster import THREAD_ENV, ClusterSpec, configure_dask
+from taxi_hpo.cluster.spec import THREAD_ENV, ClusterSpec, configure_dask
 from taxi_hpo.config import RunConfig
 from taxi_hpo.prefect_api import (cache_context_hydration, cache_settings_serialization, flush_to_api, prefect_api,
                                   quiet_drain_warnings, start_early)
@@ -365,7 +366,7 @@ def _check_created_cluster(cfg: RunConfig, client, timeout_s: float = 600.0) -> 
     """A cluster made by ``--cluster-class``: wait for its first worker (a batch system may
     queue it), then the checks ``--address`` makes before a run (stores reachable from the
     workers, same taxi-hpo, Python and Prefect), before the search's parent run exists."""
-    from taxi_hpo import remote
+    from taxi_hpo.preflight import remote
     from taxi_hpo.errors import ClusterError
 
     try:

@@ -21,6 +21,8 @@ from typing import Iterator
 import prefect.settings
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
+from taxi_hpo import environ
+
 
 def configured_api_url() -> str | None:
     return PREFECT_API_URL.value() or None
@@ -143,19 +145,13 @@ def prefect_api(startup_timeout_s: int = 60) -> Iterator[str]:
     server = _EARLY.pop("server", None) or TemporaryServer().launch()
     try:
         url = server.wait_ready(startup_timeout_s)
-        previous = os.environ.get("PREFECT_API_URL")
-        os.environ["PREFECT_API_URL"] = url  # inherited by Dask worker processes
-        try:
+        with environ.restored(["PREFECT_API_URL"]):
+            os.environ["PREFECT_API_URL"] = url  # inherited by Dask worker processes
             with temporary_settings(updates={PREFECT_API_URL: url}):
                 try:
                     yield url
                 finally:
                     flush_to_api()
-        finally:
-            if previous is None:
-                os.environ.pop("PREFECT_API_URL", None)
-            else:
-                os.environ["PREFECT_API_URL"] = previous
     finally:
         server.stop()
 

@@ -16,6 +16,7 @@ import dask
 import distributed
 from prefect_dask import DaskTaskRunner
 
+from taxi_hpo import environ
 from taxi_hpo.errors import ClusterError
 
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -102,7 +103,7 @@ class ClusterSpec:
             "silence_logs": 40,
             # Workers exit within a second if the flow process dies (no orphans writing runs),
             # and import what trials need while they wait for the first one.
-            "preload": ["taxi_hpo.worker_watchdog", "taxi_hpo.worker_imports"],
+            "preload": ["taxi_hpo.cluster.watchdog", "taxi_hpo.cluster.preload"],
         }
 
 
@@ -145,11 +146,7 @@ class LocalClusterStart:
             if self._cluster is not None:
                 self._cluster.close()
         finally:
-            for name, value in self._saved_env.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
+            environ.restore(self._saved_env)
 
 
 def probe_scheduler(address: str, timeout_s: float = 10.0,

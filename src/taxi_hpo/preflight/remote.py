@@ -25,12 +25,11 @@ from __future__ import annotations
 import base64
 import os
 import platform
+from importlib.metadata import version as installed_version
 import urllib.error
 import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
-
-import prefect
 
 import taxi_hpo
 from taxi_hpo import cluster, tracking
@@ -221,7 +220,7 @@ def _first_line(exc: urllib.error.HTTPError) -> str:
 
 def client_environment() -> dict:
     """This process's side of the version comparison."""
-    return {"taxi_hpo": taxi_hpo.__version__, "python": platform.python_version(), "prefect": prefect.__version__}
+    return {"taxi_hpo": taxi_hpo.__version__, "python": platform.python_version(), "prefect": installed_version("prefect")}
 
 
 def make_worker_probe(urls: dict[str, str], timeout_s: float):
@@ -234,6 +233,7 @@ def make_worker_probe(urls: dict[str, str], timeout_s: float):
         import importlib
         import os
         import platform
+from importlib.metadata import version as installed_version
         import socket
         import urllib.error
         import urllib.request

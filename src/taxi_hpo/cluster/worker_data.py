@@ -53,7 +53,7 @@ class WorkerData(WorkerPlugin):
 
 def share(client, data) -> DataRef:
     """Send ``data`` to every worker of ``client``'s cluster, now and when one joins later."""
-    from taxi_hpo import plugin_owner
+    from taxi_hpo.cluster import plugin_owner
 
     # the name says which client owns it: the scheduler drops it if that client dies (a SIGKILLed flow)
     ref = DataRef(plugin_owner.owned_name("", client), int(getattr(data, "nbytes", 0)))

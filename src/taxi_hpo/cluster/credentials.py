@@ -95,7 +95,7 @@ def hand_to_workers(client, environ: os._Environ | dict | None = None) -> str | 
     values = from_environment(environ)
     if not values:
         return None
-    from taxi_hpo import plugin_owner
+    from taxi_hpo.cluster import plugin_owner
 
     plugin = WorkerCredentials(values)
     plugin.name = plugin_owner.owned_name(PLUGIN_PREFIX + "-", client)  # dropped if this client dies

@@ -1,7 +1,7 @@
 """Worker plugins that leave with the client that registered them.
 
-A search hands its workers two worker plugins (the prepared data, :mod:`taxi_hpo.worker_data`;
-the services' credentials, :mod:`taxi_hpo.credentials`) and unregisters them when it ends. A flow
+A search hands its workers two worker plugins (the prepared data, :mod:`taxi_hpo.cluster.worker_data`;
+the services' credentials, :mod:`taxi_hpo.cluster.credentials`) and unregisters them when it ends. A flow
 process that is SIGKILLed never gets there, and a long-lived scheduler kept both for good: the
 data in every worker's memory, the credentials in every worker's environment, on workers that
 join later too. So the plugin names carry the registering client's id (:func:`owned_name`), and

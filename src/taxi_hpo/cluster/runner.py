@@ -22,7 +22,6 @@ import cloudpickle
 import dask
 import distributed
 
-from taxi_hpo import tracking
 from taxi_hpo.search import TrialOutcome
 from taxi_hpo.search.pruning import Pruner
 from taxi_hpo.search.threads import ThreadPlan
@@ -94,13 +93,16 @@ class DaskTrialRunner:
         pruner: gives each trial, when it is submitted, its thresholds at the checkpoint rounds
             (its history is fed by the search's ``on_outcome``, so a batch sees earlier batches only).
         run_tags: ``{trial_id: tags}`` for those trials' MLflow runs (where a warm point came from).
+        on_failed: called with ``(trial_id, params, error)`` for a trial that failed for good
+            (the flow records it in the tracking store, where ``--resume`` finds it).
     """
 
     MAX_RESUBMITS = 3
 
-    def __init__(self, submit_trial: Callable, data_future, ctx: tracking.TrackingContext, rounds: int,
+    def __init__(self, submit_trial: Callable, data_future, ctx, rounds: int,
                  nthread: int, prepared=None, client=None, plan: ThreadPlan | None = None,
-                 search_key: str | None = None, pruner: Pruner | None = None, run_tags: dict | None = None):
+                 search_key: str | None = None, pruner: Pruner | None = None, run_tags: dict | None = None,
+                 on_failed: Callable[[int, dict, str], None] | None = None):
         self._submit_trial = submit_trial
         self._data, self._prepared, self._client = data_future, prepared, client
         self._ctx, self._rounds, self._nthread = ctx, rounds, nthread
@@ -108,6 +110,7 @@ class DaskTrialRunner:
         self.pruner = pruner if pruner is not None and pruner.active else None
         self._prune_at: dict[int, dict] = {}  # kept for a resubmission: judged as when first sent
         self._run_tags = run_tags or {}
+        self._on_failed = on_failed
         self._versions = itertools.count(1)
         self._futures: dict[int, object] = {}
         self._params: dict[int, dict] = {}
@@ -275,7 +278,8 @@ class DaskTrialRunner:
         return self._failed(handle, params, state.message or state.name)
 
     def _failed(self, trial_id: int, params: dict, error: str) -> TrialOutcome:
-        tracking.mark_trial_failed(self._ctx, trial_id, params, error)
+        if self._on_failed is not None:  # the flow records it (the trial's tags on the parent run)
+            self._on_failed(trial_id, params, error)
         return TrialOutcome(trial_id, params, None, error=error)
 
 

@@ -8,7 +8,6 @@ from pathlib import Path
 from taxi_hpo import tracking
 from taxi_hpo.core import data
 from taxi_hpo.config import RunConfig
-from taxi_hpo.progress import download_progress
 
 
 def resume_config(cfg: RunConfig, record: tracking.SearchRecord, data_dir_given: bool = False) -> RunConfig:
@@ -41,16 +40,17 @@ def complete_search(cfg: RunConfig, record: tracking.SearchRecord) -> dict | Non
             "best_rmse": min(losses) if losses else None, "tracking_uri": cfg.resolved_tracking_uri}
 
 
-def check(cfg: RunConfig) -> None:
-    """Resolve (download) and load both months, reach the store and the scheduler."""
+def check(cfg: RunConfig, progress: data.ProgressFn | None = None) -> None:
+    """Resolve (download, reporting to ``progress``) and load both months, reach the store and
+    the scheduler."""
     for spec in (cfg.train, cfg.valid):
-        month = data.resolve(spec, Path(cfg.data_dir), download_progress())
+        month = data.resolve(spec, Path(cfg.data_dir), progress)
         data.load(month.path)
     if cfg.cluster_class:  # the workers exist only once the flow creates the cluster: checked there
         from taxi_hpo import cluster
 
         cluster.import_cluster_class(cfg.cluster_class)
-    from taxi_hpo import remote
+    from taxi_hpo.preflight import remote
 
     if cfg.address:  # before the store is created: a remote run may refuse a local one
         remote.check(cfg)  # (credentials included)

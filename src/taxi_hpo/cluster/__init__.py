@@ -1,0 +1,27 @@
+"""Dask: the only package that imports Dask, distributed or prefect-dask.
+
+- :mod:`~taxi_hpo.cluster.spec`: local clusters, the task runner for an address or a cluster
+  class, Dask's settings for a search, the scheduler probe;
+- :mod:`~taxi_hpo.cluster.runner`: the trial runner the scheduler drives (placement, elastic
+  threads, stops);
+- worker plugins: :mod:`~taxi_hpo.cluster.worker_data` (the prepared data, once per worker),
+  :mod:`~taxi_hpo.cluster.credentials` (the servers' credentials), and
+  :mod:`~taxi_hpo.cluster.plugin_owner` (both taken back when their client goes);
+- worker preloads: :mod:`~taxi_hpo.cluster.watchdog` (a local worker exits with its flow
+  process) and :mod:`~taxi_hpo.cluster.preload` (imports while the worker waits).
+
+Names of ``spec`` load on first use, so a preload importing this package stays light.
+"""
+
+from importlib import import_module
+
+_SPEC = ("ADAPTIVE_HINTS", "QUIET_DASK", "THREAD_ENV", "ClusterSpec", "LocalClusterStart", "configure_dask",
+         "import_cluster_class", "probe_scheduler", "task_runner", "tls_client_files")
+
+__all__ = sorted(_SPEC)
+
+
+def __getattr__(name: str):
+    if name in _SPEC:
+        return getattr(import_module("taxi_hpo.cluster.spec"), name)
+    raise AttributeError(f"module 'taxi_hpo.cluster' has no attribute {name!r}")
