@@ -26,6 +26,7 @@ MOVED = {
     "taxi_hpo.worker_watchdog": "taxi_hpo.cluster.watchdog",
     "taxi_hpo.worker_imports": "taxi_hpo.cluster.preload",
     "taxi_hpo.remote": "taxi_hpo.preflight.remote",
+    "taxi_hpo.registry": "taxi_hpo.tracking.registry",
 }
 
 

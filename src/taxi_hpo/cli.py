@@ -236,10 +236,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     remote.check_credentials(uri, None)  # a server that asks for a password: one line
     run_id = args.parent_run_id
     if run_id == "latest":
-        from mlflow.tracking import MlflowClient
-
-        experiment = MlflowClient(uri).get_experiment_by_name(args.experiment)
-        run_id = experiment and tracking.latest_search(uri, experiment.experiment_id)
+        experiment_id = tracking.experiment_id_by_name(uri, args.experiment)
+        run_id = experiment_id and tracking.latest_search(uri, experiment_id)
         if not run_id:
             raise TrackingError(f"no search with a finished trial in experiment {args.experiment!r} of {uri}")
     files = report.publish(uri, run_id, Path(args.out) if args.out else None)

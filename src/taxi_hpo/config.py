@@ -72,6 +72,11 @@ def default_workers(threads_per_worker: int) -> int:
     return max(1, usable_cores() // max(1, threads_per_worker))
 
 
+def is_local_uri(uri: str) -> bool:
+    """True for stores only this machine can open (a sqlite file, a folder)."""
+    return uri.startswith(("sqlite:", "file:")) or "://" not in uri
+
+
 #: The stores MLflow opens (a database scheme may carry its driver: postgresql+psycopg2://).
 TRACKING_SCHEMES = ("file", "sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
 

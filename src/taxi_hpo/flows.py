@@ -25,7 +25,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect_dask import DaskTaskRunner
 
 from taxi_hpo.core import data as data_mod
-from taxi_hpo import registry, tracking, trials
+from taxi_hpo import tracking, trials
 from taxi_hpo.cluster import credentials, runner as dask_runner, worker_data
 from taxi_hpo.core import features, models
 from taxi_hpo.cluster.spec import THREAD_ENV, ClusterSpec, configure_dask
@@ -119,7 +119,7 @@ def trial(trial_id: int, params: dict, prepared, ctx: tracking.TrackingContext, 
 @task(name="register-best", cache_policy=NO_CACHE)
 def register_best(outcomes: list[TrialOutcome], prepared, ctx: tracking.TrackingContext,
                   max_rmse: float, max_inference_time: float) -> str | None:
-    return registry.register_best(outcomes, prepared.preprocessor, ctx, max_rmse, max_inference_time)
+    return tracking.register_best(outcomes, prepared.preprocessor, ctx, max_rmse, max_inference_time)
 
 
 # -- the flow ----------------------------------------------------------------------------------

@@ -27,7 +27,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from mlflow.tracking import MlflowClient
 
 from taxi_hpo import tracking
 from taxi_hpo.errors import TrackingError
@@ -127,8 +126,7 @@ def collect(tracking_uri: str, parent_run_id: str) -> SearchReport:
     """Everything the report shows, from the parent run and its child runs (TrackingError when
     ``parent_run_id`` is not a search in that store)."""
     record = tracking.load_search(tracking_uri, parent_run_id)  # says clearly what is wrong
-    client = MlflowClient(tracking_uri=tracking_uri)
-    parent = client.get_run(parent_run_id)
+    parent = tracking.get_run(tracking_uri, parent_run_id)
     rows = []
     for run in tracking.child_runs(tracking_uri, parent_run_id):
         tag = run.data.tags.get(tracking.TRIAL_TAG)
@@ -406,7 +404,5 @@ def publish(tracking_uri: str, parent_run_id: str, out: Path | None = None, metr
     with tempfile.TemporaryDirectory() as tmp:
         where = Path(out) if out is not None else Path(tmp)
         files = write(report, where)
-        client = MlflowClient(tracking_uri=tracking_uri)
-        for file in files:
-            tracking.retrying(lambda: client.log_artifact(parent_run_id, str(file), ARTIFACT_DIR))
+        tracking.log_artifacts(tracking_uri, parent_run_id, files, ARTIFACT_DIR)
         return files if out is not None else []

@@ -20,8 +20,7 @@ from taxi_hpo.core.machine import core_pool
 from taxi_hpo.core.features import PreparedData
 from taxi_hpo.search.space import xgb_params
 
-BOOSTER_DIR = "model"
-BOOSTER_FILE = "booster.ubj"
+BOOSTER_DIR, BOOSTER_FILE = tracking.BOOSTER_DIR, tracking.BOOSTER_FILE
 
 
 def slot_name() -> str:

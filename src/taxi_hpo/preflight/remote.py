@@ -233,7 +233,6 @@ def make_worker_probe(urls: dict[str, str], timeout_s: float):
         import importlib
         import os
         import platform
-from importlib.metadata import version as installed_version
         import socket
         import urllib.error
         import urllib.request

@@ -1,0 +1,166 @@
+"""The store: reaching it, creating it, retrying it, links to it, and the parent run's life."""
+
+from __future__ import annotations
+
+import socket
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, TypeVar
+
+from taxi_hpo.config import is_local_uri
+from taxi_hpo.errors import DISK_ERRNOS, TrackingError
+from taxi_hpo.tracking._mlflow import (
+    Metric,
+    MlflowClient,
+    MlflowException,
+    Param,
+    RunTag,
+)
+from taxi_hpo.tracking.names import (
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
+)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class TrackingContext:
+    """What a worker needs to log a trial: where, under which experiment and parent."""
+
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    preprocessor_sha256: str = ""
+    tags: dict = field(default_factory=dict)
+
+    def client(self) -> MlflowClient:
+        return MlflowClient(tracking_uri=self.tracking_uri)
+
+
+def retrying(fn: Callable[[], T], *, attempts: int = 8, first_wait: float = 0.5,
+             max_wait: float = 8.0, what: str = "MLflow call") -> T:
+    """Call ``fn`` again with exponential backoff while the store is busy or unreachable."""
+    wait = first_wait
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - classified below
+            if attempt == attempts or not _transient(exc):
+                raise
+            time.sleep(wait)
+            wait = min(wait * 2, max_wait)
+    raise AssertionError("unreachable")
+
+
+def _transient(exc: BaseException) -> bool:
+    if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS:  # waiting does not free a disk
+        return False
+    text = str(exc).lower()
+    markers = ("database is locked", "connection", "timed out", "timeout", "temporarily",
+               "503", "502", "504", "max retries", "refused", "reset by peer")
+    return isinstance(exc, (ConnectionError, TimeoutError, OSError)) or any(m in text for m in markers)
+
+
+def check_reachable(tracking_uri: str, timeout: float = 5.0) -> None:
+    """Fail with one line when an HTTP tracking server does not answer ``/health``."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return
+    url = tracking_uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            if resp.status != 200:
+                raise TrackingError(f"tracking server {tracking_uri} answered {resp.status} on /health")
+    except (urllib.error.URLError, socket.timeout, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise TrackingError(
+            f"tracking server {tracking_uri} is unreachable ({reason}): start it or fix --tracking-uri"
+        ) from exc
+
+
+def ui_link(tracking_uri: str, experiment_id: str, run_id: str | None = None) -> str | None:
+    """The MLflow UI's page of the experiment's runs table (or of one run), for a tracking
+    server; None for a local store (``mlflow ui --backend-store-uri`` shows it). MLflow 3.17's
+    UI opens an experiment on its GenAI overview unless the page says ``workflowType``."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return None
+    base = f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}"
+    return f"{base}/runs/{run_id}?workflowType=machine_learning" if run_id else \
+        f"{base}/runs?workflowType=machine_learning"
+
+
+def prepare_store(tracking_uri: str, experiment: str, artifact_root: Path | None = None) -> str:
+    """Create (or open) the store and the experiment from this process; returns its id.
+
+    Called by the flow process before any worker writes: several processes creating one
+    sqlite store at once race in its schema migration.
+    """
+    check_reachable(tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri)
+    try:
+        found = client.get_experiment_by_name(experiment)
+        if found is not None:
+            if found.lifecycle_stage == "deleted":
+                client.restore_experiment(found.experiment_id)
+            if found.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+                client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+            return found.experiment_id
+        location = None
+        if artifact_root is not None and is_local_uri(tracking_uri):
+            location = (Path(artifact_root).resolve() / experiment).as_uri()
+        return client.create_experiment(experiment, artifact_location=location,
+                                        tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+    except MlflowException as exc:
+        raise TrackingError(f"tracking store {tracking_uri} cannot be used ({exc.message}): fix --tracking-uri") from exc
+    except Exception as exc:  # sqlalchemy / OS errors surface raw
+        raise TrackingError(f"tracking store {tracking_uri} cannot be used ({exc}): fix --tracking-uri") from exc
+
+
+def start_parent_run(tracking_uri: str, experiment_id: str, params: dict, tags: dict,
+                     run_name: str = "search") -> str:
+    client = MlflowClient(tracking_uri=tracking_uri)
+    run = client.create_run(experiment_id, run_name=run_name, tags={**tags, "taxi_hpo.role": "search"})
+    client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+    return run.info.run_id
+
+
+def end_run(tracking_uri: str, run_id: str, status: str = "FINISHED", metrics: dict | None = None,
+            tags: dict | None = None) -> None:
+    client = MlflowClient(tracking_uri=tracking_uri)
+    now = int(time.time() * 1000)
+    retrying(lambda: client.log_batch(
+        run_id, metrics=[Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()],
+        tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()]))
+    retrying(lambda: client.set_terminated(run_id, status))
+
+
+def run_status(tracking_uri: str, run_id: str) -> str:
+    return MlflowClient(tracking_uri=tracking_uri).get_run(run_id).info.status
+
+
+def warm(ctx: TrackingContext) -> None:
+    """Open the store in this process (MLflow caches it per URI) before the first trial needs it."""
+    retrying(lambda: ctx.client().get_experiment(ctx.experiment_id))
+
+
+def download_artifact(ctx: TrackingContext, run_id: str, artifact_path: str, dest: Path) -> Path:
+    local = retrying(lambda: ctx.client().download_artifacts(run_id, artifact_path, str(dest)))
+    return Path(local)
+
+
+def experiment_name(tracking_uri: str, experiment_id: str) -> str:
+    return MlflowClient(tracking_uri=tracking_uri).get_experiment(experiment_id).name
+
+
+def tag_run(tracking_uri: str, run_id: str, tags: dict) -> None:
+    client = MlflowClient(tracking_uri=tracking_uri)
+    retrying(lambda: client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()]))
+
+
+def reopen_run(tracking_uri: str, run_id: str, tags: dict) -> None:
+    client = MlflowClient(tracking_uri=tracking_uri)
+    retrying(lambda: client.update_run(run_id, status="RUNNING"))
+    retrying(lambda: client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()]))
