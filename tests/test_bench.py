@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from taxi_hpo import bench
-from taxi_hpo import bench_metrics as metrics
+from taxi_hpo.bench import metrics
 from taxi_hpo.bench import BenchConfig, Layout
 from taxi_hpo.errors import ConfigError
 from taxi_hpo.search import TPESearcher, TrialOutcome, reference_space, run_search
@@ -194,7 +194,7 @@ def test_cpu_beside_the_trials():
 
 
 def test_process_roles():
-    from taxi_hpo.bench_runs import process_role
+    from taxi_hpo.bench.runs import process_role
 
     assert process_role(10, ["python", "taxi-hpo", "bench"], root_pid=10) == "flow"
     assert process_role(11, ["/v/bin/python", "/v/bin/taxi-hpo", "run", "--json"], root_pid=10) == "flow"
@@ -294,7 +294,7 @@ def _synthetic_result():
 
 def test_pictures_are_written(tmp_path):
     result = _synthetic_result()
-    from taxi_hpo import bench_plots
+    from taxi_hpo.bench import plots as bench_plots
 
     bench_plots.plot_speedup(result, tmp_path / "speedup.png")
     bench_plots.plot_timeline(result, tmp_path / "timeline.png")

@@ -27,6 +27,11 @@ MOVED = {
     "taxi_hpo.worker_imports": "taxi_hpo.cluster.preload",
     "taxi_hpo.remote": "taxi_hpo.preflight.remote",
     "taxi_hpo.registry": "taxi_hpo.tracking.registry",
+    "taxi_hpo.progress": "taxi_hpo.cli.progress",
+    "taxi_hpo.bench_metrics": "taxi_hpo.bench.metrics",
+    "taxi_hpo.bench_plots": "taxi_hpo.bench.plots",
+    "taxi_hpo.bench_runs": "taxi_hpo.bench.runs",
+    "taxi_hpo.reference_script": "taxi_hpo.bench.reference_script",
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -70,6 +71,20 @@ def parse_duration(text: str) -> float:
 def default_workers(threads_per_worker: int) -> int:
     """One worker process per ``threads_per_worker`` usable cores: every core runs a trial."""
     return max(1, usable_cores() // max(1, threads_per_worker))
+
+
+_WXT = re.compile(r"^(\d+)x(\d+)(-fixed)?$")
+
+
+def parse_wxt(item: str) -> tuple[int, int, bool] | None:
+    """A layout ``WxT`` (elastic) or ``WxT-fixed`` -> (W workers, T threads, elastic); None if not one.
+
+    ``bench --layouts`` and ``plan --layouts`` name layouts so; W and T are >= 1.
+    """
+    match = _WXT.match(item.strip().lower())
+    if not match or int(match.group(1)) < 1 or int(match.group(2)) < 1:
+        return None
+    return int(match.group(1)), int(match.group(2)), not match.group(3)
 
 
 def is_local_uri(uri: str) -> bool:

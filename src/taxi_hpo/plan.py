@@ -14,7 +14,9 @@ import json
 import statistics
 from pathlib import Path
 
+from taxi_hpo.config import parse_wxt
 from taxi_hpo.errors import ConfigError
+from taxi_hpo.search.scheduler import MODES
 
 PARALLEL_REFS = ("seq", "script")
 
@@ -84,16 +86,13 @@ def parse_sim_layout(text: str, cores: int, hosts: int = 1):
     item = text.strip().lower()
     if item in PARALLEL_REFS:
         return SimLayout(item, 1, cores, 1, cores, elastic=False, seq=True)
-    fixed = item.endswith("-fixed")
-    head = item.removesuffix("-fixed")
-    try:
-        workers, threads = (int(x) for x in head.split("x"))
-    except ValueError:
-        raise ConfigError(f"layout {text!r} is not seq or WxT[-fixed]: e.g. 16x1, 8x2-fixed") from None
-    if workers < 1 or threads < 1:
-        raise ConfigError(f"layout {text!r}: workers and threads must be >= 1")
+    wxt = parse_wxt(item)
+    if wxt is None:
+        raise ConfigError(f"layout {text!r} is not seq or WxT[-fixed] (W workers x T threads, both >= 1): "
+                          f"e.g. 16x1, 8x2-fixed")
+    workers, threads, elastic = wxt
     name = f"{hosts}x({item})" if hosts > 1 else item
-    return SimLayout(name, hosts, cores, workers, threads, elastic=not fixed)
+    return SimLayout(name, hosts, cores, workers, threads, elastic=elastic)
 
 
 # -- the command -----------------------------------------------------------------------------------
@@ -107,7 +106,7 @@ def add_parser(sub) -> None:
     p.add_argument("--rounds", type=int, default=None, help="boosting rounds (default: the bench's; costs scale linearly)")
     p.add_argument("--max-depth", type=int, default=None, help="upper bound of max_depth (default: the bench's)")
     p.add_argument("--seed", type=int, default=None, help="TPE seed (default: the bench's)")
-    p.add_argument("--mode", choices=("async", "batch"), default=None, help="default: the bench's")
+    p.add_argument("--mode", choices=MODES, default=None, help="default: the bench's")
     p.add_argument("--cores", type=int, default=None, help="cores per host (default: the bench machine's)")
     p.add_argument("--hosts", default="1", help="comma-separated host counts to try, e.g. 1,2,4,8 (default 1)")
     p.add_argument("--layouts", default=None,
@@ -170,7 +169,7 @@ def main(args: argparse.Namespace) -> int:
         folder = Path(args.out)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "plan.json").write_text(json.dumps(out, indent=1, default=str))
-        from taxi_hpo.bench_plots import plot_plan
+        from taxi_hpo.bench.plots import plot_plan
 
         plot_plan(out, folder / "plan.png")
     print(json.dumps(out, default=str) if args.json else format_plan(out))

@@ -101,25 +101,15 @@ def __getattr__(name: str):  # the entrypoint taxi_hpo.serve.scheduled_search re
 
 # -- the command -----------------------------------------------------------------------------
 
-def build_config(args: argparse.Namespace) -> dict:
-    """The deployment's ``config`` parameter from the flags, validated now."""
-    from taxi_hpo.cli import cluster_flags
-    from taxi_hpo.config import RunConfig, parse_duration
+def deployment_config(cfg) -> dict:
+    """The deployment's ``config`` parameter from the command's :class:`RunConfig`, validated now.
 
-    check_month_spec(args.train, "--train")
-    check_month_spec(args.valid, "--valid")
-    cfg = RunConfig(
-        train=args.train, valid=args.valid, data_dir=str(Path(args.data_dir).expanduser().resolve()),
-        trials=args.trials, workers=args.workers, threads_per_worker=args.threads_per_worker,
-        elastic_threads=args.elastic_threads,
-        address=args.address, **cluster_flags(args), mode=args.mode, batch_size=args.batch_size, prune=args.prune, seed=args.seed,
-        rounds=args.rounds, timeout_s=parse_duration(args.timeout) if args.timeout else None,
-        timeout_kill=args.timeout_kill, warm_start=args.warm_start, warm_start_trials=args.warm_start_trials,
-        max_depth=args.max_depth, tracking_uri=args.tracking_uri, experiment=args.experiment,
-        max_rmse=args.max_rmse, max_inference_time=args.max_inference_time, register=not args.no_register,
-        report=not args.no_report,
-    )
-    return cfg.to_dict()
+    The months stay as given (``prev-N`` is resolved per run); the data folder is made absolute,
+    since the served flow runs from wherever Prefect starts it.
+    """
+    check_month_spec(cfg.train, "--train")
+    check_month_spec(cfg.valid, "--valid")
+    return {**cfg.to_dict(), "data_dir": str(Path(cfg.data_dir).expanduser().resolve())}
 
 
 def cron_schedule(cron: str, tz: str):
@@ -133,14 +123,13 @@ def cron_schedule(cron: str, tz: str):
                           f"give five fields, e.g. \"0 3 * * 1\", and an IANA zone") from exc
 
 
-def main(args: argparse.Namespace) -> int:
-    """Create (or update) the deployment and serve it until interrupted."""
+def main(args: argparse.Namespace, config: dict) -> int:
+    """Create (or update) the deployment with ``config`` as its parameter and serve it until interrupted."""
     from prefect.types.entrypoint import EntrypointType
 
     from taxi_hpo.prefect_api import prefect_api
 
     schedule = cron_schedule(args.cron, args.timezone)
-    config = build_config(args)
     with prefect_api() as url:
         sys.stderr.write(f"taxi-hpo: serving {FLOW_NAME}/{args.name} on {args.cron!r} ({args.timezone}) "
                          f"from {url}; Ctrl-C stops it and pauses the schedule\n")

@@ -32,8 +32,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import taxi_hpo
-from taxi_hpo import cluster, tracking
-from taxi_hpo.config import RunConfig
+from taxi_hpo import cluster
+from taxi_hpo.config import RunConfig, is_local_uri
 from taxi_hpo.errors import ClusterError, TrackingError
 from taxi_hpo.prefect_api import configured_api_url
 
@@ -108,7 +108,7 @@ def check_placement(tracking_uri: str, api_url: str | None, remote: str | None) 
             "one (cluster/local/start-prefect.sh) and export PREFECT_API_URL=http://HOST:4200/api")
     if remote is None:
         return
-    if tracking.is_local_uri(tracking_uri):
+    if is_local_uri(tracking_uri):
         raise TrackingError(
             f"--tracking-uri {tracking_uri} is a store on this machine that the {remote} cannot open: start a "
             f"tracking server (cluster/local/start-mlflow.sh) and pass --tracking-uri http://HOST:5000")

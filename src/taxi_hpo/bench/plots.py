@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from taxi_hpo.bench_metrics import _ok, busy_s, utilisation
+from taxi_hpo.bench.metrics import _ok, busy_s, utilisation
 
 def _pyplot():
     import matplotlib

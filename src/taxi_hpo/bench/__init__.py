@@ -17,22 +17,22 @@ import dataclasses
 import json
 import os
 import platform
-import re
 import sys
 import time
 from importlib import metadata
 from pathlib import Path
 
-from taxi_hpo.bench_metrics import SCRIPT, SEQ, goal_checks, run_metrics, summarise
+from taxi_hpo.bench.metrics import SCRIPT, SEQ, goal_checks, run_metrics, summarise
+from taxi_hpo.config import parse_wxt
 from taxi_hpo.core.machine import usable_cores
 from taxi_hpo.errors import ConfigError
+from taxi_hpo.search.pruning import RULES as PRUNE_RULES
+from taxi_hpo.search.scheduler import MODES
 
 DEFAULT = "default"
 EXPERIMENT = "taxi-hpo-bench"
-MODES = ("async", "batch")
 PACKAGES = ("taxi-hpo", "xgboost", "xgboost-cpu", "hyperopt", "prefect", "prefect-dask", "dask",
             "distributed", "mlflow", "numpy", "scikit-learn", "matplotlib")
-_LAYOUT_RE = re.compile(r"^(\d+)x(\d+)(-fixed)?$")
 
 
 # -- layouts -------------------------------------------------------------------------------------
@@ -90,13 +90,13 @@ def parse_layouts(text: str, cores: int) -> tuple[Layout, ...]:
     """``"script,seq,default,2x1-fixed,1x2"`` -> layouts; raises ConfigError naming the bad item."""
     layouts: list[Layout] = []
     for item in (part.strip().lower() for part in text.split(",")):
-        match = _LAYOUT_RE.match(item)
+        wxt = parse_wxt(item)
         if item in (SEQ, SCRIPT):
             layout = Layout(item, 1, cores)
         elif item == DEFAULT:
             layout = default_layout(cores)
-        elif match and int(match.group(1)) > 0 and int(match.group(2)) > 0:
-            layout = Layout(item, int(match.group(1)), int(match.group(2)), elastic=not match.group(3))
+        elif wxt is not None:
+            layout = Layout(item, wxt[0], wxt[1], elastic=wxt[2])
         else:
             raise ConfigError(f"--layouts item {item!r} is not a layout: give seq, script, default or WxT[-fixed] "
                               f"(W workers x T threads, both >= 1), e.g. script,seq,default,2x1-fixed")
@@ -204,7 +204,8 @@ def _cpu_model() -> str:
 
 def run_bench(cfg: BenchConfig, log=None) -> dict:
     """Run every layout ``cfg.repeats`` times, alternating; write bench.json and the pictures."""
-    from taxi_hpo import bench_runs, preflight
+    from taxi_hpo import preflight
+    from taxi_hpo.bench import runs as bench_runs
     from taxi_hpo.core import data as data_mod
     from taxi_hpo import flows
     from taxi_hpo.prefect_api import prefect_api
@@ -243,7 +244,7 @@ def run_bench(cfg: BenchConfig, log=None) -> dict:
     result["layouts"] = summarise(result["runs"], cfg.layouts, cfg.target)
     result["goals"] = goal_checks(result["layouts"], cores, cfg.mode)
     _write_json(out / "bench.json", result)
-    from taxi_hpo.bench_plots import plot_speedup, plot_timeline
+    from taxi_hpo.bench.plots import plot_speedup, plot_timeline
 
     plot_speedup(result, out / "speedup.png")
     plot_timeline(result, out / "timeline.png")
@@ -265,7 +266,7 @@ def add_parser(sub, add_search_flags) -> None:
                    help=f"comma-separated: script (the reference pipeline's own script, all cores), seq (the "
                         f"reference search inside taxi-hpo), default (what `taxi-hpo run` picks), WxT (W workers "
                         f"x T threads, elastic) or WxT-fixed; default here {default_layouts(cores)}")
-    p.add_argument("--prune", choices=("none", "median", "asha"), default="none",
+    p.add_argument("--prune", choices=PRUNE_RULES, default="none",
                    help="pruning for every layout but the script (the unpruned reference); default none")
     p.add_argument("--prune-trials", type=int, default=None,
                    help="trials of the pruned layouts (default: --trials); the script keeps --trials, so "
