@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 ARGS   ?= --trials 8 --rounds 30 --max-depth 30
 PYTEST_ARGS ?=
 
-.PHONY: run test bench serve-model screenshots install clean
+.PHONY: run test lint format bench serve-model screenshots install clean
 
 $(BIN)/taxi-hpo: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,17 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Style and layers: ruff (format and lint, configured in pyproject.toml) and import-linter's
+# contracts (the layers of README's Architecture). CI runs it before the tests.
+lint: install
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/lint-imports
+
+format: install
+	$(BIN)/ruff format src tests benchmarks
+	$(BIN)/ruff check --fix src tests benchmarks
 
 bench: install
 	$(BIN)/taxi-hpo bench --layouts script,seq,default,2x1-fixed,1x2 --trials 8 --rounds 30 --max-depth 40 --seed 1 --out bench-out

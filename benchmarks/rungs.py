@@ -2,7 +2,8 @@
 time spent by then and how well the validation RMSE there ranks the trials' final RMSE.
 
 Fits ``--points`` random points of the reference space (hyperopt's random sampler, as TPE's
-start-up draws them; or, ``--from-study``, points TPE proposed in a pruning study) for ``--rounds`` rounds with early stopping, one thread, recording each
+start-up draws them; or, ``--from-study``, points TPE proposed in a pruning study) for ``--rounds`` rounds
+with early stopping, one thread, recording each
 round's validation RMSE and the process's CPU time. Prints, per round r: the median share of the
 fit's CPU time spent by round r (what a trial pruned there has cost), Spearman's rank correlation
 between the RMSE at r and the final (best) RMSE, and how many of the best tenth of the points a
@@ -47,9 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=30)
     p.add_argument("--max-depth", type=int, default=40)
     p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--from-study", metavar="RESULTS_JSON", default=None,
-                   help="fit points TPE proposed instead: a random --points of the fitted points of a "
-                        "sample_efficiency.py study (its results.json), shuffled with --seed")
+    p.add_argument(
+        "--from-study",
+        metavar="RESULTS_JSON",
+        default=None,
+        help="fit points TPE proposed instead: a random --points of the fitted points of a "
+        "sample_efficiency.py study (its results.json), shuffled with --seed",
+    )
     p.add_argument("--train", default="2021-01")
     p.add_argument("--valid", default="2021-02")
     p.add_argument("--data-dir", default=os.environ.get("TAXI_HPO_DATA_DIR", "./data"))
@@ -70,9 +75,11 @@ def main(argv: list[str] | None = None) -> int:
         import random
 
         study = json.loads(Path(args.from_study).read_text())
-        proposed = [json.loads(k) for fits in study["fits"].values() for k, v in fits.items() if v["loss"] is not None]
+        proposed = [
+            json.loads(k) for fits in study["fits"].values() for k, v in fits.items() if v["loss"] is not None
+        ]
         random.Random(args.seed).shuffle(proposed)
-        points = proposed[:args.points]
+        points = proposed[: args.points]
     else:
         searcher = TPESearcher(reference_space(args.max_depth), args.seed, n_startup_jobs=args.points + 1)
         points = []
@@ -91,16 +98,31 @@ def main(argv: list[str] | None = None) -> int:
     fits = []
     for i, point in enumerate(points):
         clock, log = Clock(), {}
-        xgb.train(xgb_params(point, 1), dtrain, args.rounds, evals=[(dvalid, "validation")],
-                  early_stopping_rounds=EARLY_STOPPING_ROUNDS, verbose_eval=False, callbacks=[clock], evals_result=log)
+        xgb.train(
+            xgb_params(point, 1),
+            dtrain,
+            args.rounds,
+            evals=[(dvalid, "validation")],
+            early_stopping_rounds=EARLY_STOPPING_ROUNDS,
+            verbose_eval=False,
+            callbacks=[clock],
+            evals_result=log,
+        )
         fits.append({"params": point, "cpu_s": clock.cpu, "rmse": log["validation"]["rmse"]})
-        print(f"{i + 1}/{len(points)}: {clock.cpu[-1]:.1f} s, {len(clock.cpu)} rounds", file=sys.stderr, flush=True)
+        print(
+            f"{i + 1}/{len(points)}: {clock.cpu[-1]:.1f} s, {len(clock.cpu)} rounds",
+            file=sys.stderr,
+            flush=True,
+        )
 
     final = [min(f["rmse"]) for f in fits]
-    best_tenth = sorted(range(len(fits)), key=final.__getitem__)[:max(1, len(fits) // 10)]
+    best_tenth = sorted(range(len(fits)), key=final.__getitem__)[: max(1, len(fits) // 10)]
     rungs = set(checkpoints(args.rounds))
-    lines = [f"| round | share of the fit's CPU time by then (median) | rank correlation with the final RMSE | "
-             f"best tenth kept by a best-third cut ({len(best_tenth)} points) |", "| --- | --- | --- | --- |"]
+    lines = [
+        f"| round | share of the fit's CPU time by then (median) | rank correlation with the final RMSE | "
+        f"best tenth kept by a best-third cut ({len(best_tenth)} points) |",
+        "| --- | --- | --- | --- |",
+    ]
     for r in range(1, args.rounds):
         # an early-stopped fit that ended before r keeps its last value, as its curve would
         at = [f["rmse"][min(r, len(f["rmse"])) - 1] for f in fits]

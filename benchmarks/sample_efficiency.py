@@ -30,8 +30,8 @@ import statistics
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from taxi_hpo.search import TPESearcher, TrialOutcome, reference_space, run_search
 from taxi_hpo.search.tpe import DEFAULT_STARTUP
@@ -57,28 +57,49 @@ class FifoRunner:
 
     def wait_any(self, handles, timeout=None):
         trial_id, params, thresholds = self._queue.popleft()
-        self._done[trial_id] = (self._evaluate(trial_id, params, thresholds) if self._thresholds
-                                else self._evaluate(trial_id, params))
+        self._done[trial_id] = (
+            self._evaluate(trial_id, params, thresholds)
+            if self._thresholds
+            else self._evaluate(trial_id, params)
+        )
         return [trial_id]
 
     def outcome(self, handle: int) -> TrialOutcome:
         return self._done.pop(handle)
 
 
-def losses_in_flight(evaluate: Evaluate, in_flight: int, n_trials: int, seed: int, max_depth: int,
-                     mode: str = "async", startup: int = DEFAULT_STARTUP, pruner=None) -> list[float | None]:
+def losses_in_flight(
+    evaluate: Evaluate,
+    in_flight: int,
+    n_trials: int,
+    seed: int,
+    max_depth: int,
+    mode: str = "async",
+    startup: int = DEFAULT_STARTUP,
+    pruner=None,
+) -> list[float | None]:
     """Validation losses in trial order of one search with ``in_flight`` trials pending.
 
     Start-up as the parallel search sets it: at least ``in_flight`` random trials. With a
     ``pruner`` (``search.pruning.Pruner``), ``evaluate`` takes the trial's thresholds too, and a
     pruned trial's loss is None here (its RMSE is of an unfinished model; TPE still learns it).
     """
-    return [None if o.pruned_at else o.loss for o in
-            outcomes_in_flight(evaluate, in_flight, n_trials, seed, max_depth, mode, startup, pruner)]
+    return [
+        None if o.pruned_at else o.loss
+        for o in outcomes_in_flight(evaluate, in_flight, n_trials, seed, max_depth, mode, startup, pruner)
+    ]
 
 
-def outcomes_in_flight(evaluate: Evaluate, in_flight: int, n_trials: int, seed: int, max_depth: int,
-                       mode: str = "async", startup: int = DEFAULT_STARTUP, pruner=None) -> list[TrialOutcome]:
+def outcomes_in_flight(
+    evaluate: Evaluate,
+    in_flight: int,
+    n_trials: int,
+    seed: int,
+    max_depth: int,
+    mode: str = "async",
+    startup: int = DEFAULT_STARTUP,
+    pruner=None,
+) -> list[TrialOutcome]:
     searcher = TPESearcher(reference_space(max_depth), seed, max(startup, in_flight))
     active = pruner is not None and pruner.active
     runner = FifoRunner(evaluate, pruner.thresholds if active else None)
@@ -116,8 +137,11 @@ def markdown_table(curves: dict, n_trials: int, work: dict | None = None) -> str
     if work:
         header.append("boosting rounds run")
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    final = {k: mean_sd([c[n_trials - 1] for c in runs if c[n_trials - 1] is not None])[0]
-             for k, runs in curves.items() if any(c[n_trials - 1] is not None for c in runs)}
+    final = {
+        k: mean_sd([c[n_trials - 1] for c in runs if c[n_trials - 1] is not None])[0]
+        for k, runs in curves.items()
+        if any(c[n_trials - 1] is not None for c in runs)
+    }
     base = final.get(names[0])
     for k, runs in curves.items():
         cells = [str(k)]
@@ -130,7 +154,9 @@ def markdown_table(curves: dict, n_trials: int, work: dict | None = None) -> str
             cells.append(f"{mine:,.0f} ({mine / first:.0%})")
         lines.append("| " + " | ".join(cells) + " |")
     seeds = len(next(iter(curves.values()), []))
-    lines.append(f"\nBest validation RMSE after n trials (pruned trials do not count), mean ± sd over {seeds} seed(s).")
+    lines.append(
+        f"\nBest validation RMSE after n trials (pruned trials do not count), mean ± sd over {seeds} seed(s)."
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -149,9 +175,15 @@ def plot(curves: dict[int, list[list[float | None]]], caption: str, path: Path) 
             if present:
                 points.append((i + 1, *mean_sd(present)))
         xs = [n for n, _, _ in points]
-        line, = ax.plot(xs, [m for _, m, _ in points], label=str(k), drawstyle="steps-post")
-        ax.fill_between(xs, [m - sd for _, m, sd in points], [m + sd for _, m, sd in points],
-                        color=line.get_color(), alpha=0.12, step="post")
+        (line,) = ax.plot(xs, [m for _, m, _ in points], label=str(k), drawstyle="steps-post")
+        ax.fill_between(
+            xs,
+            [m - sd for _, m, sd in points],
+            [m + sd for _, m, sd in points],
+            color=line.get_color(),
+            alpha=0.12,
+            step="post",
+        )
     ax.set_xlabel("trials finished (n)")
     ax.set_ylabel("best validation RMSE so far (mean ± sd over seeds)")
     ax.set_title(caption, fontsize=8)
@@ -163,7 +195,10 @@ def plot(curves: dict[int, list[list[float | None]]], caption: str, path: Path) 
 
 # -- the study on the real data --------------------------------------------------------------------
 
-def xgboost_evaluator(prepared, rounds: int, nthread: int, cache: dict, rounds_run: list | None = None) -> Evaluate:
+
+def xgboost_evaluator(
+    prepared, rounds: int, nthread: int, cache: dict, rounds_run: list | None = None
+) -> Evaluate:
     """Fit one trial with ``models.fit_xgboost``; ``cache`` maps parameters to its loss, its
     validation RMSE at the checkpoint rounds and the rounds it ran. Called with thresholds
     (pruning), the trial stops at the first checkpoint above them; ``rounds_run`` collects the
@@ -179,8 +214,11 @@ def xgboost_evaluator(prepared, rounds: int, nthread: int, cache: dict, rounds_r
         if key not in cache:
             try:
                 fit = models.fit_xgboost(xgb_params(params, nthread), prepared, rounds, prune_at=every)
-                cache[key] = {"loss": fit.rmse_valid, "curve": {str(r): v for r, v in fit.curve.items()},
-                              "rounds": fit.booster.num_boosted_rounds()}
+                cache[key] = {
+                    "loss": fit.rmse_valid,
+                    "curve": {str(r): v for r, v in fit.curve.items()},
+                    "rounds": fit.booster.num_boosted_rounds(),
+                }
             except Exception as exc:  # noqa: BLE001 - a failed trial is a result
                 print(f"trial {trial_id} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
                 cache[key] = {"loss": None, "curve": {}, "rounds": 0}
@@ -190,8 +228,9 @@ def xgboost_evaluator(prepared, rounds: int, nthread: int, cache: dict, rounds_r
             if thresholds and should_stop(r, curve[r], thresholds):
                 if rounds_run is not None:
                     rounds_run.append(r)
-                return TrialOutcome(trial_id, params, curve[r], curve={k: v for k, v in curve.items() if k <= r},
-                                    pruned_at=r)
+                return TrialOutcome(
+                    trial_id, params, curve[r], curve={k: v for k, v in curve.items() if k <= r}, pruned_at=r
+                )
         if rounds_run is not None:
             rounds_run.append(fit["rounds"])
         return TrialOutcome(trial_id, params, fit["loss"], curve=curve)
@@ -201,17 +240,27 @@ def xgboost_evaluator(prepared, rounds: int, nthread: int, cache: dict, rounds_r
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--in-flight", default="1,2,4,8", help="comma-separated trials in flight (default 1,2,4,8)")
+    p.add_argument(
+        "--in-flight", default="1,2,4,8", help="comma-separated trials in flight (default 1,2,4,8)"
+    )
     p.add_argument("--seeds", type=int, default=5, help="number of seeds, from --first-seed on (default 5)")
     p.add_argument("--first-seed", type=int, default=42)
     p.add_argument("--trials", type=int, default=32, help="trials per search (default 32)")
     p.add_argument("--rounds", type=int, default=15, help="XGBoost boosting rounds (default 15)")
     p.add_argument("--max-depth", type=int, default=20, help="upper bound of max_depth (default 20)")
     p.add_argument("--mode", choices=("async", "batch"), default="async")
-    p.add_argument("--prune", default="none", help="comma-separated pruning rules: none, median, asha (default none)")
-    p.add_argument("--startup", type=int, default=DEFAULT_STARTUP,
-                   help=f"random start-up trials before TPE models (default {DEFAULT_STARTUP}, as the search)")
-    p.add_argument("--nthread", type=int, default=os.cpu_count() or 1, help="XGBoost threads (default: all cores)")
+    p.add_argument(
+        "--prune", default="none", help="comma-separated pruning rules: none, median, asha (default none)"
+    )
+    p.add_argument(
+        "--startup",
+        type=int,
+        default=DEFAULT_STARTUP,
+        help=f"random start-up trials before TPE models (default {DEFAULT_STARTUP}, as the search)",
+    )
+    p.add_argument(
+        "--nthread", type=int, default=os.cpu_count() or 1, help="XGBoost threads (default: all cores)"
+    )
     p.add_argument("--train", default="2021-01")
     p.add_argument("--valid", default="2021-02")
     p.add_argument("--data-dir", default=os.environ.get("TAXI_HPO_DATA_DIR", "./data"))
@@ -240,7 +289,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    settings = {k: getattr(args, k) for k in ("trials", "rounds", "max_depth", "mode", "startup", "train", "valid")}
+    settings = {
+        k: getattr(args, k) for k in ("trials", "rounds", "max_depth", "mode", "startup", "train", "valid")
+    }
     results_path = out / "results.json"
     saved = json.loads(results_path.read_text()) if results_path.exists() else {}
     if saved.get("settings") != settings or saved.get("version") != 2:
@@ -260,23 +311,42 @@ def main(argv: list[str] | None = None) -> int:
                 if key not in saved["losses"]:
                     spent: list[int] = []
                     evaluate = xgboost_evaluator(prepared, args.rounds, args.nthread, cache, spent)
-                    saved["losses"][key] = losses_in_flight(evaluate, k, args.trials, seed, args.max_depth,
-                                                            args.mode, args.startup, Pruner(rule, args.rounds))
+                    saved["losses"][key] = losses_in_flight(
+                        evaluate,
+                        k,
+                        args.trials,
+                        seed,
+                        args.max_depth,
+                        args.mode,
+                        args.startup,
+                        Pruner(rule, args.rounds),
+                    )
                     saved["rounds"][key] = sum(spent)
                     tmp = results_path.with_suffix(".tmp")
                     tmp.write_text(json.dumps(saved))
                     os.replace(tmp, results_path)
                 best = best_so_far(saved["losses"][key])[-1]
-                print(f"seed {seed} {label(k, rule)}: best {best} ({time.time() - started:.0f} s)", file=sys.stderr)
+                print(
+                    f"seed {seed} {label(k, rule)}: best {best} ({time.time() - started:.0f} s)",
+                    file=sys.stderr,
+                )
     seeds = range(args.first_seed, args.first_seed + args.seeds)
-    curves = {label(k, rule): [best_so_far(saved["losses"][f"{rule}/{k}/{s}"]) for s in seeds]
-              for k in args.in_flight for rule in args.prune}
-    work = {label(k, rule): [saved["rounds"][f"{rule}/{k}/{s}"] for s in seeds]
-            for k in args.in_flight for rule in args.prune}
+    curves = {
+        label(k, rule): [best_so_far(saved["losses"][f"{rule}/{k}/{s}"]) for s in seeds]
+        for k in args.in_flight
+        for rule in args.prune
+    }
+    work = {
+        label(k, rule): [saved["rounds"][f"{rule}/{k}/{s}"] for s in seeds]
+        for k in args.in_flight
+        for rule in args.prune
+    }
     (out / "sample_efficiency.md").write_text(markdown_table(curves, args.trials, work))
-    caption = (f"{args.trials} trials, {args.rounds} rounds, max_depth <= {args.max_depth}, {args.mode}, "
-               f"start-up {args.startup}, seeds {args.first_seed}..{args.first_seed + args.seeds - 1}, "
-               "FIFO completion")
+    caption = (
+        f"{args.trials} trials, {args.rounds} rounds, max_depth <= {args.max_depth}, {args.mode}, "
+        f"start-up {args.startup}, seeds {args.first_seed}..{args.first_seed + args.seeds - 1}, "
+        "FIFO completion"
+    )
     plot(curves, caption, out / "sample_efficiency.png")
     print((out / "sample_efficiency.md").read_text())
     return 0

@@ -56,9 +56,17 @@ class MemorySampler:
         if self.done == 1 or self.done % self.every == 0 or self.done == self.total:
             client = distributed.get_client()
             workers = client.run(rss_mb)
-            self.samples.append({"trials": self.done, "t": time.time(), "flow_and_scheduler_mb": round(rss_mb(), 1),
-                                 "workers_mb": {w: round(v, 1) for w, v in workers.items()},
-                                 "scheduler_tasks": client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks))})
+            self.samples.append(
+                {
+                    "trials": self.done,
+                    "t": time.time(),
+                    "flow_and_scheduler_mb": round(rss_mb(), 1),
+                    "workers_mb": {w: round(v, 1) for w, v in workers.items()},
+                    "scheduler_tasks": client.run_on_scheduler(
+                        lambda dask_scheduler: len(dask_scheduler.tasks)
+                    ),
+                }
+            )
 
     def stop(self):
         pass
@@ -86,8 +94,15 @@ def main() -> int:
     for name in ("distributed", "prefect", "mlflow"):
         logging.getLogger(name).addHandler(counter)
     sampler = MemorySampler(args.every)
-    cfg = RunConfig(data_dir=data_dir, trials=args.trials, workers=2, rounds=args.rounds,
-                    max_depth=args.max_depth, register=False, workdir=str(work))
+    cfg = RunConfig(
+        data_dir=data_dir,
+        trials=args.trials,
+        workers=2,
+        rounds=args.rounds,
+        max_depth=args.max_depth,
+        register=False,
+        workdir=str(work),
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         started = time.time()
@@ -96,9 +111,14 @@ def main() -> int:
     finished = tracking.child_runs(summary["tracking_uri"], summary["parent_run_id"], status="FINISHED")
     first, last = sampler.samples[0], sampler.samples[-1]
     report = {
-        "trials": args.trials, "rounds": args.rounds, "max_depth": args.max_depth, "wall_s": round(wall, 1),
-        "trials_done": summary["trials_done"], "trials_failed": summary["trials_failed"],
-        "finished_child_runs": len(finished), "utilisation": summary["utilisation"],
+        "trials": args.trials,
+        "rounds": args.rounds,
+        "max_depth": args.max_depth,
+        "wall_s": round(wall, 1),
+        "trials_done": summary["trials_done"],
+        "trials_failed": summary["trials_failed"],
+        "finished_child_runs": len(finished),
+        "utilisation": summary["utilisation"],
         "flow_and_scheduler_mb": [first["flow_and_scheduler_mb"], last["flow_and_scheduler_mb"]],
         "workers_mb": [sorted(first["workers_mb"].values()), sorted(last["workers_mb"].values())],
         "scheduler_tasks": [first["scheduler_tasks"], last["scheduler_tasks"]],

@@ -33,17 +33,26 @@ from taxi_hpo.search import TPESearcher, TrialOutcome, reference_space, run_sear
 
 def synthetic_loss(params: dict) -> float:
     """A smooth bowl over the space with its minimum inside it: TPE has something to model."""
-    return (6.3 + (math.log(params["learning_rate"]) + 1.5) ** 2 + 0.01 * (params["max_depth"] - 20) ** 2
-            + 0.1 * math.log(params["min_child_weight"] + 1))
+    return (
+        6.3
+        + (math.log(params["learning_rate"]) + 1.5) ** 2
+        + 0.01 * (params["max_depth"] - 20) ** 2
+        + 0.1 * math.log(params["min_child_weight"] + 1)
+    )
 
 
 def random_point(rng: np.random.Generator, max_depth: int) -> dict:
-    return {"max_depth": int(rng.integers(4, max_depth + 1)), "learning_rate": math.exp(rng.uniform(-3, 0)),
-            "reg_alpha": math.exp(rng.uniform(-5, -1)), "reg_lambda": math.exp(rng.uniform(-6, -1)),
-            "min_child_weight": math.exp(rng.uniform(-1, 3))}
+    return {
+        "max_depth": int(rng.integers(4, max_depth + 1)),
+        "learning_rate": math.exp(rng.uniform(-3, 0)),
+        "reg_alpha": math.exp(rng.uniform(-5, -1)),
+        "reg_lambda": math.exp(rng.uniform(-6, -1)),
+        "min_child_weight": math.exp(rng.uniform(-1, 3)),
+    }
 
 
 # -- TPE ---------------------------------------------------------------------------------------
+
 
 def tpe_at(size: int, repeats: int, seed: int = 0, max_depth: int = 100) -> dict:
     """Median ask and tell times (ms) with ``size`` finished trials in the history."""
@@ -62,12 +71,19 @@ def tpe_at(size: int, repeats: int, seed: int = 0, max_depth: int = 100) -> dict
         searcher.record(trial_id, synthetic_loss(params))
         asks.append((t1 - t0) * 1000)
         tells.append((time.perf_counter() - t1) * 1000)
-    return {"bench": "tpe", "history": size, "ask_ms": round(statistics.median(asks), 2),
-            "tell_ms": round(statistics.median(tells), 2), "ask_max_ms": round(max(asks), 2),
-            "asks_per_s": round(1000 / statistics.median(asks), 1), "fill_s": round(fill_s, 1)}
+    return {
+        "bench": "tpe",
+        "history": size,
+        "ask_ms": round(statistics.median(asks), 2),
+        "tell_ms": round(statistics.median(tells), 2),
+        "ask_max_ms": round(max(asks), 2),
+        "asks_per_s": round(1000 / statistics.median(asks), 1),
+        "fill_s": round(fill_s, 1),
+    }
 
 
 # -- orchestration -----------------------------------------------------------------------------
+
 
 class DaskNoopRunner:
     """Trials as a no-op function submitted straight to Dask."""
@@ -122,15 +138,25 @@ def orchestration(layer: str, trials: int, workers: int, tracking_uri: str | Non
 
     searcher = TPESearcher(reference_space(100), 0, max(20, workers))
     if layer == "dask":
-        with distributed.LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=":0",
-                                      silence_logs=40) as cluster, distributed.Client(cluster) as client:
+        with (
+            distributed.LocalCluster(
+                n_workers=workers, threads_per_worker=1, dashboard_address=":0", silence_logs=40
+            ) as cluster,
+            distributed.Client(cluster) as client,
+        ):
             start = time.perf_counter()
             run_search(searcher, DaskNoopRunner(client), trials, in_flight=workers)
             wall = time.perf_counter() - start
     else:
         wall = _prefect_search(searcher, trials, workers, tracking_uri if layer == "prefect-mlflow" else None)
-    return {"bench": "orchestration", "layer": layer, "trials": trials, "slots": workers,
-            "wall_s": round(wall, 2), "trials_per_s": round(trials / wall, 1)}
+    return {
+        "bench": "orchestration",
+        "layer": layer,
+        "trials": trials,
+        "slots": workers,
+        "wall_s": round(wall, 2),
+        "trials_per_s": round(trials / wall, 1),
+    }
 
 
 def _prefect_search(searcher, trials: int, workers: int, tracking_uri: str | None) -> float:
@@ -142,8 +168,15 @@ def _prefect_search(searcher, trials: int, workers: int, tracking_uri: str | Non
     from taxi_hpo.prefect_api import prefect_api
 
     noop = task(name="noop-trial", cache_policy=NO_CACHE)(_noop_with_run)
-    runner = DaskTaskRunner(cluster_class=distributed.LocalCluster, cluster_kwargs={
-        "n_workers": workers, "threads_per_worker": 1, "dashboard_address": ":0", "silence_logs": 40})
+    runner = DaskTaskRunner(
+        cluster_class=distributed.LocalCluster,
+        cluster_kwargs={
+            "n_workers": workers,
+            "threads_per_worker": 1,
+            "dashboard_address": ":0",
+            "silence_logs": 40,
+        },
+    )
 
     @flow(name="orchestration-ceiling", task_runner=runner)
     def ceiling() -> float:
@@ -167,7 +200,9 @@ def _prefect_search(searcher, trials: int, workers: int, tracking_uri: str | Non
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="bench", required=True)
     t = sub.add_parser("tpe")
     t.add_argument("--sizes", default="100,1000,5000")

@@ -30,13 +30,16 @@ def test_default_workers_fill_the_usable_cores():
 @pytest.mark.skipif(shutil.which("taskset") is None, reason="needs taskset (util-linux)")
 def test_default_workers_follow_the_affinity_mask():
     probe = "from taxi_hpo.config import RunConfig; print(RunConfig().workers, RunConfig(threads_per_worker=2).workers)"
-    out = subprocess.run(["taskset", "-c", "0", sys.executable, "-c", probe], capture_output=True, text=True,
-                         check=True).stdout.split()
+    out = subprocess.run(
+        ["taskset", "-c", "0", sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout.split()
     assert out == ["1", "1"]
 
 
-@pytest.mark.parametrize("cpu_max, cap", [("max 100000\n", None), ("150000 100000\n", 2), ("50000 100000\n", 1),
-                                          ("garbage\n", None)])
+@pytest.mark.parametrize(
+    "cpu_max, cap",
+    [("max 100000\n", None), ("150000 100000\n", 2), ("50000 100000\n", 1), ("garbage\n", None)],
+)
 def test_a_cgroup_cpu_quota_caps_the_cores(tmp_path, cpu_max, cap):
     path = tmp_path / "cpu.max"
     path.write_text(cpu_max)
@@ -45,23 +48,21 @@ def test_a_cgroup_cpu_quota_caps_the_cores(tmp_path, cpu_max, cap):
 
 
 def test_the_layout_line_says_why_when_the_layout_was_chosen_for_you():
-    from taxi_hpo.flows import _layout
+    from taxi_hpo.flows.reporting import layout_line
     from taxi_hpo.search.threads import ThreadPlan
-
-    class TwoWorkers:  # what _layout reads of a Dask client
-        def nthreads(self):
-            return {"w1": 1, "w2": 1}
 
     plan = ThreadPlan({"w1": ("p", 1), "w2": ("p", 1)}, {"p": 2})
     chosen = RunConfig(threads_per_worker=1)
     assert chosen.default_layout and not RunConfig(workers=2).default_layout
-    line = _layout(dataclasses.replace(chosen, workers=2), TwoWorkers(), 2, plan)
-    assert line.startswith("2 workers x 1 XGBoost thread, 2 trials at a time (local cluster); elastic threads")
+    line = layout_line(dataclasses.replace(chosen, workers=2), 2, 2, plan)
+    assert line.startswith(
+        "2 workers x 1 XGBoost thread, 2 trials at a time (local cluster); elastic threads"
+    )
     assert "(the default for 2 usable cores: a trial per core, no thread waiting on another" in line
-    asked = _layout(RunConfig(workers=2), TwoWorkers(), 2, plan)
+    asked = layout_line(RunConfig(workers=2), 2, 2, plan)
     assert "the default" not in asked and "elastic threads" in asked
     fixed = ThreadPlan({"w1": ("p", 1), "w2": ("p", 1)}, {"p": 2}, elastic=False)
-    assert "elastic" not in _layout(RunConfig(workers=2, elastic_threads=False), TwoWorkers(), 2, fixed)
+    assert "elastic" not in layout_line(RunConfig(workers=2, elastic_threads=False), 2, 2, fixed)
 
 
 def test_durations_and_budget_flags():

@@ -29,7 +29,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED="${PREFECT_SERVER_ANALYTICS_ENABLED:-fal
 # process unless distributed.nanny.pre-spawn-environ says otherwise.
 THREAD_ENVIRON="{'OMP_NUM_THREADS': $THREADS_PER_TRIAL, 'MKL_NUM_THREADS': $THREADS_PER_TRIAL, 'OPENBLAS_NUM_THREADS': $THREADS_PER_TRIAL}"
 
-# Dask's own periodic work, turned down for a search (taxi_hpo.cluster.QUIET_DASK says why: two
+# Dask's own periodic work, turned down for a search (taxi_hpo.cluster.spec.QUIET_DASK says why: two
 # workers fitting the same trials spent 8 % longer in XGBoost with Dask's defaults). Exported,
 # so the scheduler and every worker started from these scripts read them; override any of them.
 export DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL="${DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL:-1s}"

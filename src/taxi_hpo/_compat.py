@@ -32,6 +32,7 @@ MOVED = {
     "taxi_hpo.bench_plots": "taxi_hpo.bench.plots",
     "taxi_hpo.bench_runs": "taxi_hpo.bench.runs",
     "taxi_hpo.reference_script": "taxi_hpo.bench.reference_script",
+    "taxi_hpo.trials": "taxi_hpo.flows.trials",
 }
 
 

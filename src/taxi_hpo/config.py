@@ -51,7 +51,9 @@ def parse_cluster_kwargs(text: str) -> dict:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ConfigError(f"--cluster-kwargs {text[:60]!r} is not valid JSON/YAML ({first})") from None
     if not isinstance(value, dict):
-        raise ConfigError(f"--cluster-kwargs must be a mapping of keyword arguments, got {type(value).__name__}")
+        raise ConfigError(
+            f"--cluster-kwargs must be a mapping of keyword arguments, got {type(value).__name__}"
+        )
     return value
 
 
@@ -102,8 +104,10 @@ def check_tracking_uri(uri: str) -> None:
         return  # a folder: MLflow's file store
     scheme = uri.split(":", 1)[0].split("+", 1)[0].lower()
     if scheme not in TRACKING_SCHEMES and len(scheme) > 1:  # one letter: a Windows drive
-        raise ConfigError(f"--tracking-uri {uri}: unknown scheme '{scheme}'; give sqlite:///PATH.db, "
-                          f"http(s)://HOST:PORT of an MLflow server, a database URI (postgresql://...) or a folder")
+        raise ConfigError(
+            f"--tracking-uri {uri}: unknown scheme '{scheme}'; give sqlite:///PATH.db, "
+            f"http(s)://HOST:PORT of an MLflow server, a database URI (postgresql://...) or a folder"
+        )
 
 
 @dataclass(frozen=True)
@@ -128,15 +132,15 @@ class RunConfig:
     max_depth: int = DEFAULT_MAX_DEPTH
     prune: str = "none"
     timeout_s: float | None = None  # no trial starts after this many seconds of search
-    timeout_kill: bool = False      # ... and the running ones are stopped
-    warm_start: str | None = None   # a search's parent run id, or "latest" of the experiment
-    warm_start_trials: int = 5      # how many of its best points run first
+    timeout_kill: bool = False  # ... and the running ones are stopped
+    warm_start: str | None = None  # a search's parent run id, or "latest" of the experiment
+    warm_start_trials: int = 5  # how many of its best points run first
     tracking_uri: str | None = None
     experiment: str = DEFAULT_EXPERIMENT
     max_rmse: float = 6.5
     max_inference_time: float = 20e-6
     register: bool = True
-    report: bool = True             # the search's report (pictures, HTML) on its parent run
+    report: bool = True  # the search's report (pictures, HTML) on its parent run
     resume: str | None = None
     workdir: str = field(default_factory=os.getcwd)
     default_layout: bool = False  # set when --workers was left to default_workers()
@@ -147,9 +151,13 @@ class RunConfig:
             object.__setattr__(self, "default_layout", self.address is None and self.cluster_class is None)
         if self.adapt is not None:
             object.__setattr__(self, "adapt", tuple(self.adapt))
-        positive = {"--trials": self.trials, "--workers": self.workers,
-                    "--threads-per-worker": self.threads_per_worker, "--rounds": self.rounds,
-                    "--warm-start-trials": self.warm_start_trials}
+        positive = {
+            "--trials": self.trials,
+            "--workers": self.workers,
+            "--threads-per-worker": self.threads_per_worker,
+            "--rounds": self.rounds,
+            "--warm-start-trials": self.warm_start_trials,
+        }
         if self.batch_size is not None:
             positive["--batch-size"] = self.batch_size
         for flag, value in positive.items():
@@ -158,18 +166,25 @@ class RunConfig:
         if self.mode not in MODES:
             raise ConfigError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.timeout_s is not None and not (self.timeout_s > 0 and math.isfinite(self.timeout_s)):
-            raise ConfigError(f"--timeout must be a positive duration (e.g. 90s, 30m, 2h), got {self.timeout_s}")
+            raise ConfigError(
+                f"--timeout must be a positive duration (e.g. 90s, 30m, 2h), got {self.timeout_s}"
+            )
         if self.timeout_kill and self.timeout_s is None:
-            raise ConfigError("--timeout-kill needs --timeout: give the budget, e.g. --timeout 30m --timeout-kill")
+            raise ConfigError(
+                "--timeout-kill needs --timeout: give the budget, e.g. --timeout 30m --timeout-kill"
+            )
         if self.prune not in PRUNE_RULES:
             raise ConfigError(f"--prune must be one of {', '.join(PRUNE_RULES)}, got {self.prune!r}")
         if self.max_depth < MIN_MAX_DEPTH:
             raise ConfigError(
                 f"--max-depth {self.max_depth} is below the space's lower bound {MIN_MAX_DEPTH}: "
-                f"give {MIN_MAX_DEPTH} or more")
+                f"give {MIN_MAX_DEPTH} or more"
+            )
         for flag, value in (("--max-rmse", self.max_rmse), ("--max-inference-time", self.max_inference_time)):
             if not (value > 0 and math.isfinite(value)):
-                raise ConfigError(f"{flag} must be a positive number (a registration threshold), got {value:g}")
+                raise ConfigError(
+                    f"{flag} must be a positive number (a registration threshold), got {value:g}"
+                )
         if self.tracking_uri:
             check_tracking_uri(self.tracking_uri)
         if self.address and self.cluster_class:
@@ -180,15 +195,23 @@ class RunConfig:
             raise ConfigError("--cluster-kwargs must be a JSON or YAML mapping, e.g. '{\"n_workers\": 2}'")
         if self.adapt is not None:
             if not self.cluster_class:
-                raise ConfigError("--adapt needs --cluster-class (e.g. distributed.LocalCluster): it is passed to "
-                                  "that cluster's adapt()")
+                raise ConfigError(
+                    "--adapt needs --cluster-class (e.g. distributed.LocalCluster): it is passed to "
+                    "that cluster's adapt()"
+                )
             low, high = self.adapt
             if low < 0 or high < 1 or low > high:
-                raise ConfigError(f"--adapt {low}:{high}: give MIN:MAX workers with 0 <= MIN <= MAX and MAX >= 1")
+                raise ConfigError(
+                    f"--adapt {low}:{high}: give MIN:MAX workers with 0 <= MIN <= MAX and MAX >= 1"
+                )
             if self.mode == "batch":
-                raise ConfigError("--adapt needs --mode async: a batch keeps its size, so the cluster could not grow")
+                raise ConfigError(
+                    "--adapt needs --mode async: a batch keeps its size, so the cluster could not grow"
+                )
         if self.address is not None and "://" not in self.address and ":" not in self.address:
-            raise ConfigError(f"--address {self.address!r} is not a scheduler address: give e.g. tcp://host:8786")
+            raise ConfigError(
+                f"--address {self.address!r} is not a scheduler address: give e.g. tcp://host:8786"
+            )
 
     @property
     def resolved_tracking_uri(self) -> str:
@@ -200,5 +223,5 @@ class RunConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "RunConfig":
+    def from_dict(cls, values: dict) -> RunConfig:
         return cls(**values)

@@ -15,13 +15,20 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import prefect.settings
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from taxi_hpo import environ
+
+
+def configured_credentials() -> tuple[str | None, str | None]:
+    """``(PREFECT_API_AUTH_STRING, PREFECT_API_KEY)`` as Prefect's settings read them (None if unset)."""
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_KEY
+
+    return PREFECT_API_AUTH_STRING.value(), PREFECT_API_KEY.value()
 
 
 def configured_api_url() -> str | None:
@@ -44,20 +51,38 @@ class TemporaryServer:
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/api"
 
-    def launch(self) -> "TemporaryServer":
+    def launch(self) -> TemporaryServer:
         # The server also ends when the *thread* that launched it does (Linux's parent-death
         # signal): launch from the thread that holds ``prefect_api()``, normally the main one.
         import prefect
 
         # No telemetry by default: the server would log an error per attempt without internet.
-        env = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", **os.environ, "PREFECT_UI_ENABLED": "0",
-               "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1",
-               **prefect.settings.get_current_settings().to_environment_variables(exclude_unset=True)}
+        env = {
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            **os.environ,
+            "PREFECT_UI_ENABLED": "0",
+            "PREFECT__SERVER_EPHEMERAL": "1",
+            "PREFECT__SERVER_FINAL": "1",
+            **prefect.settings.get_current_settings().to_environment_variables(exclude_unset=True),
+        }
         env.pop("PREFECT_API_URL", None)
-        uvicorn_args = ["--app-dir", str(prefect.__module_path__.parent), "--factory",
-                        "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self.port),
-                        "--log-level", "error", "--lifespan", "on"]
-        self.process = subprocess.Popen([sys.executable, "-c", _BOOT, str(os.getpid()), *uvicorn_args], env=env)
+        uvicorn_args = [
+            "--app-dir",
+            str(prefect.__module_path__.parent),
+            "--factory",
+            "prefect.server.api.server:create_app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--log-level",
+            "error",
+            "--lifespan",
+            "on",
+        ]
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", _BOOT, str(os.getpid()), *uvicorn_args], env=env
+        )
         atexit.register(self.stop)  # a run that fails before prefect_api() takes it over
         return self
 
@@ -249,9 +274,9 @@ def cache_context_hydration() -> None:
                 _HYDRATED.clear()
             context = _HYDRATED[key] = SettingsContext(**settings)
         rest = {k: v for k, v in serialized_context.items() if k != "settings_context"}
-        with context.model_copy():  # a copy: two worker threads may each be inside one
-            with original(rest, client):
-                yield
+        # a copy: two worker threads may each be inside one
+        with context.model_copy(), original(rest, client):
+            yield
 
     hydrated_context._taxi_hpo_cached = True
     engine.hydrated_context = hydrated_context
@@ -275,5 +300,12 @@ def quiet_drain_warnings() -> None:
             service_logger.addFilter(_is_drain_chatter)
 
 
-__all__ = ["prefect_api", "configured_api_url", "flush_to_api", "quiet_drain_warnings", "cache_settings_serialization",
-           "cache_context_hydration", "prefect"]
+__all__ = [
+    "prefect_api",
+    "configured_api_url",
+    "flush_to_api",
+    "quiet_drain_warnings",
+    "cache_settings_serialization",
+    "cache_context_hydration",
+    "prefect",
+]

@@ -13,7 +13,7 @@ import argparse
 import os
 import re
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from taxi_hpo.errors import ConfigError, DataError
@@ -24,9 +24,11 @@ RELATIVE_MONTH = re.compile(r"^prev-(\d{1,3})$")
 
 def add_parser(sub, add_search_flags, add_run_flags) -> None:
     p = sub.add_parser(
-        "serve", help="serve the search as a scheduled Prefect deployment",
+        "serve",
+        help="serve the search as a scheduled Prefect deployment",
         description="Serve the search as a Prefect deployment on a cron schedule, until stopped. "
-                    "--train/--valid also take prev-N: N months before each run's scheduled date.")
+        "--train/--valid also take prev-N: N months before each run's scheduled date.",
+    )
     add_search_flags(p)
     p.add_argument("--cron", required=True, help='cron schedule, e.g. "0 3 * * 1" (Mondays 03:00)')
     p.add_argument("--timezone", default="UTC", help="time zone of --cron (default UTC)")
@@ -35,6 +37,7 @@ def add_parser(sub, add_search_flags, add_run_flags) -> None:
 
 
 # -- months relative to the run date (pure) --------------------------------------------------
+
 
 def resolve_month(spec: str, when: datetime) -> str:
     """``prev-N`` -> the month N months before ``when`` as ``YYYY-MM``; anything else unchanged."""
@@ -53,7 +56,9 @@ def check_month_spec(spec: str, flag: str) -> None:
         return
     if spec.endswith(".parquet") or os.sep in spec:
         if not Path(spec).expanduser().is_file():
-            raise ConfigError(f"{flag} {spec} does not exist: give a month YYYY-MM, prev-N or an existing file")
+            raise ConfigError(
+                f"{flag} {spec} does not exist: give a month YYYY-MM, prev-N or an existing file"
+            )
         return
     try:
         data.month_filename(spec)
@@ -62,6 +67,7 @@ def check_month_spec(spec: str, flag: str) -> None:
 
 
 # -- the served flow -------------------------------------------------------------------------
+
 
 def _make_flow():
     from prefect import flow
@@ -74,9 +80,14 @@ def _make_flow():
         from taxi_hpo import flows, preflight
         from taxi_hpo.config import RunConfig
 
-        when = flow_run.scheduled_start_time or datetime.now(timezone.utc)
-        cfg = RunConfig.from_dict({**config, "train": resolve_month(config["train"], when),
-                                   "valid": resolve_month(config["valid"], when)})
+        when = flow_run.scheduled_start_time or datetime.now(UTC)
+        cfg = RunConfig.from_dict(
+            {
+                **config,
+                "train": resolve_month(config["train"], when),
+                "valid": resolve_month(config["valid"], when),
+            }
+        )
         preflight.check(cfg)
         return flows.execute(cfg)
 
@@ -101,6 +112,7 @@ def __getattr__(name: str):  # the entrypoint taxi_hpo.serve.scheduled_search re
 
 # -- the command -----------------------------------------------------------------------------
 
+
 def deployment_config(cfg) -> dict:
     """The deployment's ``config`` parameter from the command's :class:`RunConfig`, validated now.
 
@@ -119,8 +131,10 @@ def cron_schedule(cron: str, tz: str):
     try:
         return CronSchedule(cron=cron, timezone=tz)
     except Exception as exc:  # pydantic's ValidationError: several lines, not for the user
-        raise ConfigError(f"--cron {cron!r} with --timezone {tz!r} is not a valid schedule: "
-                          f"give five fields, e.g. \"0 3 * * 1\", and an IANA zone") from exc
+        raise ConfigError(
+            f"--cron {cron!r} with --timezone {tz!r} is not a valid schedule: "
+            f'give five fields, e.g. "0 3 * * 1", and an IANA zone'
+        ) from exc
 
 
 def main(args: argparse.Namespace, config: dict) -> int:
@@ -131,11 +145,18 @@ def main(args: argparse.Namespace, config: dict) -> int:
 
     schedule = cron_schedule(args.cron, args.timezone)
     with prefect_api() as url:
-        sys.stderr.write(f"taxi-hpo: serving {FLOW_NAME}/{args.name} on {args.cron!r} ({args.timezone}) "
-                         f"from {url}; Ctrl-C stops it and pauses the schedule\n")
+        sys.stderr.write(
+            f"taxi-hpo: serving {FLOW_NAME}/{args.name} on {args.cron!r} ({args.timezone}) "
+            f"from {url}; Ctrl-C stops it and pauses the schedule\n"
+        )
         # limit=1: a run still going when the next one is due waits, instead of sharing the cluster.
         served_flow().serve(
-            name=args.name, schedule=schedule, parameters={"config": config}, tags=["taxi-hpo"], limit=1,
-            print_starting_message=False, entrypoint_type=EntrypointType.MODULE_PATH,
+            name=args.name,
+            schedule=schedule,
+            parameters={"config": config},
+            tags=["taxi-hpo"],
+            limit=1,
+            print_starting_message=False,
+            entrypoint_type=EntrypointType.MODULE_PATH,
         )
     return 0

@@ -31,11 +31,24 @@ from taxi_hpo.search.scheduler import MODES
 
 DEFAULT = "default"
 EXPERIMENT = "taxi-hpo-bench"
-PACKAGES = ("taxi-hpo", "xgboost", "xgboost-cpu", "hyperopt", "prefect", "prefect-dask", "dask",
-            "distributed", "mlflow", "numpy", "scikit-learn", "matplotlib")
+PACKAGES = (
+    "taxi-hpo",
+    "xgboost",
+    "xgboost-cpu",
+    "hyperopt",
+    "prefect",
+    "prefect-dask",
+    "dask",
+    "distributed",
+    "mlflow",
+    "numpy",
+    "scikit-learn",
+    "matplotlib",
+)
 
 
 # -- layouts -------------------------------------------------------------------------------------
+
 
 @dataclasses.dataclass(frozen=True)
 class Layout:
@@ -98,8 +111,10 @@ def parse_layouts(text: str, cores: int) -> tuple[Layout, ...]:
         elif wxt is not None:
             layout = Layout(item, wxt[0], wxt[1], elastic=wxt[2])
         else:
-            raise ConfigError(f"--layouts item {item!r} is not a layout: give seq, script, default or WxT[-fixed] "
-                              f"(W workers x T threads, both >= 1), e.g. script,seq,default,2x1-fixed")
+            raise ConfigError(
+                f"--layouts item {item!r} is not a layout: give seq, script, default or WxT[-fixed] "
+                f"(W workers x T threads, both >= 1), e.g. script,seq,default,2x1-fixed"
+            )
         same = [i for i, known in enumerate(layouts) if known.name == layout.name]
         if same and not (layout.default or layouts[same[0]].default):
             raise ConfigError(f"--layouts names {item!r} twice: give each layout once")
@@ -111,6 +126,7 @@ def parse_layouts(text: str, cores: int) -> tuple[Layout, ...]:
 
 
 # -- settings ------------------------------------------------------------------------------------
+
 
 @dataclasses.dataclass(frozen=True)
 class BenchConfig:
@@ -135,8 +151,12 @@ class BenchConfig:
     prune_trials: int | None = None  # trials of the pruned layouts (default: trials)
 
     def __post_init__(self):
-        for flag, value in (("--trials", self.trials), ("--repeats", self.repeats), ("--rounds", self.rounds),
-                            ("--prune-trials", 1 if self.prune_trials is None else self.prune_trials)):
+        for flag, value in (
+            ("--trials", self.trials),
+            ("--repeats", self.repeats),
+            ("--rounds", self.rounds),
+            ("--prune-trials", 1 if self.prune_trials is None else self.prune_trials),
+        ):
             if value <= 0:
                 raise ConfigError(f"{flag} must be a positive whole number, got {value}")
         if self.mode not in MODES:
@@ -151,11 +171,23 @@ class BenchConfig:
     def run_config(self, layout: Layout):
         from taxi_hpo.config import RunConfig
 
-        return RunConfig(train=self.train, valid=self.valid, data_dir=self.data_dir, trials=self.layout_trials,
-                         workers=layout.workers, threads_per_worker=layout.threads,
-                         elastic_threads=layout.elastic, mode=self.mode, seed=self.seed, rounds=self.rounds,
-                         max_depth=self.max_depth, tracking_uri=self.tracking_uri, experiment=self.experiment,
-                         register=False, prune=self.prune)
+        return RunConfig(
+            train=self.train,
+            valid=self.valid,
+            data_dir=self.data_dir,
+            trials=self.layout_trials,
+            workers=layout.workers,
+            threads_per_worker=layout.threads,
+            elastic_threads=layout.elastic,
+            mode=self.mode,
+            seed=self.seed,
+            rounds=self.rounds,
+            max_depth=self.max_depth,
+            tracking_uri=self.tracking_uri,
+            experiment=self.experiment,
+            register=False,
+            prune=self.prune,
+        )
 
     @property
     def layout_trials(self) -> int:
@@ -164,11 +196,23 @@ class BenchConfig:
         return self.prune_trials if self.prune != "none" and self.prune_trials else self.trials
 
     def describe(self) -> dict:
-        return {"layouts": [layout.name for layout in self.layouts], "trials": self.trials, "rounds": self.rounds,
-                "max_depth": self.max_depth, "seed": self.seed, "repeats": self.repeats, "mode": self.mode,
-                "train": self.train, "valid": self.valid, "experiment": self.experiment, "whole": self.whole,
-                "prune": self.prune, "target": self.target, "prune_trials": self.prune_trials,
-                "default_layout": next((layout.name for layout in self.layouts if layout.default), None)}
+        return {
+            "layouts": [layout.name for layout in self.layouts],
+            "trials": self.trials,
+            "rounds": self.rounds,
+            "max_depth": self.max_depth,
+            "seed": self.seed,
+            "repeats": self.repeats,
+            "mode": self.mode,
+            "train": self.train,
+            "valid": self.valid,
+            "experiment": self.experiment,
+            "whole": self.whole,
+            "prune": self.prune,
+            "target": self.target,
+            "prune_trials": self.prune_trials,
+            "default_layout": next((layout.name for layout in self.layouts if layout.default), None),
+        }
 
 
 def machine_facts() -> dict:
@@ -180,10 +224,15 @@ def machine_facts() -> dict:
         except metadata.PackageNotFoundError:
             continue
     return {
-        "cores": os.cpu_count(), "cores_usable": usable_cores(), "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "cores_usable": usable_cores(),
+        "cpu": _cpu_model(),
         "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
-        if hasattr(os, "sysconf") else None,
-        "platform": platform.platform(), "python": platform.python_version(), "packages": versions,
+        if hasattr(os, "sysconf")
+        else None,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "packages": versions,
         "loadavg_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -202,12 +251,12 @@ def _cpu_model() -> str:
 
 # -- the runs ------------------------------------------------------------------------------------
 
+
 def run_bench(cfg: BenchConfig, log=None) -> dict:
     """Run every layout ``cfg.repeats`` times, alternating; write bench.json and the pictures."""
-    from taxi_hpo import preflight
+    from taxi_hpo import flows, preflight
     from taxi_hpo.bench import runs as bench_runs
     from taxi_hpo.core import data as data_mod
-    from taxi_hpo import flows
     from taxi_hpo.prefect_api import prefect_api
 
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
@@ -238,8 +287,11 @@ def run_bench(cfg: BenchConfig, log=None) -> dict:
                 result["runs"].append(run)
                 best = run_metrics(run)["best_rmse"]
                 whole = f", whole command {run['command_s']:.1f} s" if run.get("command_s") else ""
-                log(f"bench: repeat {repeat + 1}/{cfg.repeats} {layout.name}: search {run['wall_s']:.1f} s{whole}, "
-                    f"best RMSE {best if best is None else round(best, 4)}")
+                log(
+                    f"bench: repeat {repeat + 1}/{cfg.repeats} {layout.name}: search "
+                    f"{run['wall_s']:.1f} s{whole}, "
+                    f"best RMSE {best if best is None else round(best, 4)}"
+                )
                 _write_json(out / "bench.json", result)  # partial results survive an interrupt
     result["layouts"] = summarise(result["runs"], cfg.layouts, cfg.target)
     result["goals"] = goal_checks(result["layouts"], cores, cfg.mode)
@@ -259,38 +311,72 @@ def _write_json(path: Path, payload: dict) -> None:
 
 def add_parser(sub, add_search_flags) -> None:
     cores = usable_cores()
-    p = sub.add_parser("bench", help="benchmark layouts against the sequential reference search",
-                       description=__doc__)
+    p = sub.add_parser(
+        "bench", help="benchmark layouts against the sequential reference search", description=__doc__
+    )
     add_search_flags(p)
-    p.add_argument("--layouts", default=default_layouts(cores),
-                   help=f"comma-separated: script (the reference pipeline's own script, all cores), seq (the "
-                        f"reference search inside taxi-hpo), default (what `taxi-hpo run` picks), WxT (W workers "
-                        f"x T threads, elastic) or WxT-fixed; default here {default_layouts(cores)}")
-    p.add_argument("--prune", choices=PRUNE_RULES, default="none",
-                   help="pruning for every layout but the script (the unpruned reference); default none")
-    p.add_argument("--prune-trials", type=int, default=None,
-                   help="trials of the pruned layouts (default: --trials); the script keeps --trials, so "
-                        "speedup_to_target says how soon a longer pruned search reaches the reference's best")
-    p.add_argument("--target", type=float, default=None,
-                   help="RMSE for time_to_target_s (default: the script's, else seq's, final best RMSE)")
-    p.add_argument("--whole", action="store_true",
-                   help="run parallel layouts as whole `taxi-hpo run` commands (own Prefect server, cluster, "
-                        "baseline and registration), timed from outside like the script")
+    p.add_argument(
+        "--layouts",
+        default=default_layouts(cores),
+        help=f"comma-separated: script (the reference pipeline's own script, all cores), seq (the "
+        f"reference search inside taxi-hpo), default (what `taxi-hpo run` picks), WxT (W workers "
+        f"x T threads, elastic) or WxT-fixed; default here {default_layouts(cores)}",
+    )
+    p.add_argument(
+        "--prune",
+        choices=PRUNE_RULES,
+        default="none",
+        help="pruning for every layout but the script (the unpruned reference); default none",
+    )
+    p.add_argument(
+        "--prune-trials",
+        type=int,
+        default=None,
+        help="trials of the pruned layouts (default: --trials); the script keeps --trials, so "
+        "speedup_to_target says how soon a longer pruned search reaches the reference's best",
+    )
+    p.add_argument(
+        "--target",
+        type=float,
+        default=None,
+        help="RMSE for time_to_target_s (default: the script's, else seq's, final best RMSE)",
+    )
+    p.add_argument(
+        "--whole",
+        action="store_true",
+        help="run parallel layouts as whole `taxi-hpo run` commands (own Prefect server, cluster, "
+        "baseline and registration), timed from outside like the script",
+    )
     p.add_argument("--trials", type=int, default=8, help="trials per layout and repeat (default 8)")
     p.add_argument("--repeats", type=int, default=1, help="runs of each layout, alternating (default 1)")
     p.add_argument("--mode", choices=MODES, default="async", help="scheduler mode of the parallel layouts")
-    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default sqlite:///$PWD/mlflow.db)")
+    p.add_argument(
+        "--tracking-uri", default=None, help="MLflow tracking URI (default sqlite:///$PWD/mlflow.db)"
+    )
     p.add_argument("--out", default="bench-out", help="folder for bench.json, speedup.png, timeline.png")
     p.add_argument("--json", action="store_true", help="print the table as one JSON object on stdout")
 
 
 def main(args: argparse.Namespace) -> int:
     cores = usable_cores()
-    cfg = BenchConfig(layouts=parse_layouts(args.layouts, cores), trials=args.trials, rounds=args.rounds,
-                      max_depth=args.max_depth, seed=args.seed, repeats=args.repeats, mode=args.mode,
-                      out=args.out, train=args.train, valid=args.valid, data_dir=args.data_dir,
-                      tracking_uri=args.tracking_uri, whole=args.whole, prune=args.prune, target=args.target,
-                      prune_trials=args.prune_trials)
+    cfg = BenchConfig(
+        layouts=parse_layouts(args.layouts, cores),
+        trials=args.trials,
+        rounds=args.rounds,
+        max_depth=args.max_depth,
+        seed=args.seed,
+        repeats=args.repeats,
+        mode=args.mode,
+        out=args.out,
+        train=args.train,
+        valid=args.valid,
+        data_dir=args.data_dir,
+        tracking_uri=args.tracking_uri,
+        whole=args.whole,
+        prune=args.prune,
+        target=args.target,
+        prune_trials=args.prune_trials,
+    )
     result = run_bench(cfg)
     if args.json:
         shown = {k: result[k] for k in ("machine", "settings", "layouts", "goals")}
@@ -301,13 +387,25 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-COLUMNS = ("layout", "wall_s", "command_s", "speedup_vs_seq", "speedup_vs_script", "utilisation",
-           "core_utilisation", "cpu_beside_trials", "overhead_p50_s", "best_rmse", "time_to_target_s",
-           "speedup_to_target")
+COLUMNS = (
+    "layout",
+    "wall_s",
+    "command_s",
+    "speedup_vs_seq",
+    "speedup_vs_script",
+    "utilisation",
+    "core_utilisation",
+    "cpu_beside_trials",
+    "overhead_p50_s",
+    "best_rmse",
+    "time_to_target_s",
+    "speedup_to_target",
+)
 
 
 def format_table(result: dict) -> str:
     """The per-layout table as aligned text, then the goals that were missed."""
+
     def cell(row: dict, column: str) -> str:
         value = row.get(column)
         text = "-" if value is None else str(value)
@@ -318,6 +416,8 @@ def format_table(result: dict) -> str:
     lines = ["  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells]
     for goal in result["goals"]:
         if goal["met"] is False:
-            lines.append(f"goal missed: {goal['goal']} {goal['target']} on {goal['layout']}: "
-                         f"measured {goal['measured']} (gap {goal['gap']})")
+            lines.append(
+                f"goal missed: {goal['goal']} {goal['target']} on {goal['layout']}: "
+                f"measured {goal['measured']} (gap {goal['gap']})"
+            )
     return "\n".join(lines)

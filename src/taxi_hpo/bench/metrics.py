@@ -16,6 +16,7 @@ SCRIPT = "script"
 
 # -- arithmetic on trial timings (pure) ----------------------------------------------------------
 
+
 def busy_s(trial: dict) -> float:
     """Seconds the trial's slot was busy with it."""
     return max(trial["finished"] - trial["started"], 0.0)
@@ -120,8 +121,10 @@ def best_so_far(run: dict) -> list[tuple[float, float]]:
     pruned trial's RMSE is of an unfinished model and does not count."""
     start = run.get("search_started") or 0.0
     points, best = [], math.inf
-    for t in sorted((t for t in run["trials"] if _ok(t) and t.get("pruned_at") is None and t.get("finished")),
-                    key=lambda t: t["finished"]):
+    for t in sorted(
+        (t for t in run["trials"] if _ok(t) and t.get("pruned_at") is None and t.get("finished")),
+        key=lambda t: t["finished"],
+    ):
         if t["loss"] < best:
             best = t["loss"]
             points.append((t["finished"] - start, best))
@@ -155,16 +158,24 @@ def summarise(runs: list[dict], layouts: tuple, target: float | None = None) -> 
     commands = {r["repeat"]: r.get("command_s") for r in runs if r["layout"] == SCRIPT}
     targets = reference_targets(runs, target)
     reference = SCRIPT if any(r["layout"] == SCRIPT for r in runs) else SEQ
-    ref_time = {r["repeat"]: time_to_target(r, targets.get(r["repeat"])) for r in runs if r["layout"] == reference}
+    ref_time = {
+        r["repeat"]: time_to_target(r, targets.get(r["repeat"])) for r in runs if r["layout"] == reference
+    }
     rows = []
     for layout in layouts:
         mine = [r for r in runs if r["layout"] == layout.name]
         if not mine:
             continue
         metrics = [run_metrics(r) for r in mine]
-        row = {"layout": layout.name, "workers": layout.workers, "threads": layout.threads,
-               "cores": layout.cores, "elastic": layout.elastic if layout.is_parallel else None,
-               "default": layout.default, "repeats": len(mine)}
+        row = {
+            "layout": layout.name,
+            "workers": layout.workers,
+            "threads": layout.threads,
+            "cores": layout.cores,
+            "elastic": layout.elastic if layout.is_parallel else None,
+            "default": layout.default,
+            "repeats": len(mine),
+        }
         for key in metrics[0]:
             row[key] = _round(_median([m[key] for m in metrics]))
         for ref, suffix in ((SEQ, "seq"), (SCRIPT, "script")):
@@ -173,14 +184,18 @@ def summarise(runs: list[dict], layouts: tuple, target: float | None = None) -> 
             row[f"speedup_vs_{suffix}"] = _round(_median(speedups))
             row[f"speedup_vs_{suffix}_min"] = _round(min(present)) if present else None
             row[f"speedup_vs_{suffix}_max"] = _round(max(present)) if present else None
-        row["command_speedup_vs_script"] = _round(_median(
-            [speedup(commands.get(r["repeat"]), r.get("command_s")) for r in mine]))
+        row["command_speedup_vs_script"] = _round(
+            _median([speedup(commands.get(r["repeat"]), r.get("command_s")) for r in mine])
+        )
         reached = [time_to_target(r, targets.get(r["repeat"])) for r in mine]
         row["time_to_target_s"] = _round(_median(reached))
         row["target_reached"] = sum(x is not None for x in reached)
-        row["speedup_to_target"] = _round(_median([speedup(ref_time.get(r["repeat"]), x)
-                                                   for r, x in zip(mine, reached)]))
-        row["trials_pruned"] = _median([sum(t.get("pruned_at") is not None for t in r["trials"]) for r in mine])
+        row["speedup_to_target"] = _round(
+            _median([speedup(ref_time.get(r["repeat"]), x) for r, x in zip(mine, reached)])
+        )
+        row["trials_pruned"] = _median(
+            [sum(t.get("pruned_at") is not None for t in r["trials"]) for r in mine]
+        )
         row["speedup_min"], row["speedup_max"] = row["speedup_vs_seq_min"], row["speedup_vs_seq_max"]
         rows.append(row)
     return rows
@@ -193,9 +208,14 @@ def goal_checks(rows: list[dict], cores: int, mode: str) -> list[dict]:
     parallel = [r for r in rows if r["layout"] not in (SEQ, SCRIPT) and r["speedup_vs_seq"] is not None]
     if seq is None or not parallel:
         return []
-    judged = next((r for r in parallel if r.get("default")), None) or max(parallel, key=lambda r: r["speedup_vs_seq"])
-    rmse_gap = (judged["best_rmse"] - seq["best_rmse"]
-                if judged["best_rmse"] is not None and seq["best_rmse"] is not None else None)
+    judged = next((r for r in parallel if r.get("default")), None) or max(
+        parallel, key=lambda r: r["speedup_vs_seq"]
+    )
+    rmse_gap = (
+        judged["best_rmse"] - seq["best_rmse"]
+        if judged["best_rmse"] is not None and seq["best_rmse"] is not None
+        else None
+    )
     goals = [
         ("speedup_vs_seq", ">=", 1.6 if cores >= 16 else 1.0, judged["speedup_vs_seq"]),
         ("speedup_vs_script", ">=", 0.95, judged.get("speedup_vs_script")),
@@ -208,6 +228,14 @@ def goal_checks(rows: list[dict], cores: int, mode: str) -> list[dict]:
         if measured is None:
             continue
         met = measured >= target if op == ">=" else measured <= target
-        checks.append({"goal": name, "layout": judged["layout"], "target": f"{op} {target:g}",
-                       "measured": _round(measured), "met": met, "gap": _round(measured - target)})
+        checks.append(
+            {
+                "goal": name,
+                "layout": judged["layout"],
+                "target": f"{op} {target:g}",
+                "measured": _round(measured),
+                "met": met,
+                "gap": _round(measured - target),
+            }
+        )
     return checks

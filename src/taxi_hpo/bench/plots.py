@@ -7,6 +7,7 @@ from pathlib import Path
 
 from taxi_hpo.bench.metrics import _ok, busy_s, utilisation
 
+
 def _pyplot():
     import matplotlib
 
@@ -18,8 +19,10 @@ def _pyplot():
 
 def _caption(result: dict) -> str:
     s, m = result["settings"], result["machine"]
-    return (f"{s['trials']} trials, {s['rounds']} rounds, max_depth <= {s['max_depth']}, {s['mode']}, "
-            f"seed {s['seed']}, median of {s['repeats']}; {m['cores']} cores")
+    return (
+        f"{s['trials']} trials, {s['rounds']} rounds, max_depth <= {s['max_depth']}, {s['mode']}, "
+        f"seed {s['seed']}, median of {s['repeats']}; {m['cores']} cores"
+    )
 
 
 def plot_speedup(result: dict, path: Path) -> None:
@@ -36,7 +39,9 @@ def plot_speedup(result: dict, path: Path) -> None:
     ax.axhline(1.0, color="grey", linewidth=0.8)
     for xi, v in zip(x, values):
         if not math.isnan(v):
-            ax.annotate(f"{v:.2f}x", (xi, v), ha="center", va="bottom", xytext=(0, 3), textcoords="offset points")
+            ax.annotate(
+                f"{v:.2f}x", (xi, v), ha="center", va="bottom", xytext=(0, 3), textcoords="offset points"
+            )
     ax.set_xticks(x, [r["layout"] for r in rows])
     ax.set_xlabel("layout (workers x threads)")
     ax.set_ylabel("speedup over seq (search wall)")
@@ -63,17 +68,25 @@ def plot_timeline(result: dict, path: Path) -> None:
     names = [r["layout"] for r in result["layouts"]]
     runs = [_representative([r for r in result["runs"] if r["layout"] == n]) for n in names]
     heights = [max(len({t["worker"] for t in run["trials"]}), run["slots"], 1) for run in runs]
-    fig, axes = plt.subplots(len(runs), 1, sharex=True, squeeze=False,
-                             figsize=(10, 1.4 + sum(0.45 * h + 0.6 for h in heights)),
-                             gridspec_kw={"height_ratios": heights})
+    fig, axes = plt.subplots(
+        len(runs),
+        1,
+        sharex=True,
+        squeeze=False,
+        figsize=(10, 1.4 + sum(0.45 * h + 0.6 for h in heights)),
+        gridspec_kw={"height_ratios": heights},
+    )
     for ax, run in zip(axes[:, 0], runs):
         _gantt(ax, run)
     axes[-1, 0].set_xlim(left=0)
     axes[-1, 0].set_xlabel("seconds since the search started")
     from matplotlib.patches import Patch
 
-    legend = [Patch(color=_BUSY, label="slot busy (fit + overhead)"), Patch(color=_FIT, label="XGBoost fit time"),
-              Patch(color=_FAILED, label="failed trial")]
+    legend = [
+        Patch(color=_BUSY, label="slot busy (fit + overhead)"),
+        Patch(color=_FIT, label="XGBoost fit time"),
+        Patch(color=_FAILED, label="failed trial"),
+    ]
     fig.suptitle(_caption(result), fontsize=8)
     fig.legend(handles=legend, loc="lower center", ncol=3, fontsize=7, frameon=False)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
@@ -85,14 +98,23 @@ def _gantt(ax, run: dict) -> None:
     trials = [t for t in run["trials"] if t["started"]]
     # The gap before the first bar is the time the search spent before any trial ran.
     t0 = run.get("search_started") or max((t["finished"] for t in trials), default=0.0) - run["wall_s"]
-    slots = sorted({t["worker"] for t in trials}, key=lambda w: min(t["started"] for t in trials if t["worker"] == w))
+    slots = sorted(
+        {t["worker"] for t in trials}, key=lambda w: min(t["started"] for t in trials if t["worker"] == w)
+    )
     row = {w: i for i, w in enumerate(slots)}
     base = max(1, run.get("cores", 1) // max(run["slots"], 1))
     for t in trials:
         y, left, busy = row[t["worker"]], t["started"] - t0, busy_s(t)
         failed = not _ok(t)
-        ax.barh(y, busy, left=left, height=0.8, color=_FAILED if failed else _BUSY, edgecolor="black",
-                linewidth=0.5)
+        ax.barh(
+            y,
+            busy,
+            left=left,
+            height=0.8,
+            color=_FAILED if failed else _BUSY,
+            edgecolor="black",
+            linewidth=0.5,
+        )
         if not failed:
             ax.barh(y, t["fit_s"], left=left, height=0.4, color=_FIT)
         # A trial that took idle cores (elastic threads) shows its time-weighted thread count.
@@ -103,12 +125,16 @@ def _gantt(ax, run: dict) -> None:
     rows = max(len(slots), run["slots"])  # a slot that never got a trial still shows, empty
     ax.set_yticks(range(rows), [f"slot {i}" for i in range(rows)], fontsize=7)
     ax.set_ylim(rows - 0.5, -0.5)
-    ax.set_title(f"{run['layout']} (repeat {run['repeat'] + 1}): search {run['wall_s']:.1f} s, "
-                 f"utilisation {util:.2f}" if util is not None else run["layout"], fontsize=8, loc="left")
+    ax.set_title(
+        f"{run['layout']} (repeat {run['repeat'] + 1}): search {run['wall_s']:.1f} s, utilisation {util:.2f}"
+        if util is not None
+        else run["layout"],
+        fontsize=8,
+        loc="left",
+    )
 
 
 # -- the command ---------------------------------------------------------------------------------
-
 
 
 def plot_plan(plan: dict, path: Path) -> None:
@@ -118,7 +144,9 @@ def plot_plan(plan: dict, path: Path) -> None:
     series: dict[str, list] = {}
     for row in plan["rows"]:
         if row["seq"]:
-            ax.axhline(row["wall_s"], color="grey", linestyle=":", label=f"seq on one host ({row['wall_s']:.0f} s)")
+            ax.axhline(
+                row["wall_s"], color="grey", linestyle=":", label=f"seq on one host ({row['wall_s']:.0f} s)"
+            )
             continue
         name = row["layout"].split("(")[-1].rstrip(")")
         series.setdefault(name, []).append((row["hosts"], row["wall_s"]))
@@ -138,8 +166,12 @@ def plot_plan(plan: dict, path: Path) -> None:
     ax.set_xlabel("hosts")
     ax.set_ylabel("predicted search wall (s)")
     cm = plan["cost_model"]
-    ax.set_title(f"{plan['trials']} trials, {plan['rounds']} rounds, max_depth <= {plan['max_depth']}, {plan['mode']}; "
-                 f"threads: {cm['speedup_at_cores']:.1f}x on a host's cores", fontsize=8)
+    ax.set_title(
+        f"{plan['trials']} trials, {plan['rounds']} rounds, max_depth <= {plan['max_depth']}, "
+        f"{plan['mode']}; "
+        f"threads: {cm['speedup_at_cores']:.1f}x on a host's cores",
+        fontsize=8,
+    )
     ax.legend(fontsize=7, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

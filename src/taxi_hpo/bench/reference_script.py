@@ -71,11 +71,25 @@ def main(argv: list[str] | None = None) -> int:
     def objective(params: dict) -> dict:
         params = {**params, "max_depth": int(params["max_depth"]), "nthread": nthread}
         started, t0 = time.time(), time.perf_counter()
-        booster = xgb.train(params=params, dtrain=train, num_boost_round=args.rounds,
-                            evals=[(valid, "validation")], early_stopping_rounds=5, verbose_eval=False)
+        booster = xgb.train(
+            params=params,
+            dtrain=train,
+            num_boost_round=args.rounds,
+            evals=[(valid, "validation")],
+            early_stopping_rounds=5,
+            verbose_eval=False,
+        )
         rmse = float(np.sqrt(np.mean((booster.predict(valid) - y_valid) ** 2)))
-        trials_out.append({"trial_id": len(trials_out), "params": params, "loss": rmse,
-                           "fit_s": time.perf_counter() - t0, "started": started, "finished": time.time()})
+        trials_out.append(
+            {
+                "trial_id": len(trials_out),
+                "params": params,
+                "loss": rmse,
+                "fit_s": time.perf_counter() - t0,
+                "started": started,
+                "finished": time.time(),
+            }
+        )
         return {"loss": rmse, "status": STATUS_OK}
 
     space = {
@@ -88,14 +102,29 @@ def main(argv: list[str] | None = None) -> int:
         "seed": 42,
     }
     search_started = time.time()
-    fmin(fn=objective, space=space, algo=tpe.suggest, max_evals=args.trials, trials=Trials(),
-         rstate=np.random.default_rng(args.seed), show_progressbar=False)
+    fmin(
+        fn=objective,
+        space=space,
+        algo=tpe.suggest,
+        max_evals=args.trials,
+        trials=Trials(),
+        rstate=np.random.default_rng(args.seed),
+        show_progressbar=False,
+    )
     search_wall = time.time() - search_started
-    print(json.dumps({
-        "lr_rmse": lr_rmse, "best_rmse": min(t["loss"] for t in trials_out), "nthread": nthread,
-        "search_started": search_started, "search_wall_s": search_wall,
-        "setup_s": search_started - started, "trials": trials_out,
-    }))
+    print(
+        json.dumps(
+            {
+                "lr_rmse": lr_rmse,
+                "best_rmse": min(t["loss"] for t in trials_out),
+                "nthread": nthread,
+                "search_started": search_started,
+                "search_wall_s": search_wall,
+                "setup_s": search_started - started,
+                "trials": trials_out,
+            }
+        )
+    )
     return 0
 
 

@@ -18,8 +18,20 @@ import threading
 import time
 from pathlib import Path
 
-TRIAL_KEYS = ("trial_id", "loss", "started", "finished", "fit_s", "train_s", "train_cpu_s", "threads_mean",
-              "worker", "error", "params", "pruned_at")
+TRIAL_KEYS = (
+    "trial_id",
+    "loss",
+    "started",
+    "finished",
+    "fit_s",
+    "train_s",
+    "train_cpu_s",
+    "threads_mean",
+    "worker",
+    "error",
+    "params",
+    "pruned_at",
+)
 
 
 def trial_record(values: dict) -> dict:
@@ -35,8 +47,9 @@ def _first_start(records: list[dict], called: float) -> float | None:
 
 def run_seq(cfg, layout, prepared, repeat: int) -> dict:
     """The reference search in this process, each trial logged like a parallel one."""
-    from taxi_hpo import tracking, trials
+    from taxi_hpo import tracking
     from taxi_hpo.core import features, models
+    from taxi_hpo.flows import trials
     from taxi_hpo.search import TrialOutcome, reference_space
     from taxi_hpo.search.baseline import run_reference
     from taxi_hpo.search.pruning import Pruner
@@ -45,60 +58,91 @@ def run_seq(cfg, layout, prepared, repeat: int) -> dict:
     called = time.time()
     uri = run_cfg.resolved_tracking_uri
     experiment_id = tracking.prepare_store(uri, cfg.experiment, Path(run_cfg.workdir) / "mlartifacts")
-    parent = tracking.start_parent_run(uri, experiment_id, {**cfg.describe(), "layout": layout.name, "repeat": repeat,
-                                                            "nthread": layout.threads},
-                                       {"taxi_hpo.bench": layout.name}, run_name=f"bench-{layout.name}")
-    ctx = tracking.TrackingContext(uri, experiment_id, parent, features.preprocessor_sha256(prepared.preprocessor))
-    models.matrices(prepared)  # as the reference pipeline: the DMatrix pair is built before fmin
-    pruner = Pruner(cfg.prune, cfg.rounds)
+    params = {**cfg.describe(), "layout": layout.name, "repeat": repeat, "nthread": layout.threads}
+    with tracking.parent_run(
+        uri, experiment_id, params, {"taxi_hpo.bench": layout.name}, run_name=f"bench-{layout.name}"
+    ) as parent:
+        ctx = tracking.TrackingContext(
+            uri, experiment_id, parent.run_id, features.preprocessor_sha256(prepared.preprocessor)
+        )
+        models.matrices(prepared)  # as the reference pipeline: the DMatrix pair is built before fmin
+        pruner = Pruner(cfg.prune, cfg.rounds)
 
-    def evaluate(trial_id: int, params: dict) -> TrialOutcome:
-        prune_at = pruner.thresholds() if pruner.active else None
-        try:
-            outcome = TrialOutcome(**trials.run_trial(trial_id, params, prepared, ctx, cfg.rounds, layout.threads,
-                                                      prune_at=prune_at))
-        except Exception as exc:  # noqa: BLE001 - a failed trial is a result, as in the parallel search
-            return TrialOutcome(trial_id, params, None, error=f"{type(exc).__name__}: {exc}")
-        pruner.record(trial_id, outcome.curve)
-        return outcome
+        def evaluate(trial_id: int, params: dict) -> TrialOutcome:
+            prune_at = pruner.thresholds() if pruner.active else None
+            try:
+                outcome = TrialOutcome(
+                    **trials.run_trial(
+                        trial_id, params, prepared, ctx, cfg.rounds, layout.threads, prune_at=prune_at
+                    )
+                )
+            except Exception as exc:  # noqa: BLE001 - a failed trial is a result, as in the parallel search
+                return TrialOutcome(trial_id, params, None, error=f"{type(exc).__name__}: {exc}")
+            pruner.record(trial_id, outcome.curve)
+            return outcome
 
-    status, metrics = "FAILED", {}
-    try:
         start = time.time()
         outcomes = run_reference(reference_space(cfg.max_depth), evaluate, run_cfg.trials, cfg.seed)
         wall = time.time() - start
         losses = [o.loss for o in outcomes if o.ok]
-        metrics = {"search_wall_s": wall, **({"best_rmse": min(losses)} if losses else {})}
-        status = "FINISHED"
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    finally:
-        tracking.end_run(uri, parent, status, metrics=metrics)
+        parent.metrics.update({"search_wall_s": wall, **({"best_rmse": min(losses)} if losses else {})})
     records = [trial_record(dataclasses.asdict(o)) for o in outcomes]
-    return {"layout": layout.name, "repeat": repeat, "slots": 1, "cores": layout.cores, "wall_s": round(wall, 3),
-            "search_started": start, "first_trial_s": _first_start(records, called), "parent_run_id": parent,
-            "trials": records}
+    return {
+        "layout": layout.name,
+        "repeat": repeat,
+        "slots": 1,
+        "cores": layout.cores,
+        "wall_s": round(wall, 3),
+        "search_started": start,
+        "first_trial_s": _first_start(records, called),
+        "parent_run_id": parent.run_id,
+        "trials": records,
+    }
 
 
 def run_script(cfg, layout, repeat: int, train: Path, valid: Path) -> dict:
     """The reference pipeline's own script (``reference_script.py``) as a command of its own."""
     script = Path(__file__).with_name("reference_script.py")
-    command = [sys.executable, str(script), "--train", str(train), "--valid", str(valid),
-               "--trials", str(cfg.trials), "--rounds", str(cfg.rounds), "--max-depth", str(cfg.max_depth),
-               "--seed", str(cfg.seed), "--nthread", str(layout.threads)]
+    command = [
+        sys.executable,
+        str(script),
+        "--train",
+        str(train),
+        "--valid",
+        str(valid),
+        "--trials",
+        str(cfg.trials),
+        "--rounds",
+        str(cfg.rounds),
+        "--max-depth",
+        str(cfg.max_depth),
+        "--seed",
+        str(cfg.seed),
+        "--nthread",
+        str(layout.threads),
+    ]
     called = time.time()
     proc = subprocess.run(command, capture_output=True, text=True, env=_plain_env())
     command_s = time.time() - called
     if proc.returncode != 0:
         raise RuntimeError(f"the reference script failed: {proc.stderr.strip().splitlines()[-1:]}")
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    records = [trial_record({**t, "worker": "script", "threads_mean": float(layout.threads),
-                             "train_s": t["fit_s"]}) for t in out["trials"]]
-    return {"layout": layout.name, "repeat": repeat, "slots": 1, "cores": layout.cores,
-            "wall_s": round(out["search_wall_s"], 3), "command_s": round(command_s, 3),
-            "search_started": out["search_started"], "first_trial_s": _first_start(records, called),
-            "parent_run_id": None, "trials": records}
+    records = [
+        trial_record({**t, "worker": "script", "threads_mean": float(layout.threads), "train_s": t["fit_s"]})
+        for t in out["trials"]
+    ]
+    return {
+        "layout": layout.name,
+        "repeat": repeat,
+        "slots": 1,
+        "cores": layout.cores,
+        "wall_s": round(out["search_wall_s"], 3),
+        "command_s": round(command_s, 3),
+        "search_started": out["search_started"],
+        "first_trial_s": _first_start(records, called),
+        "parent_run_id": None,
+        "trials": records,
+    }
 
 
 def run_parallel(cfg, layout, repeat: int) -> dict:
@@ -115,11 +159,35 @@ def run_command(cfg, layout, repeat: int) -> dict:
     API server and cluster, the baseline and the registration included (``command_s``)."""
     run_cfg = cfg.run_config(layout)
     cli = Path(sys.executable).with_name("taxi-hpo")
-    command = [str(cli), "run", "--json", "--train", run_cfg.train, "--valid", run_cfg.valid,
-               "--data-dir", run_cfg.data_dir, "--trials", str(run_cfg.trials), "--rounds", str(cfg.rounds),
-               "--max-depth", str(cfg.max_depth), "--seed", str(cfg.seed), "--mode", cfg.mode,
-               "--workers", str(layout.workers), "--threads-per-worker", str(layout.threads),
-               "--experiment", cfg.experiment, "--tracking-uri", run_cfg.resolved_tracking_uri]
+    command = [
+        str(cli),
+        "run",
+        "--json",
+        "--train",
+        run_cfg.train,
+        "--valid",
+        run_cfg.valid,
+        "--data-dir",
+        run_cfg.data_dir,
+        "--trials",
+        str(run_cfg.trials),
+        "--rounds",
+        str(cfg.rounds),
+        "--max-depth",
+        str(cfg.max_depth),
+        "--seed",
+        str(cfg.seed),
+        "--mode",
+        cfg.mode,
+        "--workers",
+        str(layout.workers),
+        "--threads-per-worker",
+        str(layout.threads),
+        "--experiment",
+        cfg.experiment,
+        "--tracking-uri",
+        run_cfg.resolved_tracking_uri,
+    ]
     if not layout.elastic:
         command.append("--no-elastic-threads")
     if cfg.prune != "none":
@@ -130,7 +198,9 @@ def run_command(cfg, layout, repeat: int) -> dict:
         proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd)
         command_s = time.time() - called
     if proc.returncode != 0:
-        raise RuntimeError(f"taxi-hpo run failed ({proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}")
+        raise RuntimeError(
+            f"taxi-hpo run failed ({proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}"
+        )
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     return {**_from_summary(layout, repeat, summary, called), "command_s": round(command_s, 3)}
 
@@ -138,17 +208,27 @@ def run_command(cfg, layout, repeat: int) -> dict:
 def _from_summary(layout, repeat: int, summary: dict, called: float) -> dict:
     params = summary.get("trial_params") or [None] * len(summary["trials"])
     records = [trial_record({**t, "params": p}) for t, p in zip(summary["trials"], params)]
-    return {"layout": layout.name, "repeat": repeat, "slots": summary["slots"], "cores": layout.cores,
-            "wall_s": summary["search_wall_s"], "flow_wall_s": summary["wall_s"],
-            "search_started": summary.get("search_started"),
-            "first_trial_s": _first_start(records, called), "parent_run_id": summary["parent_run_id"],
-            "trials": records}
+    return {
+        "layout": layout.name,
+        "repeat": repeat,
+        "slots": summary["slots"],
+        "cores": layout.cores,
+        "wall_s": summary["search_wall_s"],
+        "flow_wall_s": summary["wall_s"],
+        "search_started": summary.get("search_started"),
+        "first_trial_s": _first_start(records, called),
+        "parent_run_id": summary["parent_run_id"],
+        "trials": records,
+    }
 
 
 def _plain_env() -> dict:
     # A nanny of an earlier layout may have left its thread pins in this process's environment.
-    return {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS",
-                                                              "OPENBLAS_NUM_THREADS")}
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+    }
 
 
 # -- where the CPU went --------------------------------------------------------------------------
@@ -185,7 +265,7 @@ class CpuSampler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="taxi-hpo-cpu-sampler", daemon=True)
 
-    def __enter__(self) -> "CpuSampler":
+    def __enter__(self) -> CpuSampler:
         self._thread.start()
         return self
 

@@ -32,27 +32,38 @@ Every trial is an MLflow run and a Prefect task; the best model is registered as
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="taxi-hpo", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(
+        prog="taxi-hpo", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--version", action="version", version=f"taxi-hpo {taxi_hpo.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     run = sub.add_parser("run", help="run a parallel TPE search")
     add_search_flags(run)
     add_run_flags(run)
-    run.add_argument("--resume", metavar="PARENT_RUN_ID", default=None,
-                     help="finish an interrupted search: rebuild its TPE history from the tracking store, "
-                          "run only the missing trials")
+    run.add_argument(
+        "--resume",
+        metavar="PARENT_RUN_ID",
+        default=None,
+        help="finish an interrupted search: rebuild its TPE history from the tracking store, "
+        "run only the missing trials",
+    )
     run.add_argument("--json", action="store_true", help="print one JSON object on stdout at the end")
     from taxi_hpo import bench, plan, serve
 
     bench.add_parser(sub, add_search_flags)
     plan.add_parser(sub)
-    report = sub.add_parser("report", help="the report of an earlier search, on its parent run (and in --out)",
-                            description="Pictures (best so far against time and trials, RMSE against each "
-                                        "hyperparameter, the workers' timeline) and one HTML page, logged under "
-                                        "report/ on the search's parent run, where the MLflow UI shows them.")
+    report = sub.add_parser(
+        "report",
+        help="the report of an earlier search, on its parent run (and in --out)",
+        description="Pictures (best so far against time and trials, RMSE against each "
+        "hyperparameter, the workers' timeline) and one HTML page, logged under "
+        "report/ on the search's parent run, where the MLflow UI shows them.",
+    )
     report.add_argument("parent_run_id", metavar="PARENT_RUN_ID", help="the search's parent run (or latest)")
     report.add_argument("--out", default=None, help="also write the files into this folder")
-    report.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default sqlite:///$PWD/mlflow.db)")
+    report.add_argument(
+        "--tracking-uri", default=None, help="MLflow tracking URI (default sqlite:///$PWD/mlflow.db)"
+    )
     report.add_argument("--experiment", default="nyc-taxi-hpo", help="for `latest` (default nyc-taxi-hpo)")
     serve.add_parser(sub, add_search_flags, add_run_flags)
     return parser
@@ -73,11 +84,9 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
     # MLflow prints "View run ... at" to standard output for every run it ends on a tracking server.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-    logging.getLogger("distributed").setLevel(logging.ERROR)
-    # ... also once distributed is imported: it sets its loggers from the dask config then.
-    import dask.config
+    from taxi_hpo import cluster
 
-    dask.config.set({"logging.distributed": "error"})
+    cluster.quiet_logs()
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     from taxi_hpo.prefect_api import quiet_drain_warnings
 
@@ -99,8 +108,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from taxi_hpo.cli.progress import ProgressBar, download_progress
 
     if cfg.resume:
-        from taxi_hpo.preflight import remote
         from taxi_hpo.config import default_data_dir
+        from taxi_hpo.preflight import remote
 
         # Read before the checks: a server that refuses us must say so, not "no search run".
         tracking.check_reachable(cfg.resolved_tracking_uri)
@@ -110,8 +119,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         done = preflight.complete_search(cfg, record)
         if done is not None:  # nothing to run twice: say so, exit 0
             best = f"; best RMSE {done['best_rmse']:.4f}" if done["best_rmse"] is not None else ""
-            sys.stderr.write(f"taxi-hpo: search {done['parent_run_id']} is already complete ({done['trials']} of "
-                             f"{done['trials']} trials ended{best}): nothing to run\n")
+            sys.stderr.write(
+                f"taxi-hpo: search {done['parent_run_id']} is already complete ({done['trials']} of "
+                f"{done['trials']} trials ended{best}): nothing to run\n"
+            )
             if args.json:
                 print(json.dumps(done))
             return 0
@@ -166,22 +177,31 @@ def cmd_report(args: argparse.Namespace) -> int:
         if not run_id:
             raise TrackingError(f"no search with a finished trial in experiment {args.experiment!r} of {uri}")
     files = report.publish(uri, run_id, Path(args.out) if args.out else None)
-    print(f"report logged under {report.ARTIFACT_DIR}/ on run {run_id} ({uri})"
-          + (f"; files in {Path(args.out).resolve()}: " + ", ".join(f.name for f in files) if files else ""))
+    print(
+        f"report logged under {report.ARTIFACT_DIR}/ on run {run_id} ({uri})"
+        + (f"; files in {Path(args.out).resolve()}: " + ", ".join(f.name for f in files) if files else "")
+    )
     return 0
 
 
 def _print_summary(s: dict) -> None:
     best = f"{s['best_rmse']:.4f}" if s["best_rmse"] is not None else "none"
-    print(f"LinearRegression RMSE {s['lr_rmse']:.4f}; best XGBoost RMSE {best} "
-          f"({s['trials_done']} done, {s['trials_pruned']} of them pruned, {s['trials_failed']} failed) "
-          f"in {s['search_wall_s']:.1f} s, "
-          f"utilisation {s['utilisation']}")
+    print(
+        f"LinearRegression RMSE {s['lr_rmse']:.4f}; best XGBoost RMSE {best} "
+        f"({s['trials_done']} done, {s['trials_pruned']} of them pruned, {s['trials_failed']} failed) "
+        f"in {s['search_wall_s']:.1f} s, "
+        f"utilisation {s['utilisation']}"
+    )
     if s.get("ended_on_timeout"):
-        print(f"the time budget ran out: {s['trials_cancelled']} trial(s) stopped, {s['trials_not_started']} not "
-              f"started; `taxi-hpo run --resume {s['parent_run_id']}` runs them")
-    print(f"MLflow: {s['tracking_uri']} parent run {s['parent_run_id']}"
-          + (f", report in its artifacts ({s['report']})" if s.get("report") else ""))
+        print(
+            f"the time budget ran out: {s['trials_cancelled']} trial(s) stopped, "
+            f"{s['trials_not_started']} not "
+            f"started; `taxi-hpo run --resume {s['parent_run_id']}` runs them"
+        )
+    print(
+        f"MLflow: {s['tracking_uri']} parent run {s['parent_run_id']}"
+        + (f", report in its artifacts ({s['report']})" if s.get("report") else "")
+    )
     if s.get("mlflow_ui"):
         print(f"MLflow UI: {s['mlflow_ui']}")
     if s["registered_version"]:
@@ -191,8 +211,10 @@ def _print_summary(s: dict) -> None:
 
 
 def _interrupted_exit() -> int:
-    sys.stderr.write("taxi-hpo: interrupted; the search's parent run is marked KILLED: "
-                     "finish it with `taxi-hpo run --resume PARENT_RUN_ID`\n")
+    sys.stderr.write(
+        "taxi-hpo: interrupted; the search's parent run is marked KILLED: "
+        "finish it with `taxi-hpo run --resume PARENT_RUN_ID`\n"
+    )
     return 130
 
 
@@ -204,14 +226,17 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_run(args)
         if args.command == "bench":
             from taxi_hpo import bench
+
             return bench.main(args)
         if args.command == "plan":
             from taxi_hpo import plan
+
             return plan.main(args)
         if args.command == "report":
             return cmd_report(args)
         if args.command == "serve":
             from taxi_hpo import serve
+
             return serve.main(args, serve.deployment_config(run_config(args)))
     except TaxiHpoError as exc:
         sys.stderr.write(f"taxi-hpo: error: {exc}\n")
@@ -225,10 +250,14 @@ def main(argv: list[str] | None = None) -> int:
         disk = _disk_error(exc)
         if disk is None:
             raise
-        where = f" writing {disk.filename}" if disk.filename else " writing the tracking store or its artifacts"
-        sys.stderr.write(f"taxi-hpo: error: {disk.strerror or disk}{where}: free space on that disk (or point "
-                         f"--tracking-uri and the artifacts at another one); the runs this search opened are closed "
-                         f"FAILED, and `taxi-hpo run --resume PARENT_RUN_ID` goes on once there is room\n")
+        where = (
+            f" writing {disk.filename}" if disk.filename else " writing the tracking store or its artifacts"
+        )
+        sys.stderr.write(
+            f"taxi-hpo: error: {disk.strerror or disk}{where}: free space on that disk (or point "
+            f"--tracking-uri and the artifacts at another one); the runs this search opened are closed "
+            f"FAILED, and `taxi-hpo run --resume PARENT_RUN_ID` goes on once there is room\n"
+        )
         return EXIT_USAGE
     return 0
 
@@ -264,5 +293,3 @@ def entry() -> None:
             except Exception:  # noqa: BLE001 - a closed pipe: nothing more to say anyway
                 pass
         os._exit(code)
-
-

@@ -26,9 +26,13 @@ class ProgressBar:
         if dashboard:
             self.console.print(f"Dask dashboard: {dashboard}")
         self._progress = Progress(
-            TextColumn("trials"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("trials"),
+            BarColumn(),
+            MofNCompleteColumn(),
             TextColumn("failed {task.fields[failed]}  best RMSE {task.fields[best]}"),
-            TimeElapsedColumn(), console=self.console, transient=not self.console.is_terminal,
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=not self.console.is_terminal,
         )
         self._task = self._progress.add_task("search", total=total, failed=0, best="-")
         self._progress.start()
@@ -39,8 +43,12 @@ class ProgressBar:
         elif not outcome.ok:
             self.failed += 1
         if self._progress is not None:
-            self._progress.update(self._task, advance=1, failed=self.failed,
-                                  best=f"{self.best:.4f}" if self.best is not None else "-")
+            self._progress.update(
+                self._task,
+                advance=1,
+                failed=self.failed,
+                best=f"{self.best:.4f}" if self.best is not None else "-",
+            )
 
     def stop(self) -> None:  # idempotent
         if self._progress is not None:
@@ -55,8 +63,13 @@ def download_progress(console: Console | None = None):
 
     def report(done: int, total: int | None) -> None:
         if "progress" not in state:
-            progress = Progress(TextColumn("download"), BarColumn(), TextColumn("{task.completed:,} B"),
-                                console=console, transient=True)
+            progress = Progress(
+                TextColumn("download"),
+                BarColumn(),
+                TextColumn("{task.completed:,} B"),
+                console=console,
+                transient=True,
+            )
             progress.start()
             state["progress"], state["task"] = progress, progress.add_task("dl", total=total)
         state["progress"].update(state["task"], completed=done)

@@ -1,7 +1,8 @@
 """Dask: the only package that imports Dask, distributed or prefect-dask.
 
-- :mod:`~taxi_hpo.cluster.spec`: local clusters, the task runner for an address or a cluster
-  class, Dask's settings for a search, the scheduler probe;
+- :mod:`~taxi_hpo.cluster.spec`: the search's cluster (a local one, an address, a created one) and
+  its task runner, Dask's settings for a search, the scheduler probe;
+- :mod:`~taxi_hpo.cluster.workers`: what the flow asks of the cluster (slots, one task per worker);
 - :mod:`~taxi_hpo.cluster.runner`: the trial runner the scheduler drives (placement, elastic
   threads, stops);
 - worker plugins: :mod:`~taxi_hpo.cluster.worker_data` (the prepared data, once per worker),
@@ -15,8 +16,20 @@ Names of ``spec`` load on first use, so a preload importing this package stays l
 
 from importlib import import_module
 
-_SPEC = ("ADAPTIVE_HINTS", "QUIET_DASK", "THREAD_ENV", "ClusterSpec", "LocalClusterStart", "configure_dask",
-         "import_cluster_class", "probe_scheduler", "task_runner", "tls_client_files")
+_SPEC = (
+    "ADAPTIVE_HINTS",
+    "QUIET_DASK",
+    "THREAD_ENV",
+    "ClusterSpec",
+    "LocalClusterStart",
+    "SearchCluster",
+    "configure_dask",
+    "import_cluster_class",
+    "probe_scheduler",
+    "quiet_logs",
+    "search_cluster",
+    "tls_client_files",
+)
 
 __all__ = sorted(_SPEC)
 

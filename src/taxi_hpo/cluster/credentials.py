@@ -19,8 +19,13 @@ import uuid
 from distributed.diagnostics.plugin import WorkerPlugin
 
 #: What MLflow's client and Prefect's client read for authentication.
-ENV_NAMES = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
-             "PREFECT_API_AUTH_STRING", "PREFECT_API_KEY")
+ENV_NAMES = (
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN",
+    "PREFECT_API_AUTH_STRING",
+    "PREFECT_API_KEY",
+)
 PLUGIN_PREFIX = "taxi-hpo-credentials"
 
 
@@ -52,8 +57,8 @@ class WorkerCredentials(WorkerPlugin):
 # -- worker side: the stack of registered credential sets ----------------------------------------
 
 _LOCK = threading.Lock()
-_ACTIVE: dict[str, dict[str, str]] = {}    # plugin name -> values, in registration order
-_ORIGINAL: dict[str, str | None] = {}      # each variable as it was before the first plugin
+_ACTIVE: dict[str, dict[str, str]] = {}  # plugin name -> values, in registration order
+_ORIGINAL: dict[str, str | None] = {}  # each variable as it was before the first plugin
 
 
 def _push(name: str, values: dict[str, str]) -> None:
@@ -88,6 +93,7 @@ def _apply() -> None:
 
 
 # -- flow side -------------------------------------------------------------------------------------
+
 
 def hand_to_workers(client, environ: os._Environ | dict | None = None) -> str | None:
     """Register the credentials of ``environ`` on the cluster of ``client``; returns the plugin's

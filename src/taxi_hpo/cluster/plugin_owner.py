@@ -26,7 +26,7 @@ from distributed.diagnostics.plugin import SchedulerPlugin
 OWNER = "--of-"
 PREFIX = "taxi-hpo-"
 _log = logging.getLogger(__name__)
-_watched: set[str] = set()   # schedulers (their id) this process registered the watch on
+_watched: set[str] = set()  # schedulers (their id) this process registered the watch on
 
 
 def owned_name(prefix: str, client) -> str:
@@ -75,8 +75,12 @@ def watch(client) -> bool:
     try:
         client.register_plugin(DropWithClient(), name=DropWithClient.name)
     except Exception as exc:  # noqa: BLE001 - e.g. distributed.scheduler.pickle: false
-        _log.warning("the scheduler took no plugin to drop a killed search's data and credentials (%s: %s); "
-                     "they are dropped when a search ends normally", type(exc).__name__, exc)
+        _log.warning(
+            "the scheduler took no plugin to drop a killed search's data and credentials (%s: %s); "
+            "they are dropped when a search ends normally",
+            type(exc).__name__,
+            exc,
+        )
         return False
     _watched.add(scheduler)
     return True

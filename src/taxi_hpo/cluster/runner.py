@@ -16,7 +16,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import cloudpickle
 import dask
@@ -46,6 +46,7 @@ def post_threads(search_key: str, version: int, threads: dict[int, int]) -> None
 
 def thread_source(search_key: str, trial_id: int) -> Callable[[], int | None]:
     """What a trial asks between rounds: the latest count posted for it, or None (no news)."""
+
     def latest() -> int | None:
         entry = _MAILBOX.get(search_key, {}).get(trial_id)
         return entry[1] if entry else None
@@ -99,10 +100,21 @@ class DaskTrialRunner:
 
     MAX_RESUBMITS = 3
 
-    def __init__(self, submit_trial: Callable, data_future, ctx, rounds: int,
-                 nthread: int, prepared=None, client=None, plan: ThreadPlan | None = None,
-                 search_key: str | None = None, pruner: Pruner | None = None, run_tags: dict | None = None,
-                 on_failed: Callable[[int, dict, str], None] | None = None):
+    def __init__(
+        self,
+        submit_trial: Callable,
+        data_future,
+        ctx,
+        rounds: int,
+        nthread: int,
+        prepared=None,
+        client=None,
+        plan: ThreadPlan | None = None,
+        search_key: str | None = None,
+        pruner: Pruner | None = None,
+        run_tags: dict | None = None,
+        on_failed: Callable[[int, dict, str], None] | None = None,
+    ):
         self._submit_trial = submit_trial
         self._data, self._prepared, self._client = data_future, prepared, client
         self._ctx, self._rounds, self._nthread = ctx, rounds, nthread
@@ -148,8 +160,11 @@ class DaskTrialRunner:
         if self._client is None or self._warm is None:
             return max(1, sum(self._known.values()))
         info = self._client.scheduler_info(n_workers=-1).get("workers", {})
-        present = {addr: int(w.get("nthreads", 1)) for addr, w in info.items()
-                   if w.get("status", "running") == "running"}  # not closing_gracefully (retiring)
+        present = {
+            addr: int(w.get("nthreads", 1))
+            for addr, w in info.items()
+            if w.get("status", "running") == "running"
+        }  # not closing_gracefully (retiring)
         for addr in sorted(set(present) - set(self._known) - set(self._warming)):
             self._warming[addr] = self._warm(addr)
         for addr, future in list(self._warming.items()):
@@ -193,10 +208,19 @@ class DaskTrialRunner:
         worker, threads = self.plan.place(trial_id, priority) if self.plan else (None, self._nthread)
         if self.pruner is not None and trial_id not in self._prune_at:
             self._prune_at[trial_id] = self.pruner.thresholds()
-        parameters = {"trial_id": trial_id, "params": params, "prepared": self._data, "ctx": self._ctx,
-                      "rounds": self._rounds, "nthread": self._nthread, "start_threads": threads,
-                      "control_key": self._search_key, "elastic": self.elastic,
-                      "prune_at": self._prune_at.get(trial_id), "run_tags": self._run_tags.get(trial_id)}
+        parameters = {
+            "trial_id": trial_id,
+            "params": params,
+            "prepared": self._data,
+            "ctx": self._ctx,
+            "rounds": self._rounds,
+            "nthread": self._nthread,
+            "start_threads": threads,
+            "control_key": self._search_key,
+            "elastic": self.elastic,
+            "prune_at": self._prune_at.get(trial_id),
+            "run_tags": self._run_tags.get(trial_id),
+        }
         # What this trial puts on the wire: the data travels as a reference (worker_data.DataRef).
         self.submit_bytes[trial_id] = len(cloudpickle.dumps(parameters))
         # Higher priority starts first among queued tasks: heaviest trials first in a batch. The
@@ -215,11 +239,18 @@ class DaskTrialRunner:
             return
         for worker, threads in self.plan.pending_changes().items():
             try:
-                self._client.run(post_threads, self._search_key, next(self._versions), threads,
-                                 workers=[worker], on_error="ignore")
+                self._client.run(
+                    post_threads,
+                    self._search_key,
+                    next(self._versions),
+                    threads,
+                    workers=[worker],
+                    on_error="ignore",
+                )
                 self.thread_posts += 1
             except Exception:  # noqa: BLE001 - a worker that left: its trials are resubmitted anyway
                 pass
+
     def stop(self, handles) -> None:
         """The time budget ran out: the running trials stop at their next boosting round."""
         if self._client is None:
@@ -249,7 +280,7 @@ class DaskTrialRunner:
             done = [h for h in handles if self._futures[h].wrapped_future.done()]
             if done:
                 if self.plan is not None:  # its cores are free now, even before its outcome is read
-                    for handle in done:    # (a batch reads every outcome at its end)
+                    for handle in done:  # (a batch reads every outcome at its end)
                         self.plan.finish(handle)
                 return done
 
@@ -281,5 +312,3 @@ class DaskTrialRunner:
         if self._on_failed is not None:  # the flow records it (the trial's tags on the parent run)
             self._on_failed(trial_id, params, error)
         return TrialOutcome(trial_id, params, None, error=error)
-
-

@@ -7,10 +7,12 @@ every worker thread is a slot and XGBoost uses ``threads_per_worker`` threads pe
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable
 
 import dask
 import distributed
@@ -48,8 +50,83 @@ def configure_dask(threads_per_worker: int) -> None:
     """Process-wide Dask settings for clusters this process creates: quiet periodic work, and the
     nanny's pre-spawn ``OMP_NUM_THREADS`` set to the trial's threads instead of 1."""
     threads = str(threads_per_worker)
-    dask.config.set({**QUIET_DASK, **ADAPTIVE_HINTS, "distributed.nanny.pre-spawn-environ": {
-        **dask.config.get("distributed.nanny.pre-spawn-environ", {}), **{n: threads for n in THREAD_ENV}}})
+    dask.config.set(
+        {
+            **QUIET_DASK,
+            **ADAPTIVE_HINTS,
+            "distributed.nanny.pre-spawn-environ": {
+                **dask.config.get("distributed.nanny.pre-spawn-environ", {}),
+                **{n: threads for n in THREAD_ENV},
+            },
+        }
+    )
+
+
+def quiet_logs() -> None:
+    """Dask's loggers at ERROR in this process (the command's terminal), also once distributed
+    is imported: it sets its loggers from the dask config then."""
+    logging.getLogger("distributed").setLevel(logging.ERROR)
+    dask.config.set({"logging.distributed": "error"})
+
+
+@dataclass(frozen=True)
+class SearchCluster:
+    """Where a search's trials run, as the flow sees it before connecting.
+
+    ``runner()``: the prefect-dask task runner of the flow run; ``local_workers``: the worker
+    processes of the LocalCluster this process started (None on an address or a created cluster).
+    """
+
+    runner: Callable[[], DaskTaskRunner]
+    local_workers: int | None
+
+
+@contextlib.contextmanager
+def search_cluster(
+    workers: int,
+    threads_per_worker: int,
+    address: str | None = None,
+    cluster_class: str | None = None,
+    cluster_kwargs: dict | None = None,
+    adapt: tuple[int, int] | None = None,
+    worker_env: dict[str, str] | None = None,
+) -> Iterator[SearchCluster]:
+    """The cluster of one search: a LocalCluster starting now in the background (``worker_env``
+    added to its workers' environment), an existing scheduler (``address``), or a cluster that
+    prefect-dask creates inside the flow run (``cluster_class``, with its kwargs and adaptivity).
+
+    On exit the LocalCluster is closed and the variables that Dask writes into this process's
+    environment (the nanny's thread limits, a cluster manager's logging) are put back.
+    """
+    spec = ClusterSpec(workers=workers, threads_per_worker=threads_per_worker, address=address)
+    with environ.restored((*THREAD_ENV, "DASK_LOGGING__DISTRIBUTED")):
+        if cluster_class:
+            yield SearchCluster(
+                lambda: _created(cluster_class, cluster_kwargs or {}, adapt, threads_per_worker), None
+            )
+        elif address:
+            yield SearchCluster(spec.task_runner, None)
+        else:
+            local = spec.start_local(worker_env)
+            try:
+                yield SearchCluster(lambda: DaskTaskRunner(address=local.address()), workers)
+            finally:
+                local.close()
+
+
+def _created(
+    cluster_class: str, cluster_kwargs: dict, adapt: tuple[int, int] | None, threads_per_worker: int
+) -> DaskTaskRunner:
+    # prefect-dask's convention: the runner creates the cluster (and its adaptivity) inside the
+    # flow run, and closes it with the flow run.
+    configure_dask(threads_per_worker)
+    # the processes it spawns log at INFO to stderr unless their environment says not to
+    os.environ["DASK_LOGGING__DISTRIBUTED"] = "error"
+    return DaskTaskRunner(
+        cluster_class=cluster_class,
+        cluster_kwargs=dict(cluster_kwargs),
+        adapt_kwargs={"minimum": adapt[0], "maximum": adapt[1]} if adapt else None,
+    )
 
 
 def import_cluster_class(path: str):
@@ -62,8 +139,10 @@ def import_cluster_class(path: str):
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ClusterError(f"--cluster-class {path}: cannot import {module_name} ({exc}); install it "
-                           f"(e.g. pip install dask-jobqueue)") from None
+        raise ClusterError(
+            f"--cluster-class {path}: cannot import {module_name} ({exc}); install it "
+            f"(e.g. pip install dask-jobqueue)"
+        ) from None
     cls = getattr(module, name, None)
     if cls is None or not callable(cls):
         raise ClusterError(f"--cluster-class {path}: {module_name} has no cluster class {name!r}")
@@ -85,7 +164,7 @@ class ClusterSpec:
             raise ValueError("no address: start a local cluster with start_local() and use its address")
         return DaskTaskRunner(address=self.address)
 
-    def start_local(self, env: dict[str, str] | None = None) -> "LocalClusterStart":
+    def start_local(self, env: dict[str, str] | None = None) -> LocalClusterStart:
         """Begin starting the LocalCluster in the background (overlaps the Prefect server start);
         ``env`` is added to the worker processes' environment."""
         return LocalClusterStart(self, env or {})
@@ -125,7 +204,9 @@ class LocalClusterStart:
         # Process-wide on purpose: the scheduler, the nannies (which hand their config to each
         # worker they spawn) and the flow's own client are all created after this.
         configure_dask(spec.threads_per_worker)
-        self._thread = threading.Thread(target=self._start, args=(spec, env), name="taxi-hpo-cluster", daemon=True)
+        self._thread = threading.Thread(
+            target=self._start, args=(spec, env), name="taxi-hpo-cluster", daemon=True
+        )
         self._thread.start()
 
     def _start(self, spec: ClusterSpec, env: dict[str, str]) -> None:
@@ -149,8 +230,9 @@ class LocalClusterStart:
             environ.restore(self._saved_env)
 
 
-def probe_scheduler(address: str, timeout_s: float = 10.0,
-                    worker_probe: Callable[[], dict] | None = None) -> dict:
+def probe_scheduler(
+    address: str, timeout_s: float = 10.0, worker_probe: Callable[[], dict] | None = None
+) -> dict:
     """Connect once to an existing scheduler and describe its workers.
 
     Args:
@@ -175,8 +257,12 @@ def probe_scheduler(address: str, timeout_s: float = 10.0,
             versions = _worker_versions(client) if workers else {}
             probes = client.run(worker_probe, on_error="return") if workers and worker_probe else None
     except (OSError, TimeoutError, distributed.TimeoutError) as exc:
-        hint = ("; over TLS, also check that this client's certificates (DASK_CONFIG) are signed by "
-                "the cluster's CA" if address.startswith("tls://") else "")
+        hint = (
+            "; over TLS, also check that this client's certificates (DASK_CONFIG) are signed by "
+            "the cluster's CA"
+            if address.startswith("tls://")
+            else ""
+        )
         raise ClusterError(
             f"Dask scheduler {address} is unreachable within {timeout_s:g} s ({type(exc).__name__}): "
             f"start it or fix --address{hint}"
@@ -184,7 +270,9 @@ def probe_scheduler(address: str, timeout_s: float = 10.0,
     except ValueError as exc:
         raise ClusterError(f"--address {address!r} is not a Dask scheduler address ({exc})") from exc
     if not workers:
-        raise ClusterError(f"Dask scheduler {address} has no workers: start some with `dask worker {address}`")
+        raise ClusterError(
+            f"Dask scheduler {address} has no workers: start some with `dask worker {address}`"
+        )
     result = {"workers": len(workers), "threads": threads, "versions": versions}
     if probes is not None:
         result["probes"] = probes
@@ -207,6 +295,7 @@ def _worker_versions(client: distributed.Client) -> dict:
     def version() -> str:
         try:
             import taxi_hpo
+
             return taxi_hpo.__version__
         except ImportError:
             return "missing"

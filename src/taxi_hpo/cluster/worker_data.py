@@ -78,5 +78,7 @@ def resolve(data):
     try:
         return _STASH[data.key]
     except KeyError:
-        raise RuntimeError(f"this worker holds no copy of the search's data ({data.key}): the search that "
-                           f"shared it has ended, or the worker plugin failed to set up") from None
+        raise RuntimeError(
+            f"this worker holds no copy of the search's data ({data.key}): the search that "
+            f"shared it has ended, or the worker plugin failed to set up"
+        ) from None

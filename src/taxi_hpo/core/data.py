@@ -12,9 +12,9 @@ import re
 import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 import pyarrow as pa
@@ -61,20 +61,25 @@ def tlc_url() -> str:
     """Where months come from: ``$TAXI_HPO_TLC_URL`` (a mirror, ``{name}`` for the file name) or the TLC."""
     url = os.environ.get(TLC_URL_ENV) or TLC_URL
     if "{name}" not in url:
-        raise DataError(f"{TLC_URL_ENV}={url} has no {{name}}: give the mirror's address with {{name}} where "
-                        f"the file name goes, e.g. https://mirror/trip-data/{{name}}")
+        raise DataError(
+            f"{TLC_URL_ENV}={url} has no {{name}}: give the mirror's address with {{name}} where "
+            f"the file name goes, e.g. https://mirror/trip-data/{{name}}"
+        )
     return url
 
 
-def resolve(spec: str, data_dir: Path, progress: ProgressFn | None = None,
-            url_template: str | None = None) -> MonthFile:
+def resolve(
+    spec: str, data_dir: Path, progress: ProgressFn | None = None, url_template: str | None = None
+) -> MonthFile:
     """Turn ``--train``/``--valid`` into an existing local file, downloading a month if needed."""
     looks_like_path = spec.endswith(".parquet") or os.sep in spec
     if looks_like_path:
         path = Path(spec).expanduser()
         if path.is_dir():
-            raise DataError(f"{path} is a folder, not a file: pass a parquet file of one month or a month YYYY-MM "
-                            f"(--data-dir takes the folder)")
+            raise DataError(
+                f"{path} is a folder, not a file: pass a parquet file of one month or a month YYYY-MM "
+                f"(--data-dir takes the folder)"
+            )
         if not path.is_file():
             raise DataError(f"{path} does not exist: pass an existing parquet file or a month YYYY-MM")
         return MonthFile(spec, path.resolve())
@@ -93,9 +98,11 @@ def download(url: str, dest: Path, progress: ProgressFn | None = None, timeout: 
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     except OSError as exc:
-        raise DataError(f"{dest.name} is not in {dest.parent} and must be downloaded, but that folder cannot be "
-                        f"written ({exc.strerror or exc}): pass --data-dir with a writable folder, or one that "
-                        f"holds the file") from exc
+        raise DataError(
+            f"{dest.name} is not in {dest.parent} and must be downloaded, but that folder cannot be "
+            f"written ({exc.strerror or exc}): pass --data-dir with a writable folder, or one that "
+            f"holds the file"
+        ) from exc
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
             total = resp.headers.get("Content-Length")
@@ -108,13 +115,17 @@ def download(url: str, dest: Path, progress: ProgressFn | None = None, timeout: 
                     progress(done, total)
         # A server that closes early ends read() with b"" as a finished body would: count.
         if total is not None and done != total:
-            raise DataError(f"the download of {dest.name} from {url} stopped after {done:,} of {total:,} bytes: "
-                            f"nothing was kept; run again, or put the file in {dest.parent}")
+            raise DataError(
+                f"the download of {dest.name} from {url} stopped after {done:,} of {total:,} bytes: "
+                f"nothing was kept; run again, or put the file in {dest.parent}"
+            )
         try:
             pq.read_metadata(tmp)
         except (pa.ArrowException, OSError) as exc:
-            raise DataError(f"{url} did not send a readable parquet file ({done:,} bytes; {exc}): nothing was "
-                            f"kept; run again, or put the file in {dest.parent}") from None
+            raise DataError(
+                f"{url} did not send a readable parquet file ({done:,} bytes; {exc}): nothing was "
+                f"kept; run again, or put the file in {dest.parent}"
+            ) from None
         os.replace(tmp, dest)
     except DataError:
         Path(tmp).unlink(missing_ok=True)
@@ -150,7 +161,9 @@ def load(path: Path) -> pd.DataFrame:
     try:
         schema = pq.read_schema(path)
     except (pa.ArrowException, OSError) as exc:
-        raise DataError(f"{path} is not a readable parquet file ({exc}): re-download it or pass another file") from exc
+        raise DataError(
+            f"{path} is not a readable parquet file ({exc}): re-download it or pass another file"
+        ) from exc
     missing = [c for c in REQUIRED_COLUMNS if c not in schema.names]
     if missing:
         raise DataError(
@@ -159,8 +172,10 @@ def load(path: Path) -> pd.DataFrame:
         )
     wrong = column_type_errors(schema)
     if wrong:
-        raise DataError(f"{path} has columns of the wrong type ({'; '.join(wrong)}): expected a TLC green-taxi "
-                        f"trip file as published")
+        raise DataError(
+            f"{path} has columns of the wrong type ({'; '.join(wrong)}): expected a TLC green-taxi "
+            f"trip file as published"
+        )
     try:
         df = pd.read_parquet(path, columns=list(REQUIRED_COLUMNS))
     except (pa.ArrowException, OSError, ValueError) as exc:
@@ -181,19 +196,27 @@ def column_type_errors(schema: pa.Schema) -> list[str]:
     """What is wrong with the types of the required columns (both TLC layouts pass):
     timestamps for pickup and dropoff, a number for ``trip_distance``, integer (or integral
     float) or string location ids."""
+
     def kind(name: str) -> pa.DataType:
         t = schema.field(name).type
         return t.value_type if pa.types.is_dictionary(t) else t
 
-    wrong = [f"{c} is {kind(c)}, not a timestamp" for c in (PICKUP, DROPOFF)
-             if not (pa.types.is_timestamp(kind(c)) or pa.types.is_date(kind(c)))]
+    wrong = [
+        f"{c} is {kind(c)}, not a timestamp"
+        for c in (PICKUP, DROPOFF)
+        if not (pa.types.is_timestamp(kind(c)) or pa.types.is_date(kind(c)))
+    ]
     t = kind("trip_distance")
     if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)):
         wrong.append(f"trip_distance is {t}, not a number")
     for c in ("PULocationID", "DOLocationID"):
         t = kind(c)
-        if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_string(t)
-                or pa.types.is_large_string(t)):
+        if not (
+            pa.types.is_integer(t)
+            or pa.types.is_floating(t)
+            or pa.types.is_string(t)
+            or pa.types.is_large_string(t)
+        ):
             wrong.append(f"{c} is {t}, not an id")
     return wrong
 
@@ -205,12 +228,14 @@ def prepare(df: pd.DataFrame) -> pd.DataFrame:
         dropoff = pd.to_datetime(df[DROPOFF])
     except (ValueError, TypeError) as exc:
         raise DataError(f"pickup/dropoff columns are not timestamps ({exc})") from exc
-    out = pd.DataFrame({
-        "PULocationID": location_ids(df["PULocationID"]),
-        "DOLocationID": location_ids(df["DOLocationID"]),
-        "trip_distance": pd.to_numeric(df["trip_distance"], errors="coerce").astype("float64"),
-        "duration": (dropoff - pickup).dt.total_seconds() / 60.0,
-    })
+    out = pd.DataFrame(
+        {
+            "PULocationID": location_ids(df["PULocationID"]),
+            "DOLocationID": location_ids(df["DOLocationID"]),
+            "trip_distance": pd.to_numeric(df["trip_distance"], errors="coerce").astype("float64"),
+            "duration": (dropoff - pickup).dt.total_seconds() / 60.0,
+        }
+    )
     keep = (out["duration"] >= MIN_MINUTES) & (out["duration"] <= MAX_MINUTES)
     return out.loc[keep].reset_index(drop=True)
 

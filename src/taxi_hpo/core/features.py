@@ -21,10 +21,12 @@ NUMERICAL = ["trip_distance"]
 
 def feature_dicts(df: pd.DataFrame) -> list[dict]:
     """Rows as the dicts the reference pipeline vectorises."""
-    frame = pd.DataFrame({
-        "PU_DO": df["PULocationID"].astype(str) + "_" + df["DOLocationID"].astype(str),
-        "trip_distance": df["trip_distance"].astype("float64"),
-    })
+    frame = pd.DataFrame(
+        {
+            "PU_DO": df["PULocationID"].astype(str) + "_" + df["DOLocationID"].astype(str),
+            "trip_distance": df["trip_distance"].astype("float64"),
+        }
+    )
     return frame.to_dict("records")
 
 
@@ -35,7 +37,7 @@ class Preprocessor:
     vectorizer: DictVectorizer
 
     @classmethod
-    def fit(cls, train: pd.DataFrame) -> "Preprocessor":
+    def fit(cls, train: pd.DataFrame) -> Preprocessor:
         vectorizer = DictVectorizer()
         vectorizer.fit(feature_dicts(train))
         return cls(vectorizer)
@@ -45,11 +47,13 @@ class Preprocessor:
 
     def transform_raw(self, raw: pd.DataFrame) -> sp.csr_matrix:
         """Features from raw TLC rows (no filter: every row gets a prediction)."""
-        frame = pd.DataFrame({
-            "PULocationID": data_mod.location_ids(raw["PULocationID"]),
-            "DOLocationID": data_mod.location_ids(raw["DOLocationID"]),
-            "trip_distance": pd.to_numeric(raw["trip_distance"], errors="coerce"),
-        })
+        frame = pd.DataFrame(
+            {
+                "PULocationID": data_mod.location_ids(raw["PULocationID"]),
+                "DOLocationID": data_mod.location_ids(raw["DOLocationID"]),
+                "trip_distance": pd.to_numeric(raw["trip_distance"], errors="coerce"),
+            }
+        )
         return self.transform(frame)
 
     @property
@@ -60,7 +64,7 @@ class Preprocessor:
         return pickle.dumps(self, protocol=5)
 
     @staticmethod
-    def from_bytes(blob: bytes) -> "Preprocessor":
+    def from_bytes(blob: bytes) -> Preprocessor:
         return pickle.loads(blob)
 
 
@@ -105,8 +109,9 @@ def dataset_key(train_sha256: str, valid_sha256: str) -> str:
     return hashlib.sha256(f"v{FEATURES_VERSION}:{train_sha256}:{valid_sha256}".encode()).hexdigest()[:16]
 
 
-def prepare_data(train: pd.DataFrame, valid: pd.DataFrame, train_sha256: str = "",
-                 valid_sha256: str = "") -> PreparedData:
+def prepare_data(
+    train: pd.DataFrame, valid: pd.DataFrame, train_sha256: str = "", valid_sha256: str = ""
+) -> PreparedData:
     """Fit on train only, transform both months.
 
     Without the files' hashes, the frames' own content names the data (the per-process matrix
@@ -115,7 +120,11 @@ def prepare_data(train: pd.DataFrame, valid: pd.DataFrame, train_sha256: str = "
     valid_sha256 = valid_sha256 or frame_sha256(valid)
     pre = Preprocessor.fit(train)
     return PreparedData(
-        X_train=pre.transform(train), y_train=train["duration"].to_numpy(dtype="float64"),
-        X_valid=pre.transform(valid), y_valid=valid["duration"].to_numpy(dtype="float64"),
-        preprocessor=pre, train_sha256=train_sha256, valid_sha256=valid_sha256,
+        X_train=pre.transform(train),
+        y_train=train["duration"].to_numpy(dtype="float64"),
+        X_valid=pre.transform(valid),
+        y_valid=valid["duration"].to_numpy(dtype="float64"),
+        preprocessor=pre,
+        train_sha256=train_sha256,
+        valid_sha256=valid_sha256,
     )

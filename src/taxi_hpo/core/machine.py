@@ -35,6 +35,7 @@ def core_pool() -> tuple[str, int]:
     two containers with their own CPU limits on one machine do not; worker "hosts" that are
     network namespaces of one machine do, since they run on the same cores.
     """
+
     def read(path: str) -> str:
         try:
             return Path(path).read_text().strip()
@@ -45,6 +46,7 @@ def core_pool() -> tuple[str, int]:
         affinity = ",".join(map(str, sorted(os.sched_getaffinity(0))))
     except AttributeError:  # not Linux
         affinity = str(os.cpu_count())
-    identity = "|".join([read("/proc/sys/kernel/random/boot_id") or socket.gethostname(),
-                         read("/proc/self/cgroup"), affinity])
+    identity = "|".join(
+        [read("/proc/sys/kernel/random/boot_id") or socket.gethostname(), read("/proc/self/cgroup"), affinity]
+    )
     return hashlib.sha256(identity.encode()).hexdigest()[:12], usable_cores()

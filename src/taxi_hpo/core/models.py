@@ -9,8 +9,8 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -181,7 +181,7 @@ class TrialFit:
     best_iteration: int
     fit_s: float
     inference_time: float  # seconds per row, the first validation rows predicted on the base threads
-    train_s: float = 0.0   # xgb.train alone
+    train_s: float = 0.0  # xgb.train alone
     train_cpu_s: float = 0.0  # CPU seconds of this process meanwhile (all its threads)
     threads_mean: float = 0.0  # time-weighted threads over xgb.train
     thread_changes: list = field(default_factory=list)  # [(round, threads)] after the start
@@ -189,10 +189,17 @@ class TrialFit:
     pruned_at: int | None = None  # the checkpoint round it was stopped at, if pruned
 
 
-def fit_xgboost(params: dict, data: PreparedData, rounds: int,
-                early_stopping_rounds: int = EARLY_STOPPING_ROUNDS, threads: ThreadSource | None = None,
-                start_threads: int | None = None, max_threads: int | None = None,
-                prune_at: Mapping[int, float] | None = None, stop: Callable[[], bool] | None = None) -> TrialFit:
+def fit_xgboost(
+    params: dict,
+    data: PreparedData,
+    rounds: int,
+    early_stopping_rounds: int = EARLY_STOPPING_ROUNDS,
+    threads: ThreadSource | None = None,
+    start_threads: int | None = None,
+    max_threads: int | None = None,
+    prune_at: Mapping[int, float] | None = None,
+    stop: Callable[[], bool] | None = None,
+) -> TrialFit:
     """Train with early stopping on the validation month and score both months.
 
     ``params["nthread"]`` is the trial's base thread count. With ``threads``, training starts on
@@ -229,8 +236,13 @@ def fit_xgboost(params: dict, data: PreparedData, rounds: int,
         # Both months are evaluated as the rounds go (the training month from the training
         # loop's own cache); early stopping watches the last one, validation.
         booster = xgb.train(
-            params, dtrain=dtrain, num_boost_round=rounds, evals=[(dtrain, "train"), (dvalid, "validation")],
-            early_stopping_rounds=early_stopping_rounds, verbose_eval=False, callbacks=[*callbacks, final],
+            params,
+            dtrain=dtrain,
+            num_boost_round=rounds,
+            evals=[(dtrain, "train"), (dvalid, "validation")],
+            early_stopping_rounds=early_stopping_rounds,
+            verbose_eval=False,
+            callbacks=[*callbacks, final],
         )
         t1, train_cpu_s = time.perf_counter(), time.process_time() - cpu0
         if elastic is not None and elastic.current != base:

@@ -6,8 +6,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from taxi_hpo import tracking
-from taxi_hpo.core import data
 from taxi_hpo.config import RunConfig
+from taxi_hpo.core import data
 
 
 def resume_config(cfg: RunConfig, record: tracking.SearchRecord, data_dir_given: bool = False) -> RunConfig:
@@ -20,8 +20,16 @@ def resume_config(cfg: RunConfig, record: tracking.SearchRecord, data_dir_given:
     batch = p.get("mode") == "batch"
     data_dir = cfg.data_dir if data_dir_given or not p.get("data_dir") else p["data_dir"]
     return replace(
-        cfg, data_dir=data_dir, train=p["train"], valid=p["valid"], mode=p["mode"], trials=int(p["trials"]),
-        seed=int(p["seed"]), rounds=int(p["rounds"]), max_depth=int(p["max_depth"]), prune=p.get("prune", "none"),
+        cfg,
+        data_dir=data_dir,
+        train=p["train"],
+        valid=p["valid"],
+        mode=p["mode"],
+        trials=int(p["trials"]),
+        seed=int(p["seed"]),
+        rounds=int(p["rounds"]),
+        max_depth=int(p["max_depth"]),
+        prune=p.get("prune", "none"),
         batch_size=int(p["in_flight"]) if batch and p.get("in_flight") else cfg.batch_size,
         experiment=tracking.experiment_name(cfg.resolved_tracking_uri, record.experiment_id),
     )
@@ -34,10 +42,18 @@ def complete_search(cfg: RunConfig, record: tracking.SearchRecord) -> dict | Non
     ended = set(record.trials) | set(record.failed)
     if record.status != "FINISHED" or not set(range(cfg.trials)) <= ended:
         return None
-    losses = [t["loss"] for t in record.trials.values() if t["loss"] is not None and t.get("pruned_at") is None]
-    return {"parent_run_id": record.run_id, "already_complete": True, "trials": cfg.trials,
-            "trials_done": len(record.trials), "trials_failed": len(record.failed),
-            "best_rmse": min(losses) if losses else None, "tracking_uri": cfg.resolved_tracking_uri}
+    losses = [
+        t["loss"] for t in record.trials.values() if t["loss"] is not None and t.get("pruned_at") is None
+    ]
+    return {
+        "parent_run_id": record.run_id,
+        "already_complete": True,
+        "trials": cfg.trials,
+        "trials_done": len(record.trials),
+        "trials_failed": len(record.failed),
+        "best_rmse": min(losses) if losses else None,
+        "tracking_uri": cfg.resolved_tracking_uri,
+    }
 
 
 def check(cfg: RunConfig, progress: data.ProgressFn | None = None) -> None:

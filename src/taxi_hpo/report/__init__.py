@@ -19,6 +19,7 @@ any earlier search (``taxi-hpo report PARENT_RUN_ID``) as well as at the end of 
 from __future__ import annotations
 
 import base64
+import enum
 import html
 import json
 import math
@@ -27,17 +28,38 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-
 from taxi_hpo import tracking
 from taxi_hpo.errors import TrackingError
 from taxi_hpo.search.space import decode_logged
 
 ARTIFACT_DIR = "report"
 PICTURES = ("best_so_far.png", "params.png", "timeline.png")
-HYPERPARAMETERS = {"max_depth": False, "learning_rate": True, "reg_alpha": True, "reg_lambda": True,
-                   "min_child_weight": True}  # name: shown on a log axis (loguniform in the space)
-COLOURS = {"complete": "#2166ac", "pruned": "#f4a582", "failed": "#b2182b", "stopped": "#999999",
-           "running": "#d9d9d9"}
+HYPERPARAMETERS = {
+    "max_depth": False,
+    "learning_rate": True,
+    "reg_alpha": True,
+    "reg_lambda": True,
+    "min_child_weight": True,
+}  # name: shown on a log axis (loguniform in the space)
+
+
+class TrialState(enum.StrEnum):
+    """How a trial ended, as the report shows it (a str: JSON and the page keep the plain names)."""
+
+    COMPLETE = "complete"  # trained to the end
+    PRUNED = "pruned"  # stopped at a checkpoint round: its RMSE is of an unfinished model
+    FAILED = "failed"  # its retries spent
+    STOPPED = "stopped"  # the time budget (or Ctrl-C) stopped it; --resume runs it again
+    RUNNING = "running"  # not ended yet
+
+
+COLOURS = {
+    TrialState.COMPLETE: "#2166ac",
+    TrialState.PRUNED: "#f4a582",
+    TrialState.FAILED: "#b2182b",
+    TrialState.STOPPED: "#999999",
+    TrialState.RUNNING: "#d9d9d9",
+}
 
 
 @dataclass
@@ -45,8 +67,8 @@ class TrialRow:
     """One attempt of a trial, as its MLflow run says."""
 
     trial_id: int
-    state: str                  # complete, pruned, failed, stopped (KILLED) or running
-    started: float              # epoch seconds
+    state: TrialState
+    started: float  # epoch seconds
     finished: float | None
     worker: str
     rmse: float | None
@@ -74,13 +96,13 @@ class SearchReport:
         by_trial: dict[int, TrialRow] = {}
         for row in sorted(self.rows, key=lambda r: r.started):
             kept = by_trial.get(row.trial_id)
-            if kept is None or kept.state not in ("complete", "pruned"):
+            if kept is None or kept.state not in (TrialState.COMPLETE, TrialState.PRUNED):
                 by_trial[row.trial_id] = row
         return sorted(by_trial.values(), key=lambda r: r.trial_id)
 
     @property
     def complete(self) -> list[TrialRow]:
-        return [r for r in self.final if r.state == "complete" and r.rmse is not None]
+        return [r for r in self.final if r.state == TrialState.COMPLETE and r.rmse is not None]
 
     @property
     def best(self) -> TrialRow | None:
@@ -92,19 +114,29 @@ class SearchReport:
         starts = [r.started for r in self.rows]
         ends = [r.finished for r in self.rows if r.finished]
         return {
-            "parent_run_id": self.parent_run_id, "experiment": self.experiment, "status": self.status,
-            "trials_planned": _int(self.params.get("trials")), "trials_run": len(final),
-            "trials_complete": counts["complete"], "trials_pruned": counts["pruned"],
-            "trials_failed": counts["failed"], "trials_stopped": counts["stopped"],
-            "attempts": len(self.rows), "workers": len({r.worker for r in self.rows}),
-            "best_rmse": best.rmse if best else None, "best_trial": best.trial_id if best else None,
-            "best_params": best.params if best else None, "best_run_id": best.run_id if best else None,
+            "parent_run_id": self.parent_run_id,
+            "experiment": self.experiment,
+            "status": self.status,
+            "trials_planned": _int(self.params.get("trials")),
+            "trials_run": len(final),
+            "trials_complete": counts[TrialState.COMPLETE],
+            "trials_pruned": counts[TrialState.PRUNED],
+            "trials_failed": counts[TrialState.FAILED],
+            "trials_stopped": counts[TrialState.STOPPED],
+            "attempts": len(self.rows),
+            "workers": len({r.worker for r in self.rows}),
+            "best_rmse": best.rmse if best else None,
+            "best_trial": best.trial_id if best else None,
+            "best_params": best.params if best else None,
+            "best_run_id": best.run_id if best else None,
             "lr_rmse": self.metrics.get("lr_rmse"),
             "search_wall_s": self.metrics.get("search_wall_s")
             or (round(max(ends) - min(starts), 3) if starts and ends else None),
             "utilisation": self.metrics.get("utilisation"),
-            "prune": self.params.get("prune"), "mode": self.params.get("mode"),
-            "rounds": _int(self.params.get("rounds")), "seed": _int(self.params.get("seed")),
+            "prune": self.params.get("prune"),
+            "mode": self.params.get("mode"),
+            "rounds": _int(self.params.get("rounds")),
+            "seed": _int(self.params.get("seed")),
             "warm_started": sum(r.warm_from is not None for r in final),
         }
 
@@ -118,8 +150,14 @@ def _int(value) -> int | None:
 
 # -- reading the store ---------------------------------------------------------------------------
 
-_STATES = {"FINISHED": "complete", "FAILED": "failed", "KILLED": "stopped", "RUNNING": "running",
-           "SCHEDULED": "running"}
+#: an MLflow run's status -> the trial's state (a FINISHED run with a pruned tag is PRUNED)
+_STATES = {
+    "FINISHED": TrialState.COMPLETE,
+    "FAILED": TrialState.FAILED,
+    "KILLED": TrialState.STOPPED,
+    "RUNNING": TrialState.RUNNING,
+    "SCHEDULED": TrialState.RUNNING,
+}
 
 
 def collect(tracking_uri: str, parent_run_id: str) -> SearchReport:
@@ -132,26 +170,49 @@ def collect(tracking_uri: str, parent_run_id: str) -> SearchReport:
         tag = run.data.tags.get(tracking.TRIAL_TAG)
         if tag is None:
             continue  # the LinearRegression baseline
-        state = _STATES.get(run.info.status, "running")
+        state = _STATES.get(run.info.status, TrialState.RUNNING)
         pruned = run.data.tags.get(tracking.PRUNED_TAG)
-        if state == "complete" and pruned is not None:
-            state = "pruned"
-        rows.append(TrialRow(
-            trial_id=int(tag), state=state, started=run.info.start_time / 1000,
-            finished=run.info.end_time / 1000 if run.info.end_time else None,
-            worker=run.data.tags.get("worker", "?"), rmse=run.data.metrics.get("rmse_valid"),
-            params=_hyperparameters(run.data.params),
-            pruned_at=int(pruned) if pruned is not None else None, error=run.data.tags.get("error"),
-            warm_from=run.data.tags.get(tracking.WARM_FROM_TAG), run_id=run.info.run_id))
+        if state == TrialState.COMPLETE and pruned is not None:
+            state = TrialState.PRUNED
+        rows.append(
+            TrialRow(
+                trial_id=int(tag),
+                state=state,
+                started=run.info.start_time / 1000,
+                finished=run.info.end_time / 1000 if run.info.end_time else None,
+                worker=run.data.tags.get("worker", "?"),
+                rmse=run.data.metrics.get("rmse_valid"),
+                params=_hyperparameters(run.data.params),
+                pruned_at=int(pruned) if pruned is not None else None,
+                error=run.data.tags.get("error"),
+                warm_from=run.data.tags.get(tracking.WARM_FROM_TAG),
+                run_id=run.info.run_id,
+            )
+        )
     for trial_id, failed in record.failed.items():  # lost with its worker: no run of its own finished
         if not any(r.trial_id == trial_id for r in rows):
-            rows.append(TrialRow(trial_id, "failed", parent.info.start_time / 1000, None, "?", None,
-                                 _hyperparameters(failed.get("params", {})),
-                                 error=failed.get("error")))
-    return SearchReport(parent_run_id, tracking.experiment_name(tracking_uri, record.experiment_id),
-                        parent.info.status, parent.info.start_time / 1000,
-                        parent.info.end_time / 1000 if parent.info.end_time else None,
-                        dict(parent.data.params), dict(parent.data.metrics), rows)
+            rows.append(
+                TrialRow(
+                    trial_id,
+                    TrialState.FAILED,
+                    parent.info.start_time / 1000,
+                    None,
+                    "?",
+                    None,
+                    _hyperparameters(failed.get("params", {})),
+                    error=failed.get("error"),
+                )
+            )
+    return SearchReport(
+        parent_run_id,
+        tracking.experiment_name(tracking_uri, record.experiment_id),
+        parent.info.status,
+        parent.info.start_time / 1000,
+        parent.info.end_time / 1000 if parent.info.end_time else None,
+        dict(parent.data.params),
+        dict(parent.data.metrics),
+        rows,
+    )
 
 
 def _hyperparameters(params: dict) -> dict:
@@ -160,6 +221,7 @@ def _hyperparameters(params: dict) -> dict:
 
 
 # -- the pictures --------------------------------------------------------------------------------
+
 
 def _pyplot():
     import matplotlib
@@ -197,34 +259,54 @@ def plot_best_so_far(report: SearchReport, path: Path) -> None:
     t0 = min((r.started for r in report.rows), default=report.started)
     limits = _rmse_limits(report)
     scale, unit = (60, "minutes") if done and done[-1].finished - t0 > 300 else (1, "seconds")
-    for ax, xs, xlabel in ((axes[0], [(r.finished - t0) / scale for r in done], f"{unit} since the first trial started"),
-                           (axes[1], list(range(1, len(done) + 1)), "trials finished")):
+    for ax, xs, xlabel in (
+        (axes[0], [(r.finished - t0) / scale for r in done], f"{unit} since the first trial started"),
+        (axes[1], list(range(1, len(done) + 1)), "trials finished"),
+    ):
         best, steps = math.inf, []
-        for x, r in zip(xs, done):
-            if r.state == "complete" and r.rmse < best:
+        for _x, r in zip(xs, done):
+            if r.state == TrialState.COMPLETE and r.rmse < best:
                 best = r.rmse
             steps.append(best if best < math.inf else math.nan)
-        complete = [(x, r.rmse) for x, r in zip(xs, done) if r.state == "complete"]
-        pruned = [(x, _clip(r.rmse, limits)) for x, r in zip(xs, done) if r.state == "pruned"]
+        complete = [(x, r.rmse) for x, r in zip(xs, done) if r.state == TrialState.COMPLETE]
+        pruned = [(x, _clip(r.rmse, limits)) for x, r in zip(xs, done) if r.state == TrialState.PRUNED]
         if complete:
-            ax.scatter(*zip(*[(x, _clip(y, limits)) for x, y in complete]), s=16, color=COLOURS["complete"],
-                       alpha=0.55, label="trial (complete)")
+            ax.scatter(
+                *zip(*[(x, _clip(y, limits)) for x, y in complete]),
+                s=16,
+                color=COLOURS[TrialState.COMPLETE],
+                alpha=0.55,
+                label="trial (complete)",
+            )
         if pruned:
-            ax.scatter(*zip(*pruned), s=22, facecolors="none", edgecolors=COLOURS["pruned"],
-                       label="trial (pruned: RMSE where it stopped)")
+            ax.scatter(
+                *zip(*pruned),
+                s=22,
+                facecolors="none",
+                edgecolors=COLOURS["pruned"],
+                label="trial (pruned: RMSE where it stopped)",
+            )
         ax.plot(xs, steps, drawstyle="steps-post", color="black", linewidth=1.6, label="best so far")
         if report.metrics.get("lr_rmse") is not None:
-            ax.axhline(report.metrics["lr_rmse"], color="grey", linestyle="--", linewidth=1,
-                       label=f"LinearRegression {report.metrics['lr_rmse']:.4f}")
+            ax.axhline(
+                report.metrics["lr_rmse"],
+                color="grey",
+                linestyle="--",
+                linewidth=1,
+                label=f"LinearRegression {report.metrics['lr_rmse']:.4f}",
+            )
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("validation RMSE (minutes)")
     if limits:
         axes[0].set_ylim(*limits)
     best = report.best
-    fig.suptitle(f"Search {report.parent_run_id[:8]}: best RMSE "
-                 f"{best.rmse:.4f} (trial {best.trial_id})" if best else f"Search {report.parent_run_id[:8]}: "
-                 "no complete trial", fontsize=10)
+    fig.suptitle(
+        f"Search {report.parent_run_id[:8]}: best RMSE {best.rmse:.4f} (trial {best.trial_id})"
+        if best
+        else f"Search {report.parent_run_id[:8]}: no complete trial",
+        fontsize=10,
+    )
     axes[1].legend(fontsize=8, loc="upper right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -237,18 +319,30 @@ def plot_params(report: SearchReport, path: Path) -> None:
     fig, axes = plt.subplots(1, len(names), figsize=(3.0 * len(names), 3.6), sharey=True)
     limits = _rmse_limits(report)
     rows = [r for r in report.final if r.rmse is not None]
-    complete = [r for r in rows if r.state == "complete"]
-    pruned = [r for r in rows if r.state == "pruned"]
+    complete = [r for r in rows if r.state == TrialState.COMPLETE]
+    pruned = [r for r in rows if r.state == TrialState.PRUNED]
     best = report.best
     scatter = None
     for ax, name in zip(axes, names):
         xs = [r.params.get(name) for r in complete]
         if complete:
-            scatter = ax.scatter(xs, [_clip(r.rmse, limits) for r in complete], c=[r.trial_id for r in complete],
-                                 cmap="viridis", s=18, vmin=0, vmax=max(r.trial_id for r in rows))
+            scatter = ax.scatter(
+                xs,
+                [_clip(r.rmse, limits) for r in complete],
+                c=[r.trial_id for r in complete],
+                cmap="viridis",
+                s=18,
+                vmin=0,
+                vmax=max(r.trial_id for r in rows),
+            )
         if pruned:
-            ax.scatter([r.params.get(name) for r in pruned], [_clip(r.rmse, limits) for r in pruned], s=18,
-                       facecolors="none", edgecolors=COLOURS["pruned"])
+            ax.scatter(
+                [r.params.get(name) for r in pruned],
+                [_clip(r.rmse, limits) for r in pruned],
+                s=18,
+                facecolors="none",
+                edgecolors=COLOURS["pruned"],
+            )
         if best:
             ax.scatter([best.params.get(name)], [best.rmse], marker="*", s=160, color="#d62728", zorder=3)
         if HYPERPARAMETERS[name]:
@@ -291,19 +385,39 @@ def plot_timeline(report: SearchReport, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(11, max(2.2, 0.42 * len(names) + 1.2)))
     for worker, lane, row in placed:
         start, end = row.started - t0, (row.finished or now) - t0
-        ax.barh(y[(worker, lane)], end - start, left=start, height=0.8, color=COLOURS[row.state],
-                edgecolor="black" if best is not None and row.run_id == best.run_id else "white",
-                linewidth=1.8 if best is not None and row.run_id == best.run_id else 0.5)
+        ax.barh(
+            y[(worker, lane)],
+            end - start,
+            left=start,
+            height=0.8,
+            color=COLOURS[row.state],
+            edgecolor="black" if best is not None and row.run_id == best.run_id else "white",
+            linewidth=1.8 if best is not None and row.run_id == best.run_id else 0.5,
+        )
         if end - start > 0.04 * max(1.0, (max((r.finished or now) for r in report.rows) - t0)):
-            ax.text((start + end) / 2, y[(worker, lane)], str(row.trial_id), ha="center", va="center", fontsize=7,
-                    color="white" if row.state in ("complete", "failed") else "black")
-    ax.set_yticks(range(len(names)), [_short(w) + (f" ({lane + 1})" if lane else "") for w, lane in names], fontsize=8)
+            ax.text(
+                (start + end) / 2,
+                y[(worker, lane)],
+                str(row.trial_id),
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if row.state in ("complete", "failed") else "black",
+            )
+    ax.set_yticks(
+        range(len(names)), [_short(w) + (f" ({lane + 1})" if lane else "") for w, lane in names], fontsize=8
+    )
     ax.invert_yaxis()
     ax.set_xlabel("seconds since the first trial started")
-    ax.legend(handles=[Patch(color=COLOURS[s], label=s) for s in ("complete", "pruned", "failed", "stopped")]
-              + ([Patch(facecolor="white", edgecolor="black", label="best")] if best else []),
-              fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.22 if len(names) < 4 else -0.1), ncol=5,
-              frameon=False)
+    ax.legend(
+        handles=[Patch(color=COLOURS[s], label=s) for s in ("complete", "pruned", "failed", "stopped")]
+        + ([Patch(facecolor="white", edgecolor="black", label="best")] if best else []),
+        fontsize=8,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.22 if len(names) < 4 else -0.1),
+        ncol=5,
+        frameon=False,
+    )
     ax.set_title(f"Trials on the workers ({len(report.rows)} attempts)", fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     fig.savefig(path, dpi=110, bbox_inches="tight")
@@ -325,33 +439,57 @@ text-align:left;font-size:14px}th{background:#f3f3f3}img{max-width:100%;border:1
 def render_html(report: SearchReport, pictures: dict[str, bytes]) -> str:
     s = report.summary()
     esc = html.escape
-    facts = [("search (parent run)", s["parent_run_id"]), ("experiment", s["experiment"]), ("status", s["status"]),
-             ("trials", f"{s['trials_run']} run of {s['trials_planned']} planned: {s['trials_complete']} complete, "
-                        f"{s['trials_pruned']} pruned, {s['trials_failed']} failed, {s['trials_stopped']} stopped"),
-             ("best validation RMSE", f"{s['best_rmse']:.4f} (trial {s['best_trial']})" if s["best_rmse"] else "none"),
-             ("LinearRegression baseline", f"{s['lr_rmse']:.4f}" if s["lr_rmse"] is not None else "-"),
-             ("search wall", f"{s['search_wall_s']:.1f} s" if s["search_wall_s"] else "-"),
-             ("utilisation", s["utilisation"] if s["utilisation"] is not None else "-"),
-             ("workers", s["workers"]), ("mode, pruning", f"{s['mode']}, {s['prune']}"),
-             ("rounds, seed", f"{s['rounds']}, {s['seed']}"), ("warm-started trials", s["warm_started"])]
-    out = ["<!doctype html><html><head><meta charset='utf-8'>",
-           f"<title>taxi-hpo search {esc(s['parent_run_id'][:8])}</title><style>{_CSS}</style></head><body>",
-           f"<h1>Search {esc(s['parent_run_id'][:8])}</h1><h2>Summary</h2><table>"]
+    facts = [
+        ("search (parent run)", s["parent_run_id"]),
+        ("experiment", s["experiment"]),
+        ("status", s["status"]),
+        (
+            "trials",
+            f"{s['trials_run']} run of {s['trials_planned']} planned: {s['trials_complete']} complete, "
+            f"{s['trials_pruned']} pruned, {s['trials_failed']} failed, {s['trials_stopped']} stopped",
+        ),
+        (
+            "best validation RMSE",
+            f"{s['best_rmse']:.4f} (trial {s['best_trial']})" if s["best_rmse"] else "none",
+        ),
+        ("LinearRegression baseline", f"{s['lr_rmse']:.4f}" if s["lr_rmse"] is not None else "-"),
+        ("search wall", f"{s['search_wall_s']:.1f} s" if s["search_wall_s"] else "-"),
+        ("utilisation", s["utilisation"] if s["utilisation"] is not None else "-"),
+        ("workers", s["workers"]),
+        ("mode, pruning", f"{s['mode']}, {s['prune']}"),
+        ("rounds, seed", f"{s['rounds']}, {s['seed']}"),
+        ("warm-started trials", s["warm_started"]),
+    ]
+    out = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>taxi-hpo search {esc(s['parent_run_id'][:8])}</title><style>{_CSS}</style></head><body>",
+        f"<h1>Search {esc(s['parent_run_id'][:8])}</h1><h2>Summary</h2><table>",
+    ]
     out += [f"<tr><th>{esc(k)}</th><td>{esc(str(v))}</td></tr>" for k, v in facts]
-    out.append("</table><h2>Best trials</h2><table><tr><th>trial</th><th>validation RMSE</th>"
-               + "".join(f"<th>{esc(n)}</th>" for n in HYPERPARAMETERS) + "<th>worker</th><th>seconds</th></tr>")
+    out.append(
+        "</table><h2>Best trials</h2><table><tr><th>trial</th><th>validation RMSE</th>"
+        + "".join(f"<th>{esc(n)}</th>" for n in HYPERPARAMETERS)
+        + "<th>worker</th><th>seconds</th></tr>"
+    )
     for r in sorted(report.complete, key=lambda r: r.rmse)[:10]:
         seconds = f"{r.finished - r.started:.1f}" if r.finished else "-"
-        out.append(f"<tr><td>{r.trial_id}</td><td class='num'>{r.rmse:.4f}</td>"
-                   + "".join(f"<td class='num'>{_fmt(r.params.get(n))}</td>" for n in HYPERPARAMETERS)
-                   + f"<td>{esc(_short(r.worker))}</td><td class='num'>{seconds}</td></tr>")
+        out.append(
+            f"<tr><td>{r.trial_id}</td><td class='num'>{r.rmse:.4f}</td>"
+            + "".join(f"<td class='num'>{_fmt(r.params.get(n))}</td>" for n in HYPERPARAMETERS)
+            + f"<td>{esc(_short(r.worker))}</td><td class='num'>{seconds}</td></tr>"
+        )
     out.append("</table>")
-    titles = {"best_so_far.png": "Best so far", "params.png": "RMSE against each hyperparameter",
-              "timeline.png": "Timeline"}
+    titles = {
+        "best_so_far.png": "Best so far",
+        "params.png": "RMSE against each hyperparameter",
+        "timeline.png": "Timeline",
+    }
     for name, blob in pictures.items():
         data = base64.b64encode(blob).decode()
-        out.append(f"<h2>{titles.get(name, name)}</h2><img alt='{esc(titles.get(name, name))}' "
-                   f"src='data:image/png;base64,{data}'>")
+        out.append(
+            f"<h2>{titles.get(name, name)}</h2><img alt='{esc(titles.get(name, name))}' "
+            f"src='data:image/png;base64,{data}'>"
+        )
     out.append("</body></html>")
     return "\n".join(out)
 
@@ -370,8 +508,9 @@ def write(report: SearchReport, out: Path) -> list[Path]:
     plot_best_so_far(report, out / "best_so_far.png")
     plot_params(report, out / "params.png")
     plot_timeline(report, out / "timeline.png")
-    (out / "summary.json").write_text(json.dumps({**report.summary(), "trials": [asdict(r) for r in report.final]},
-                                                 indent=1, default=str))
+    (out / "summary.json").write_text(
+        json.dumps({**report.summary(), "trials": [asdict(r) for r in report.final]}, indent=1, default=str)
+    )
     pictures = {name: (out / name).read_bytes() for name in PICTURES}
     (out / "report.html").write_text(render_html(report, pictures), encoding="utf-8")
     return [out / name for name in (*PICTURES, "summary.json", "report.html")]
@@ -379,7 +518,14 @@ def write(report: SearchReport, out: Path) -> list[Path]:
 
 def ended_as(loss: float | None, pruned_at: int | None, cancelled: bool, finished: float) -> dict:
     """How a trial ended, as the search knows it: overrides its run's row (see ``publish``)."""
-    state = "stopped" if cancelled else "failed" if loss is None else "pruned" if pruned_at is not None else "complete"
+    if cancelled:
+        state = TrialState.STOPPED
+    elif loss is None:
+        state = TrialState.FAILED
+    elif pruned_at is not None:
+        state = TrialState.PRUNED
+    else:
+        state = TrialState.COMPLETE
     return {"state": state, "rmse": loss, "finished": finished, "pruned_at": pruned_at}
 
 
@@ -387,13 +533,19 @@ def apply_ended(report: SearchReport, ended: dict[str, dict]) -> None:
     """Rows the store still shows running, for trials the search saw end, take those ends."""
     for row in report.rows:
         known = ended.get(row.run_id)
-        if known and row.state == "running":
+        if known and row.state == TrialState.RUNNING:
             row.state, row.rmse, row.pruned_at = known["state"], known["rmse"], known["pruned_at"]
             row.finished = row.finished or known["finished"]
 
 
-def publish(tracking_uri: str, parent_run_id: str, out: Path | None = None, metrics: dict | None = None,
-            status: str | None = None, ended: dict[str, dict] | None = None) -> list[Path]:
+def publish(
+    tracking_uri: str,
+    parent_run_id: str,
+    out: Path | None = None,
+    metrics: dict | None = None,
+    status: str | None = None,
+    ended: dict[str, dict] | None = None,
+) -> list[Path]:
     """Make the report and log it under ``report/`` on the parent run (also into ``out`` if
     given). ``metrics``, ``status``: the parent's, when a search reports before it closes;
     ``ended``: ``{run id: ended_as(...)}`` for the trials the search saw end."""

@@ -6,8 +6,13 @@ Names load on first use: the CLI reads constants from here before anything needs
 from importlib import import_module
 
 _WHERE = {
-    "MIN_MAX_DEPTH": "space", "reference_space": "space", "xgb_params": "space",
-    "TrialOutcome": "scheduler", "TrialRunner": "scheduler", "run_search": "scheduler",
+    "MIN_MAX_DEPTH": "space",
+    "reference_space": "space",
+    "xgb_params": "space",
+    "TrialOutcome": "scheduler",
+    "TrialRunner": "scheduler",
+    "Searcher": "scheduler",
+    "run_search": "scheduler",
     "TPESearcher": "tpe",
 }
 

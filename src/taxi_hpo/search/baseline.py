@@ -7,7 +7,7 @@ evaluation is injected, so the caller decides how a trial is fitted and logged.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from hyperopt import STATUS_FAIL, STATUS_OK, Trials, fmin, tpe
@@ -18,8 +18,13 @@ from taxi_hpo.search.scheduler import TrialOutcome
 Evaluate = Callable[[int, dict], TrialOutcome]
 
 
-def run_reference(space: dict, evaluate: Evaluate, n_trials: int, seed: int,
-                  on_outcome: Callable[[TrialOutcome], None] | None = None) -> list[TrialOutcome]:
+def run_reference(
+    space: dict,
+    evaluate: Evaluate,
+    n_trials: int,
+    seed: int,
+    on_outcome: Callable[[TrialOutcome], None] | None = None,
+) -> list[TrialOutcome]:
     """Run ``n_trials`` trials of ``space`` through ``fmin`` with TPE; outcomes in trial order.
 
     Seeded as ``fmin(rstate=np.random.default_rng(seed))``, so it suggests what
@@ -39,6 +44,14 @@ def run_reference(space: dict, evaluate: Evaluate, n_trials: int, seed: int,
             return {"status": STATUS_FAIL}
         return {"status": STATUS_OK, "loss": float(outcome.loss)}
 
-    fmin(objective, space, algo=tpe.suggest, max_evals=n_trials, trials=Trials(),
-         rstate=np.random.default_rng(seed), show_progressbar=False, return_argmin=False)
+    fmin(
+        objective,
+        space,
+        algo=tpe.suggest,
+        max_evals=n_trials,
+        trials=Trials(),
+        rstate=np.random.default_rng(seed),
+        show_progressbar=False,
+        return_argmin=False,
+    )
     return outcomes

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from typing import Mapping
+from collections.abc import Mapping
 
 RULES = ("none", "median", "asha")
 ETA = 3
@@ -34,7 +34,7 @@ def checkpoints(rounds: int, eta: int = ETA, first: int | None = None) -> list[i
     by trees that say little yet (seen: 10 of 16 trials stopped at round 2 of 30)."""
     if rounds < 1 or eta < 2:
         raise ValueError(f"need rounds >= 1 and eta >= 2, got {rounds}, {eta}")
-    first = first or max(2, round(rounds / eta ** 2))
+    first = first or max(2, round(rounds / eta**2))
     rungs, r = [], first
     while r < rounds:
         rungs.append(r)

@@ -8,13 +8,11 @@ the next suggestion is made. Executors (Prefect on Dask, a thread pool in tests)
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Hashable, Protocol, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 from taxi_hpo.search.space import predicted_cost
-
-if TYPE_CHECKING:  # hyperopt (1 s of imports) only where a search runs, not for the CLI's checks
-    from taxi_hpo.search.tpe import TPESearcher
 
 MODES = ("async", "batch")
 
@@ -26,16 +24,16 @@ class TrialOutcome:
     trial_id: int
     params: dict
     loss: float | None
-    started: float = 0.0          # epoch seconds when its slot began the trial
-    finished: float = 0.0         # epoch seconds when its slot was free again
-    fit_s: float = 0.0            # XGBoost train + predict seconds within that span
+    started: float = 0.0  # epoch seconds when its slot began the trial
+    finished: float = 0.0  # epoch seconds when its slot was free again
+    fit_s: float = 0.0  # XGBoost train + predict seconds within that span
     metrics: dict = field(default_factory=dict)
     worker: str = ""
     run_id: str | None = None
     error: str | None = None
-    cancelled: bool = False                    # stopped by the time budget: to be run again on resume
+    cancelled: bool = False  # stopped by the time budget: to be run again on resume
     curve: dict = field(default_factory=dict)  # {checkpoint round: validation RMSE} (pruning)
-    pruned_at: int | None = None               # the round a pruned trial stopped at
+    pruned_at: int | None = None  # the round a pruned trial stopped at
 
     @property
     def ok(self) -> bool:
@@ -49,6 +47,35 @@ class TrialOutcome:
     @property
     def busy_s(self) -> float:
         return max(self.finished - self.started, 0.0)
+
+
+@runtime_checkable
+class Searcher(Protocol):
+    """Proposes points one trial id at a time and learns from their losses (TPE here:
+    :class:`~taxi_hpo.search.tpe.TPESearcher`). The scheduler calls only these.
+
+    A searcher is deterministic: the same calls in the same order give the same points, which
+    is what makes batch mode and ``--resume`` reproducible. ``state()`` is plain data (JSON) from
+    which the searcher's class rebuilds it (``from_state``) to go on with the same points.
+    """
+
+    def suggest(self, trial_id: int) -> dict:
+        """A slot is free: the point to evaluate as trial ``trial_id`` (pending until recorded)."""
+
+    def record(self, trial_id: int, loss: float | None) -> None:
+        """Trial ``trial_id`` ended: its loss, or None for a failed trial."""
+
+    def add_finished(self, trial_id: int, params: dict, loss: float | None) -> None:
+        """On resume: a trial evaluated earlier, at ``params``, in place of its suggestion."""
+
+    def params(self, trial_id: int) -> dict:
+        """The point of a suggested trial."""
+
+    def overwrite_params(self, trial_id: int, params: dict) -> None:
+        """On resume: the point really evaluated differs from the replayed suggestion."""
+
+    def state(self) -> dict:
+        """Everything needed to rebuild this searcher as it is now, as plain data."""
 
 
 class TrialRunner(Protocol):
@@ -88,8 +115,9 @@ class Budget:
     clock: Callable[[], float] = time.monotonic
 
     @classmethod
-    def from_now(cls, seconds: float | None, kill: bool = False,
-                 clock: Callable[[], float] = time.monotonic) -> "Budget":
+    def from_now(
+        cls, seconds: float | None, kill: bool = False, clock: Callable[[], float] = time.monotonic
+    ) -> Budget:
         return cls(None if seconds is None else clock() + seconds, kill, clock)
 
     def over(self) -> bool:
@@ -105,10 +133,18 @@ OnOutcome = Callable[[TrialOutcome], None]
 Capacity = Callable[[], int]
 
 
-def run_search(searcher: TPESearcher, runner: TrialRunner, n_trials: int, *, mode: str = "async",
-               in_flight: int | Capacity = 1, known: dict[int, TrialOutcome] | None = None,
-               on_outcome: OnOutcome | None = None, budget: Budget | None = None,
-               poll_s: float = 2.0) -> list[TrialOutcome]:
+def run_search(
+    searcher: Searcher,
+    runner: TrialRunner,
+    n_trials: int,
+    *,
+    mode: str = "async",
+    in_flight: int | Capacity = 1,
+    known: dict[int, TrialOutcome] | None = None,
+    on_outcome: OnOutcome | None = None,
+    budget: Budget | None = None,
+    poll_s: float = 2.0,
+) -> list[TrialOutcome]:
     """Run trials ``0 .. n_trials-1``; returns their outcomes in trial order.
 
     ``async``: ``in_flight`` trials run at all times; a new suggestion is made as each ends.
@@ -132,15 +168,26 @@ def run_search(searcher: TPESearcher, runner: TrialRunner, n_trials: int, *, mod
     known = {t: o for t, o in (known or {}).items() if t < n_trials}
     budget = budget or Budget()
     if mode == "async":
-        outcomes = _run_async(searcher, runner, list(range(n_trials)), in_flight, on_outcome or _ignore, known,
-                              budget, poll_s if callable(in_flight) else None)
+        outcomes = _run_async(
+            searcher,
+            runner,
+            list(range(n_trials)),
+            in_flight,
+            on_outcome or _ignore,
+            known,
+            budget,
+            poll_s if callable(in_flight) else None,
+        )
     else:
-        outcomes = _run_batches(searcher, runner, list(range(n_trials)), in_flight, on_outcome or _ignore, known,
-                                budget)
+        outcomes = _run_batches(
+            searcher, runner, list(range(n_trials)), in_flight, on_outcome or _ignore, known, budget
+        )
     return sorted(outcomes, key=lambda o: o.trial_id)
 
 
-def _run_async(searcher, runner, trial_ids, in_flight, on_outcome, known, budget, poll_s) -> list[TrialOutcome]:
+def _run_async(
+    searcher, runner, trial_ids, in_flight, on_outcome, known, budget, poll_s
+) -> list[TrialOutcome]:
     capacity = in_flight if callable(in_flight) else (lambda: in_flight)
     outcomes: list[TrialOutcome] = []
     for trial_id in sorted(known):
@@ -171,7 +218,7 @@ def _run_batches(searcher, runner, trial_ids, batch_size, on_outcome, known, bud
     outcomes: list[TrialOutcome] = []
     waiter = _Waiter(runner, budget)
     for start in range(0, len(ids), batch_size):
-        batch = ids[start:start + batch_size]
+        batch = ids[start : start + batch_size]
         if budget.over() and any(t not in known for t in batch):
             break  # a replayed batch costs nothing; a new one would start after the budget
         suggested = [(trial_id, searcher.suggest(trial_id)) for trial_id in batch]

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
 
 from taxi_hpo.search.scheduler import TrialOutcome
 from taxi_hpo.search.threads import ThreadPlan
@@ -43,7 +43,7 @@ class ThreadScaling:
         return threads / (1.0 + self.serial * (threads - 1.0))
 
     @classmethod
-    def from_speedup(cls, threads: float, speedup: float) -> "ThreadScaling":
+    def from_speedup(cls, threads: float, speedup: float) -> ThreadScaling:
         """The scaling under which ``threads`` threads are ``speedup`` times faster than one."""
         if threads <= 1 or speedup <= 0:
             raise ValueError(f"need more than one thread and a positive speedup, got {threads}, {speedup}")
@@ -51,12 +51,19 @@ class ThreadScaling:
 
 
 def _point_key(params: Mapping) -> tuple:
-    return tuple(round(float(params[k]), 9) for k in ("max_depth", "learning_rate", "reg_alpha",
-                                                        "reg_lambda", "min_child_weight") if k in params)
+    return tuple(
+        round(float(params[k]), 9)
+        for k in ("max_depth", "learning_rate", "reg_alpha", "reg_lambda", "min_child_weight")
+        if k in params
+    )
 
 
 def _features(params: Mapping) -> tuple[float, float, float]:
-    return 1.0, math.log(max(float(params["max_depth"]), 1.0)), math.log(1.0 / max(float(params["learning_rate"]), 1e-6))
+    return (
+        1.0,
+        math.log(max(float(params["max_depth"]), 1.0)),
+        math.log(1.0 / max(float(params["learning_rate"]), 1e-6)),
+    )
 
 
 @dataclass
@@ -74,7 +81,8 @@ class CostModel:
     """One-thread seconds of a trial at ``rounds`` boosting rounds, from its parameters.
 
     ``log(seconds) = a + b log(max_depth) + c log(1 / learning_rate)``, least squares over the
-    samples; a point that was measured costs what it cost (the median, if measured more than once). ``scale`` multiplies every cost (a
+    samples; a point that was measured costs what it cost (the median, if measured more than once).
+    ``scale`` multiplies every cost (a
     faster or slower machine); costs grow linearly with the rounds asked for.
     """
 
@@ -86,7 +94,7 @@ class CostModel:
     residual_sd: float = 0.0
 
     @classmethod
-    def fit(cls, samples: Iterable[Sample], rounds: int, scaling: ThreadScaling | None = None) -> "CostModel":
+    def fit(cls, samples: Iterable[Sample], rounds: int, scaling: ThreadScaling | None = None) -> CostModel:
         samples = [s for s in samples if s.seconds > 0]
         if not samples:
             raise ValueError("no measured trials to fit a cost model on")
@@ -96,8 +104,11 @@ class CostModel:
         for params, seconds in one_thread:
             known.setdefault(_point_key(params), []).append(seconds)
         rows = [(_features(p), math.log(sec)) for p, sec in one_thread]
-        coef = _least_squares(rows) if len({r[0][1:] for r in rows}) >= 3 else (
-            sum(y for _, y in rows) / len(rows), 0.0, 0.0)
+        coef = (
+            _least_squares(rows)
+            if len({r[0][1:] for r in rows}) >= 3
+            else (sum(y for _, y in rows) / len(rows), 0.0, 0.0)
+        )
         residuals = [y - sum(c * x for c, x in zip(coef, xs)) for xs, y in rows]
         sd = math.sqrt(sum(r * r for r in residuals) / max(len(rows) - 3, 1))
         # A point measured several times costs its median: one noisy repeat does not move it.
@@ -141,9 +152,13 @@ class NearestLoss:
 
     @staticmethod
     def _vector(params: Mapping) -> tuple[float, ...]:
-        return (math.log(float(params["learning_rate"])), float(params["max_depth"]) / 10.0,
-                math.log(float(params.get("reg_alpha", 0.05))) / 2, math.log(float(params.get("reg_lambda", 0.05))) / 2,
-                math.log(float(params.get("min_child_weight", 1.0))) / 2)
+        return (
+            math.log(float(params["learning_rate"])),
+            float(params["max_depth"]) / 10.0,
+            math.log(float(params.get("reg_alpha", 0.05))) / 2,
+            math.log(float(params.get("reg_lambda", 0.05))) / 2,
+            math.log(float(params.get("min_child_weight", 1.0))) / 2,
+        )
 
     def __call__(self, params: Mapping) -> float:
         v = self._vector(params)
@@ -169,8 +184,8 @@ class Overheads:
 class _Trial:
     trial_id: int
     params: dict
-    work: float          # one-thread seconds of training left
-    ready: float         # when it starts running on its worker
+    work: float  # one-thread seconds of training left
+    ready: float  # when it starts running on its worker
     threads: int
     pool: str
     worker: str
@@ -193,8 +208,16 @@ class SimulatedRunner:
         overheads: what a trial costs beside its training.
     """
 
-    def __init__(self, cost: CostModel, loss, pools: Mapping[str, tuple[int, int, int]], base: int = 1,
-                 elastic: bool = True, overheads: Overheads | None = None, rounds: int | None = None):
+    def __init__(
+        self,
+        cost: CostModel,
+        loss,
+        pools: Mapping[str, tuple[int, int, int]],
+        base: int = 1,
+        elastic: bool = True,
+        overheads: Overheads | None = None,
+        rounds: int | None = None,
+    ):
         workers = {f"{pool}/w{i}": (pool, slots) for pool, (_, n, slots) in pools.items() for i in range(n)}
         self.plan = ThreadPlan(workers, {pool: cores for pool, (cores, _, _) in pools.items()}, base, elastic)
         self.cost, self.loss, self.rounds = cost, loss, rounds
@@ -213,8 +236,15 @@ class SimulatedRunner:
         o = self.overheads
         self._flow_free = max(self.now, self._flow_free) + o.flow_s + o.per_history_s * self._history
         self._history += 1
-        self._trials[trial_id] = _Trial(trial_id, dict(params), self.cost.one_thread_s(params, self.rounds),
-                                        self._flow_free + o.dispatch_s, threads, self.plan.pool_of(trial_id), worker)
+        self._trials[trial_id] = _Trial(
+            trial_id,
+            dict(params),
+            self.cost.one_thread_s(params, self.rounds),
+            self._flow_free + o.dispatch_s,
+            threads,
+            self.plan.pool_of(trial_id),
+            worker,
+        )
         return trial_id
 
     def wait_any(self, handles):
@@ -222,7 +252,11 @@ class SimulatedRunner:
             for trial_id, count in threads.items():
                 self._trials[trial_id].threads = count
         while True:
-            done = [h for h in handles if self._trials[h].finished is not None and self._trials[h].finished <= self.now]
+            done = [
+                h
+                for h in handles
+                if self._trials[h].finished is not None and self._trials[h].finished <= self.now
+            ]
             if done:
                 for handle in done:  # as the real runner: cores free at once, also within a batch
                     self.plan.finish(handle)
@@ -233,17 +267,27 @@ class SimulatedRunner:
         trial = self._trials.pop(handle)
         self.plan.finish(handle)
         threads_mean = trial.thread_seconds / trial.train_s if trial.train_s else float(trial.threads)
-        return TrialOutcome(trial.trial_id, trial.params, self.loss(trial.params), started=trial.started,
-                            finished=trial.finished, fit_s=trial.train_s, worker=trial.worker,
-                            metrics={"threads_mean": threads_mean, "train_s": trial.train_s})
+        return TrialOutcome(
+            trial.trial_id,
+            trial.params,
+            self.loss(trial.params),
+            started=trial.started,
+            finished=trial.finished,
+            fit_s=trial.train_s,
+            worker=trial.worker,
+            metrics={"threads_mean": threads_mean, "train_s": trial.train_s},
+        )
 
     # -- the clock ------------------------------------------------------------------------------
     def _rates(self, running: list[_Trial]) -> dict[int, float]:
         threads_in = {}
         for t in running:
             threads_in[t.pool] = threads_in.get(t.pool, 0) + t.threads
-        return {t.trial_id: self.cost.scaling.speedup(t.threads) * min(1.0, self.cores[t.pool] / threads_in[t.pool])
-                for t in running}
+        return {
+            t.trial_id: self.cost.scaling.speedup(t.threads)
+            * min(1.0, self.cores[t.pool] / threads_in[t.pool])
+            for t in running
+        }
 
     def _advance(self, waiting: list[_Trial]) -> None:
         """Move the clock to the next event among all trials: a start, an end of training, an end."""
@@ -271,6 +315,7 @@ class SimulatedRunner:
 
 # -- one simulated search ------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class SimLayout:
     """A cluster to simulate: ``hosts`` pools of ``cores`` each, ``workers`` one-slot workers per
@@ -291,16 +336,30 @@ class SimLayout:
         return self.hosts * self.workers
 
 
-def simulate(cost: CostModel, loss, layout: SimLayout, n_trials: int, *, seed: int, max_depth: int,
-             mode: str = "async", overheads: Overheads | None = None, rounds: int | None = None) -> dict:
+def simulate(
+    cost: CostModel,
+    loss,
+    layout: SimLayout,
+    n_trials: int,
+    *,
+    seed: int,
+    max_depth: int,
+    mode: str = "async",
+    overheads: Overheads | None = None,
+    rounds: int | None = None,
+) -> dict:
     """Run one search on the virtual clock; its wall, utilisations and trials."""
     from taxi_hpo.search import TPESearcher, reference_space, run_search
     from taxi_hpo.search.tpe import startup_trials
 
     overheads = overheads or Overheads()
     if layout.seq:  # in-process: no dispatch; the whole host's cores on one trial
-        overheads = Overheads(flow_s=overheads.flow_s, per_history_s=overheads.per_history_s, dispatch_s=0.0,
-                              after_s=0.0 if layout.name == "script" else overheads.after_s)
+        overheads = Overheads(
+            flow_s=overheads.flow_s,
+            per_history_s=overheads.per_history_s,
+            dispatch_s=0.0,
+            after_s=0.0 if layout.name == "script" else overheads.after_s,
+        )
         pools = {"host0": (layout.cores, 1, 1)}
         base, elastic = layout.cores, False
     else:
@@ -313,12 +372,30 @@ def simulate(cost: CostModel, loss, layout: SimLayout, n_trials: int, *, seed: i
     wall = max(o.finished for o in outcomes)
     cores = layout.cores * (1 if layout.seq else layout.hosts)
     busy = sum(o.finished - o.started for o in outcomes)
-    core_s = sum(o.metrics["train_s"] * o.metrics["threads_mean"] + (o.finished - o.started - o.metrics["train_s"])
-                 for o in outcomes)
-    return {"layout": layout.name, "wall_s": wall, "slots": slots, "cores": cores,
-            "utilisation": busy / (slots * wall), "core_utilisation": min(core_s / (cores * wall), 1.0),
-            "one_thread_s": sum(cost.one_thread_s(o.params, rounds) for o in outcomes),
-            "longest_one_thread_s": max(cost.one_thread_s(o.params, rounds) for o in outcomes),
-            "trials": [{"trial_id": o.trial_id, "started": o.started, "finished": o.finished, "fit_s": o.fit_s,
-                        "threads_mean": o.metrics["threads_mean"], "worker": o.worker, "loss": o.loss,
-                        "params": o.params} for o in outcomes]}
+    core_s = sum(
+        o.metrics["train_s"] * o.metrics["threads_mean"] + (o.finished - o.started - o.metrics["train_s"])
+        for o in outcomes
+    )
+    return {
+        "layout": layout.name,
+        "wall_s": wall,
+        "slots": slots,
+        "cores": cores,
+        "utilisation": busy / (slots * wall),
+        "core_utilisation": min(core_s / (cores * wall), 1.0),
+        "one_thread_s": sum(cost.one_thread_s(o.params, rounds) for o in outcomes),
+        "longest_one_thread_s": max(cost.one_thread_s(o.params, rounds) for o in outcomes),
+        "trials": [
+            {
+                "trial_id": o.trial_id,
+                "started": o.started,
+                "finished": o.finished,
+                "fit_s": o.fit_s,
+                "threads_mean": o.metrics["threads_mean"],
+                "worker": o.worker,
+                "loss": o.loss,
+                "params": o.params,
+            }
+            for o in outcomes
+        ],
+    }

@@ -53,8 +53,15 @@ def predicted_cost(sample: dict) -> float:
 
 
 #: How each logged (string) parameter of a trial decodes back to the space's value.
-_DECODERS = {"max_depth": int, "learning_rate": float, "reg_alpha": float, "reg_lambda": float,
-             "min_child_weight": float, "objective": str, "seed": int}
+_DECODERS = {
+    "max_depth": int,
+    "learning_rate": float,
+    "reg_alpha": float,
+    "reg_lambda": float,
+    "min_child_weight": float,
+    "objective": str,
+    "seed": int,
+}
 
 
 def decode_logged(params: dict[str, str]) -> dict:

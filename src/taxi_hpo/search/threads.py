@@ -12,8 +12,8 @@ workers only read what was decided for their trial.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 
 def allocate(cores: int, weights: Mapping[int, float], minimum: int = 1) -> dict[int, int]:
@@ -66,8 +66,13 @@ class ThreadPlan:
         elastic: whether idle cores go to the running trials.
     """
 
-    def __init__(self, workers: Mapping[str, tuple[str, int]], pool_cores: Mapping[str, int],
-                 base: int = 1, elastic: bool = True):
+    def __init__(
+        self,
+        workers: Mapping[str, tuple[str, int]],
+        pool_cores: Mapping[str, int],
+        base: int = 1,
+        elastic: bool = True,
+    ):
         if base < 1:
             raise ValueError(f"base threads must be >= 1, got {base}")
         missing = sorted({pool for pool, _ in workers.values()} - set(pool_cores))

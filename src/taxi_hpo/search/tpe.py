@@ -50,8 +50,13 @@ class TPESearcher:
             trials ``0 .. len-1`` are these, then TPE takes over, learning from them too.
     """
 
-    def __init__(self, space: dict, seed: int, n_startup_jobs: int = DEFAULT_STARTUP,
-                 warm_points: list[dict] | None = None):
+    def __init__(
+        self,
+        space: dict,
+        seed: int,
+        n_startup_jobs: int = DEFAULT_STARTUP,
+        warm_points: list[dict] | None = None,
+    ):
         self.space = space
         self.seed = seed
         self.n_startup_jobs = n_startup_jobs
@@ -98,8 +103,13 @@ class TPESearcher:
     def _insert(self, trial_id: int, params: dict) -> None:
         """A pending trial at a given point (its values in the space's own labels)."""
         labels = list(self._domain.params)
-        misc = {"tid": trial_id, "cmd": self._domain.cmd, "workdir": self._domain.workdir,
-                "idxs": {k: [trial_id] for k in labels}, "vals": {k: [float(params[k])] for k in labels}}
+        misc = {
+            "tid": trial_id,
+            "cmd": self._domain.cmd,
+            "workdir": self._domain.workdir,
+            "idxs": {k: [trial_id] for k in labels},
+            "vals": {k: [float(params[k])] for k in labels},
+        }
         docs = self.trials.new_trial_docs([trial_id], [None], [self._domain.new_result()], [misc])
         self.trials.insert_trial_docs(docs)
         self.trials.refresh()
@@ -115,6 +125,40 @@ class TPESearcher:
         vals = {k: v[0] for k, v in self._doc(trial_id)["misc"]["vals"].items() if v}
         return space_eval(self.space, vals)
 
+    # -- state --------------------------------------------------------------------------------
+    def state(self) -> dict:
+        """This searcher as plain data (JSON): its settings, the seed stream's position and
+        every trial so far (point, and loss once recorded); :meth:`from_state` rebuilds it."""
+        trials = []
+        for doc in sorted(self.trials.trials, key=lambda d: d["tid"]):
+            result = doc["result"]
+            done = doc["state"] == JOB_STATE_DONE
+            loss = result.get("loss") if done and result.get("status") == STATUS_OK else None
+            trials.append(
+                {"trial_id": doc["tid"], "params": self.params(doc["tid"]), "done": done, "loss": loss}
+            )
+        return {
+            "kind": "tpe",
+            "seed": self.seed,
+            "n_startup_jobs": self.n_startup_jobs,
+            "warm_points": [dict(p) for p in self.warm_points],
+            "rng": self._rng.bit_generator.state,
+            "trials": trials,
+        }
+
+    @classmethod
+    def from_state(cls, space: dict, state: dict) -> TPESearcher:
+        """The searcher :meth:`state` described, over ``space`` (the same space it searched)."""
+        if state.get("kind") != "tpe":
+            raise ValueError(f"not the state of a TPE searcher: kind {state.get('kind')!r}")
+        searcher = cls(space, state["seed"], state["n_startup_jobs"], state["warm_points"])
+        for trial in state["trials"]:
+            searcher._insert(trial["trial_id"], trial["params"])
+            if trial["done"]:
+                searcher.record(trial["trial_id"], trial["loss"])
+        searcher._rng.bit_generator.state = state["rng"]
+        return searcher
+
     # -- queries ----------------------------------------------------------------------------
     @property
     def n_suggested(self) -> int:
@@ -122,8 +166,11 @@ class TPESearcher:
 
     def best(self) -> tuple[int, float] | None:
         """(trial id, loss) of the best finished trial, or None."""
-        done = [(d["result"]["loss"], d["tid"]) for d in self.trials.trials
-                if d["result"].get("status") == STATUS_OK]
+        done = [
+            (d["result"]["loss"], d["tid"])
+            for d in self.trials.trials
+            if d["result"].get("status") == STATUS_OK
+        ]
         if not done:
             return None
         loss, tid = min(done)

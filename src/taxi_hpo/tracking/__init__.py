@@ -4,7 +4,8 @@ Workers get a :class:`TrackingContext` (plain data) and talk to the store throug
 ``MlflowClient``: the fluent API's active run, tracking URI and experiment are per process and
 would not follow a trial to a Dask worker.
 
-- :mod:`~taxi_hpo.tracking.store`: reaching and creating the store, retries, the parent run;
+- :mod:`~taxi_hpo.tracking.store`: reaching and creating the store, retries;
+- :mod:`~taxi_hpo.tracking.parent`: the search's parent run, opened or resumed, then closed;
 - :mod:`~taxi_hpo.tracking.runs`: child runs and the guard (one preprocessor artifact a search);
 - :mod:`~taxi_hpo.tracking.resume`: a search as the store remembers it (resume, warm start);
 - :mod:`~taxi_hpo.tracking.registry`: the registered model and the choice of the trial for it;
@@ -31,24 +32,10 @@ from taxi_hpo.tracking.names import (
     WARM_FROM_TAG,
     WARM_TAG,
 )
-from taxi_hpo.tracking.reading import (
-    experiment_id_by_name,
-    get_run,
-    log_artifacts,
-)
-from taxi_hpo.tracking.registry import (
-    DurationPyfunc,
-    qualifying,
-    register_best,
-    register_model,
-    requirements,
-)
-from taxi_hpo.tracking.resume import (
-    SearchRecord,
-    best_points,
-    latest_search,
-    load_search,
-)
+from taxi_hpo.tracking.parent import ParentRun, parent_run
+from taxi_hpo.tracking.reading import experiment_id_by_name, get_run, log_artifacts
+from taxi_hpo.tracking.registry import DurationPyfunc, qualifying, register_best, register_model, requirements
+from taxi_hpo.tracking.resume import SearchRecord, best_points, latest_search, load_search
 from taxi_hpo.tracking.runs import (
     child_runs,
     close_stale_children,
@@ -89,6 +76,7 @@ __all__ = [
     "PREPROCESSOR_DIR",
     "PREPROCESSOR_FILE",
     "PREPROCESSOR_TAG",
+    "ParentRun",
     "PRUNED_TAG",
     "SearchRecord",
     "TRIAL_TAG",
@@ -113,6 +101,7 @@ __all__ = [
     "log_artifacts",
     "log_preprocessor_once",
     "mark_trial_failed",
+    "parent_run",
     "prepare_store",
     "qualifying",
     "register_best",

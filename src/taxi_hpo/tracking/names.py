@@ -9,9 +9,9 @@ TRIAL_TAG = "trial_id"
 # MLflow 3's UI opens an experiment without this tag on its GenAI overview (traces, "No data
 # available"); with it, on the runs table of model training.
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
-PRUNED_TAG = "pruned_at_round"   # set on a pruned trial's run: the checkpoint round it stopped at
-CURVE_TAG = "checkpoint_rmse"    # JSON {round: validation RMSE} at the checkpoints a trial reached
-WARM_TAG = "warm_start"          # on a search: JSON [{"from": "PARENT:TRIAL", "params": {...}}, ...]
+PRUNED_TAG = "pruned_at_round"  # set on a pruned trial's run: the checkpoint round it stopped at
+CURVE_TAG = "checkpoint_rmse"  # JSON {round: validation RMSE} at the checkpoints a trial reached
+WARM_TAG = "warm_start"  # on a search: JSON [{"from": "PARENT:TRIAL", "params": {...}}, ...]
 WARM_FROM_TAG = "warm_start_from"  # on a warm trial's run: the search and trial its point came from
 FAILED_TAG_PREFIX = "trial_failed."
 BOOSTER_DIR = "model"  # a trial's booster, under its run's artifacts

@@ -13,16 +13,8 @@ import pandas as pd
 
 from taxi_hpo.core.features import Preprocessor
 from taxi_hpo.search.scheduler import TrialOutcome
-from taxi_hpo.tracking._mlflow import (
-    mlflow,
-)
-from taxi_hpo.tracking.names import (
-    ALIAS,
-    BOOSTER_DIR,
-    BOOSTER_FILE,
-    MODEL_NAME,
-    PREPROCESSOR_FILE,
-)
+from taxi_hpo.tracking._mlflow import mlflow
+from taxi_hpo.tracking.names import ALIAS, BOOSTER_DIR, BOOSTER_FILE, MODEL_NAME, PREPROCESSOR_FILE
 from taxi_hpo.tracking.store import TrackingContext, download_artifact
 
 
@@ -44,8 +36,9 @@ class DurationPyfunc(mlflow.pyfunc.PythonModel):
         return self._predictor.predict(model_input)
 
 
-def register_model(ctx: TrackingContext, run_id: str, preprocessor_blob: bytes, booster_path: Path,
-                   requirements: list[str]) -> str:
+def register_model(
+    ctx: TrackingContext, run_id: str, preprocessor_blob: bytes, booster_path: Path, requirements: list[str]
+) -> str:
     """Log the bundled pyfunc in the best trial's run and make it ``MODEL_NAME@staging``."""
     import taxi_hpo
 
@@ -74,10 +67,18 @@ def register_model(ctx: TrackingContext, run_id: str, preprocessor_blob: bytes, 
     return str(version.version)
 
 
-def qualifying(outcomes: list[TrialOutcome], max_rmse: float, max_inference_time: float) -> list[TrialOutcome]:
+def qualifying(
+    outcomes: list[TrialOutcome], max_rmse: float, max_inference_time: float
+) -> list[TrialOutcome]:
     """Finished trials under both thresholds, best first; a pruned trial never qualifies."""
-    ok = [o for o in outcomes if o.complete and o.run_id and o.loss < max_rmse
-          and o.metrics.get("inference_time", float("inf")) < max_inference_time]
+    ok = [
+        o
+        for o in outcomes
+        if o.complete
+        and o.run_id
+        and o.loss < max_rmse
+        and o.metrics.get("inference_time", float("inf")) < max_inference_time
+    ]
     return sorted(ok, key=lambda o: o.loss)
 
 
@@ -86,8 +87,14 @@ def requirements() -> list[str]:
     from importlib.metadata import PackageNotFoundError, version
 
     pins = []
-    for dist, name in (("xgboost", "xgboost"), ("xgboost-cpu", "xgboost"), ("scikit-learn", "scikit-learn"),
-                       ("pandas", "pandas"), ("scipy", "scipy"), ("numpy", "numpy")):
+    for dist, name in (
+        ("xgboost", "xgboost"),
+        ("xgboost-cpu", "xgboost"),
+        ("scikit-learn", "scikit-learn"),
+        ("pandas", "pandas"),
+        ("scipy", "scipy"),
+        ("numpy", "numpy"),
+    ):
         try:
             pins.append(f"{name}=={version(dist)}")
         except PackageNotFoundError:
@@ -101,8 +108,13 @@ def requirements() -> list[str]:
     return unique
 
 
-def register_best(outcomes: list[TrialOutcome], preprocessor: Preprocessor, ctx: TrackingContext,
-                  max_rmse: float, max_inference_time: float) -> str | None:
+def register_best(
+    outcomes: list[TrialOutcome],
+    preprocessor: Preprocessor,
+    ctx: TrackingContext,
+    max_rmse: float,
+    max_inference_time: float,
+) -> str | None:
     """Register the best qualifying trial as ``nyc-taxi-duration@staging``; None when none qualifies."""
     candidates = qualifying(outcomes, max_rmse, max_inference_time)
     if not candidates:

@@ -7,12 +7,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from taxi_hpo.tracking._mlflow import (
-    Metric,
-    MlflowClient,
-    Param,
-    RunTag,
-)
+from taxi_hpo.tracking._mlflow import Metric, MlflowClient, Param, RunTag
 from taxi_hpo.tracking.names import (
     FAILED_TAG_PREFIX,
     PREPROCESSOR_DIR,
@@ -32,7 +27,9 @@ def log_preprocessor_once(ctx: TrackingContext, blob: bytes) -> bool:
     """
     client = ctx.client()
     run = retrying(lambda: client.get_run(ctx.parent_run_id))
-    if run.data.tags.get(PREPROCESSOR_TAG) == ctx.preprocessor_sha256 and _has_preprocessor(client, ctx.parent_run_id):
+    if run.data.tags.get(PREPROCESSOR_TAG) == ctx.preprocessor_sha256 and _has_preprocessor(
+        client, ctx.parent_run_id
+    ):
         return False
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / PREPROCESSOR_FILE
@@ -81,26 +78,38 @@ def child_runs(tracking_uri: str, parent_run_id: str, status: str | None = None)
 
 def start_child_run(ctx: TrackingContext, run_name: str, tags: dict) -> str:
     client = ctx.client()
-    all_tags = {"mlflow.parentRunId": ctx.parent_run_id, PREPROCESSOR_TAG: ctx.preprocessor_sha256,
-                **ctx.tags, **tags}
+    all_tags = {
+        "mlflow.parentRunId": ctx.parent_run_id,
+        PREPROCESSOR_TAG: ctx.preprocessor_sha256,
+        **ctx.tags,
+        **tags,
+    }
     run = retrying(lambda: client.create_run(ctx.experiment_id, run_name=run_name, tags=all_tags))
     return run.info.run_id
 
 
-def finish_child_run(ctx: TrackingContext, run_id: str, params: dict, metrics: dict,
-                     artifacts: dict[str, Path] | None = None, status: str = "FINISHED",
-                     tags: dict | None = None) -> None:
+def finish_child_run(
+    ctx: TrackingContext,
+    run_id: str,
+    params: dict,
+    metrics: dict,
+    artifacts: dict[str, Path] | None = None,
+    status: str = "FINISHED",
+    tags: dict | None = None,
+) -> None:
     """Log params, metrics and tags in one batch, upload artifacts, close the run."""
     client = ctx.client()
     now = int(time.time() * 1000)
-    retrying(lambda: client.log_batch(
-        run_id,
-        metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
-        params=[Param(k, str(v)) for k, v in params.items()],
-        tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()],
-    ))
+    retrying(
+        lambda: client.log_batch(
+            run_id,
+            metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+            params=[Param(k, str(v)) for k, v in params.items()],
+            tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()],
+        )
+    )
     for artifact_path, local in (artifacts or {}).items():
-        retrying(lambda: client.log_artifact(run_id, str(local), artifact_path))
+        retrying(lambda local=local, path=artifact_path: client.log_artifact(run_id, str(local), path))
     retrying(lambda: client.set_terminated(run_id, status))
 
 
@@ -116,8 +125,10 @@ def fail_child_run(ctx: TrackingContext, run_id: str, error: str, status: str = 
 def finished_trial_run(ctx: TrackingContext, trial_id: int):
     """The FINISHED child run of ``trial_id`` if an earlier attempt completed it, else None."""
     client = ctx.client()
-    query = (f"tags.mlflow.parentRunId = '{ctx.parent_run_id}' and tags.{TRIAL_TAG} = '{trial_id}'"
-             " and attributes.status = 'FINISHED'")
+    query = (
+        f"tags.mlflow.parentRunId = '{ctx.parent_run_id}' and tags.{TRIAL_TAG} = '{trial_id}'"
+        " and attributes.status = 'FINISHED'"
+    )
     runs = retrying(lambda: client.search_runs([ctx.experiment_id], query, max_results=1))
     return runs[0] if runs else None
 
@@ -128,9 +139,11 @@ def close_stale_children(tracking_uri: str, parent_run_id: str, keep: set | froz
     ``keep``: run ids known to have ended (the trials that came back): never marked, even if a
     tracking server under load still reads them as RUNNING."""
     client = MlflowClient(tracking_uri=tracking_uri)
-    stale = [r for r in child_runs(tracking_uri, parent_run_id, status="RUNNING") if r.info.run_id not in keep]
+    stale = [
+        r for r in child_runs(tracking_uri, parent_run_id, status="RUNNING") if r.info.run_id not in keep
+    ]
     for run in stale:
-        retrying(lambda: client.set_terminated(run.info.run_id, "KILLED"))
+        retrying(lambda run_id=run.info.run_id: client.set_terminated(run_id, "KILLED"))
     return len(stale)
 
 

@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
-import socket
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 from taxi_hpo.config import is_local_uri
 from taxi_hpo.errors import DISK_ERRNOS, TrackingError
-from taxi_hpo.tracking._mlflow import (
-    Metric,
-    MlflowClient,
-    MlflowException,
-    Param,
-    RunTag,
-)
-from taxi_hpo.tracking.names import (
-    EXPERIMENT_KIND,
-    EXPERIMENT_KIND_TAG,
-)
+from taxi_hpo.tracking._mlflow import Metric, MlflowClient, MlflowException, Param, RunTag
+from taxi_hpo.tracking.names import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
 
 T = TypeVar("T")
 
@@ -41,8 +32,14 @@ class TrackingContext:
         return MlflowClient(tracking_uri=self.tracking_uri)
 
 
-def retrying(fn: Callable[[], T], *, attempts: int = 8, first_wait: float = 0.5,
-             max_wait: float = 8.0, what: str = "MLflow call") -> T:
+def retrying(
+    fn: Callable[[], T],
+    *,
+    attempts: int = 8,
+    first_wait: float = 0.5,
+    max_wait: float = 8.0,
+    what: str = "MLflow call",
+) -> T:
     """Call ``fn`` again with exponential backoff while the store is busy or unreachable."""
     wait = first_wait
     for attempt in range(1, attempts + 1):
@@ -60,8 +57,19 @@ def _transient(exc: BaseException) -> bool:
     if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS:  # waiting does not free a disk
         return False
     text = str(exc).lower()
-    markers = ("database is locked", "connection", "timed out", "timeout", "temporarily",
-               "503", "502", "504", "max retries", "refused", "reset by peer")
+    markers = (
+        "database is locked",
+        "connection",
+        "timed out",
+        "timeout",
+        "temporarily",
+        "503",
+        "502",
+        "504",
+        "max retries",
+        "refused",
+        "reset by peer",
+    )
     return isinstance(exc, (ConnectionError, TimeoutError, OSError)) or any(m in text for m in markers)
 
 
@@ -74,7 +82,7 @@ def check_reachable(tracking_uri: str, timeout: float = 5.0) -> None:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
             if resp.status != 200:
                 raise TrackingError(f"tracking server {tracking_uri} answered {resp.status} on /health")
-    except (urllib.error.URLError, socket.timeout, OSError) as exc:
+    except (TimeoutError, urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise TrackingError(
             f"tracking server {tracking_uri} is unreachable ({reason}): start it or fix --tracking-uri"
@@ -88,8 +96,11 @@ def ui_link(tracking_uri: str, experiment_id: str, run_id: str | None = None) ->
     if not tracking_uri.startswith(("http://", "https://")):
         return None
     base = f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}"
-    return f"{base}/runs/{run_id}?workflowType=machine_learning" if run_id else \
-        f"{base}/runs?workflowType=machine_learning"
+    return (
+        f"{base}/runs/{run_id}?workflowType=machine_learning"
+        if run_id
+        else f"{base}/runs?workflowType=machine_learning"
+    )
 
 
 def prepare_store(tracking_uri: str, experiment: str, artifact_root: Path | None = None) -> str:
@@ -111,29 +122,44 @@ def prepare_store(tracking_uri: str, experiment: str, artifact_root: Path | None
         location = None
         if artifact_root is not None and is_local_uri(tracking_uri):
             location = (Path(artifact_root).resolve() / experiment).as_uri()
-        return client.create_experiment(experiment, artifact_location=location,
-                                        tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        return client.create_experiment(
+            experiment, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+        )
     except MlflowException as exc:
-        raise TrackingError(f"tracking store {tracking_uri} cannot be used ({exc.message}): fix --tracking-uri") from exc
+        raise TrackingError(
+            f"tracking store {tracking_uri} cannot be used ({exc.message}): fix --tracking-uri"
+        ) from exc
     except Exception as exc:  # sqlalchemy / OS errors surface raw
-        raise TrackingError(f"tracking store {tracking_uri} cannot be used ({exc}): fix --tracking-uri") from exc
+        raise TrackingError(
+            f"tracking store {tracking_uri} cannot be used ({exc}): fix --tracking-uri"
+        ) from exc
 
 
-def start_parent_run(tracking_uri: str, experiment_id: str, params: dict, tags: dict,
-                     run_name: str = "search") -> str:
+def start_parent_run(
+    tracking_uri: str, experiment_id: str, params: dict, tags: dict, run_name: str = "search"
+) -> str:
     client = MlflowClient(tracking_uri=tracking_uri)
     run = client.create_run(experiment_id, run_name=run_name, tags={**tags, "taxi_hpo.role": "search"})
     client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
     return run.info.run_id
 
 
-def end_run(tracking_uri: str, run_id: str, status: str = "FINISHED", metrics: dict | None = None,
-            tags: dict | None = None) -> None:
+def end_run(
+    tracking_uri: str,
+    run_id: str,
+    status: str = "FINISHED",
+    metrics: dict | None = None,
+    tags: dict | None = None,
+) -> None:
     client = MlflowClient(tracking_uri=tracking_uri)
     now = int(time.time() * 1000)
-    retrying(lambda: client.log_batch(
-        run_id, metrics=[Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()],
-        tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()]))
+    retrying(
+        lambda: client.log_batch(
+            run_id,
+            metrics=[Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()],
+            tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()],
+        )
+    )
     retrying(lambda: client.set_terminated(run_id, status))
 
 

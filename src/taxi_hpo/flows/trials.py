@@ -1,6 +1,7 @@
 """One trial on a worker: fit XGBoost, log its child run, return its outcome as plain data.
 
-No Prefect, no Dask: the trial task in ``flows`` is a thin wrapper around :func:`run_trial`.
+No Prefect, no Dask: the trial task (:func:`taxi_hpo.flows.tasks.trial`) is a thin wrapper around
+:func:`run_trial`, and the bench's sequential layout calls it directly.
 """
 
 from __future__ import annotations
@@ -11,13 +12,13 @@ import socket
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from taxi_hpo import tracking
 from taxi_hpo.core import models
-from taxi_hpo.core.machine import core_pool
 from taxi_hpo.core.features import PreparedData
+from taxi_hpo.core.machine import core_pool
 from taxi_hpo.search.space import xgb_params
 
 BOOSTER_DIR, BOOSTER_FILE = tracking.BOOSTER_DIR, tracking.BOOSTER_FILE
@@ -43,10 +44,19 @@ def warm_up(data: PreparedData, ctx: tracking.TrackingContext) -> dict:
     return {"pool": pool, "cores": cores, "matrix_builds": models.matrix_builds()}
 
 
-def run_trial(trial_id: int, params: dict, data: PreparedData, ctx: tracking.TrackingContext,
-              rounds: int, nthread: int, threads: models.ThreadSource | None = None,
-              start_threads: int | None = None, prune_at: dict | None = None,
-              stop: Callable[[], bool] | None = None, run_tags: dict | None = None) -> dict:
+def run_trial(
+    trial_id: int,
+    params: dict,
+    data: PreparedData,
+    ctx: tracking.TrackingContext,
+    rounds: int,
+    nthread: int,
+    threads: models.ThreadSource | None = None,
+    start_threads: int | None = None,
+    prune_at: dict | None = None,
+    stop: Callable[[], bool] | None = None,
+    run_tags: dict | None = None,
+) -> dict:
     """Fit, log and score trial ``trial_id``; raises on failure (the task's retry policy decides).
 
     ``nthread`` is the trial's base thread count (logged as its ``nthread`` parameter); with
@@ -64,22 +74,46 @@ def run_trial(trial_id: int, params: dict, data: PreparedData, ctx: tracking.Tra
     earlier = tracking.finished_trial_run(ctx, trial_id)
     if earlier is not None:
         return _outcome_from_run(trial_id, params, earlier, started)
-    run_id = tracking.start_child_run(ctx, f"trial-{trial_id:04d}",
-                                      {**(run_tags or {}), tracking.TRIAL_TAG: str(trial_id), "worker": slot_name()})
+    run_id = tracking.start_child_run(
+        ctx,
+        f"trial-{trial_id:04d}",
+        {**(run_tags or {}), tracking.TRIAL_TAG: str(trial_id), "worker": slot_name()},
+    )
     try:
         try:
-            fit = models.fit_xgboost(xgb_params(params, nthread), data, rounds, threads=threads,
-                                     start_threads=start_threads, prune_at=prune_at, stop=stop)
+            fit = models.fit_xgboost(
+                xgb_params(params, nthread),
+                data,
+                rounds,
+                threads=threads,
+                start_threads=start_threads,
+                prune_at=prune_at,
+                stop=stop,
+            )
         except models.TrialStopped as stopped:
             tracking.fail_child_run(ctx, run_id, str(stopped), status="KILLED")
-            return {"trial_id": trial_id, "params": params, "loss": None, "started": started,
-                    "finished": time.time(), "worker": slot_name(), "run_id": run_id, "error": str(stopped),
-                    "cancelled": True}
-        metrics = {"rmse_train": fit.rmse_train, "rmse_valid": fit.rmse_valid,
-                   "inference_time": fit.inference_time, "best_iteration": fit.best_iteration,
-                   "fit_s": fit.fit_s, "train_s": fit.train_s, "train_cpu_s": fit.train_cpu_s,
-                   "threads_mean": fit.threads_mean,
-                   "thread_changes": len(fit.thread_changes)}
+            return {
+                "trial_id": trial_id,
+                "params": params,
+                "loss": None,
+                "started": started,
+                "finished": time.time(),
+                "worker": slot_name(),
+                "run_id": run_id,
+                "error": str(stopped),
+                "cancelled": True,
+            }
+        metrics = {
+            "rmse_train": fit.rmse_train,
+            "rmse_valid": fit.rmse_valid,
+            "inference_time": fit.inference_time,
+            "best_iteration": fit.best_iteration,
+            "fit_s": fit.fit_s,
+            "train_s": fit.train_s,
+            "train_cpu_s": fit.train_cpu_s,
+            "threads_mean": fit.threads_mean,
+            "thread_changes": len(fit.thread_changes),
+        }
         with tempfile.TemporaryDirectory() as tmp:
             booster_path = Path(tmp) / BOOSTER_FILE
             fit.booster.save_model(booster_path)
@@ -91,19 +125,36 @@ def run_trial(trial_id: int, params: dict, data: PreparedData, ctx: tracking.Tra
             # Dask has already started the trial elsewhere. The first to finish keeps its run.
             other = tracking.finished_trial_run(ctx, trial_id)
             if other is not None:
-                tracking.fail_child_run(ctx, run_id, f"another attempt at trial {trial_id} finished first "
-                                        f"(run {other.info.run_id})", status="KILLED")
+                tracking.fail_child_run(
+                    ctx,
+                    run_id,
+                    f"another attempt at trial {trial_id} finished first (run {other.info.run_id})",
+                    status="KILLED",
+                )
                 return _outcome_from_run(trial_id, params, other, started)
-            tracking.finish_child_run(ctx, run_id, {**params, "nthread": nthread, "rounds": rounds},
-                                      metrics, {BOOSTER_DIR: booster_path}, tags=tags)
+            tracking.finish_child_run(
+                ctx,
+                run_id,
+                {**params, "nthread": nthread, "rounds": rounds},
+                metrics,
+                {BOOSTER_DIR: booster_path},
+                tags=tags,
+            )
     except BaseException as exc:
         tracking.fail_child_run(ctx, run_id, f"{type(exc).__name__}: {exc}")
         raise
     return {
-        "trial_id": trial_id, "params": params, "loss": fit.rmse_valid, "started": started,
-        "finished": time.time(), "fit_s": fit.fit_s, "worker": slot_name(), "run_id": run_id,
+        "trial_id": trial_id,
+        "params": params,
+        "loss": fit.rmse_valid,
+        "started": started,
+        "finished": time.time(),
+        "fit_s": fit.fit_s,
+        "worker": slot_name(),
+        "run_id": run_id,
         "metrics": {**metrics, "worker_matrix_builds": models.matrix_builds()},
-        "curve": fit.curve, "pruned_at": fit.pruned_at,
+        "curve": fit.curve,
+        "pruned_at": fit.pruned_at,
     }
 
 
@@ -111,9 +162,15 @@ def _outcome_from_run(trial_id, params, run, started) -> dict:
     metrics = dict(run.data.metrics)
     pruned = run.data.tags.get(tracking.PRUNED_TAG)
     return {
-        "trial_id": trial_id, "params": params, "loss": metrics.get("rmse_valid"),
-        "started": started, "finished": time.time(), "fit_s": 0.0, "worker": slot_name(),
-        "run_id": run.info.run_id, "metrics": metrics,
+        "trial_id": trial_id,
+        "params": params,
+        "loss": metrics.get("rmse_valid"),
+        "started": started,
+        "finished": time.time(),
+        "fit_s": 0.0,
+        "worker": slot_name(),
+        "run_id": run.info.run_id,
+        "metrics": metrics,
         "curve": {int(r): v for r, v in json.loads(run.data.tags.get(tracking.CURVE_TAG, "{}")).items()},
         "pruned_at": int(pruned) if pruned is not None else None,
     }

@@ -1,0 +1,276 @@
+"""The reference recipe as Prefect flows: preprocess once, the baseline, the search, register.
+
+``search`` reads like the reference pipeline's ``main``; each step it calls is a task
+(:mod:`~taxi_hpo.flows.tasks`) or a function named for what it does. The trials run on the
+flow's DaskTaskRunner through :func:`run_trials`: hyperopt's TPE proposes, the scheduler of
+:mod:`taxi_hpo.search` keeps the slots busy, a :class:`DaskTrialRunner` places each trial.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from prefect import flow
+from prefect.context import FlowRunContext
+from prefect.settings import PREFECT_API_URL
+
+from taxi_hpo import tracking
+from taxi_hpo.cluster import workers as cluster_workers
+from taxi_hpo.cluster.runner import DaskTrialRunner
+from taxi_hpo.cluster.workers import shared_with_workers
+from taxi_hpo.config import RunConfig
+from taxi_hpo.core import data, features
+from taxi_hpo.core.features import PreparedData
+from taxi_hpo.flows import tasks
+from taxi_hpo.flows.history import History, load_history
+from taxi_hpo.flows.reporting import current_reporter, finish_report, layout_line, start_report
+from taxi_hpo.flows.signals import interrupted
+from taxi_hpo.flows.summary import SearchResult, TrialsRun
+from taxi_hpo.prefect_api import flush_to_api
+from taxi_hpo.search import TPESearcher, reference_space, run_search
+from taxi_hpo.search.pruning import Pruner
+from taxi_hpo.search.scheduler import Budget
+from taxi_hpo.search.tpe import startup_trials
+
+
+@flow(name="preprocess")
+def preprocess(train_path: str, valid_path: str) -> dict:
+    """Load both months, fit on train only, transform both; cached by the files' content."""
+    train_sha, valid_sha = data.file_sha256(Path(train_path)), data.file_sha256(Path(valid_path))
+    state = tasks.transform_months(train_path, valid_path, train_sha, valid_sha, return_state=True)
+    return {"data": state.result(), "cached": state.name == "Cached"}
+
+
+@flow(name="taxi-hpo-search")
+def search(config: dict) -> dict:
+    """Preprocess once, baseline, TPE trials in parallel on Dask, register the best."""
+    cfg, started = RunConfig.from_dict(config), time.time()
+    uri = cfg.resolved_tracking_uri
+    experiment_id = tracking.prepare_store(uri, cfg.experiment, Path(cfg.workdir) / "mlartifacts")
+    months = preprocess(*month_paths(cfg))
+    prepared: PreparedData = months["data"]
+    client = connect(cfg)
+    slots = cluster_workers.slots(
+        client, cfg.workers if cfg.address is None and cfg.cluster_class is None else None
+    )
+    history = load_history(cfg, uri, experiment_id)
+    in_flight = history.in_flight(cfg, slots)
+    with tracking.parent_run(
+        uri,
+        experiment_id,
+        parent_params(cfg, prepared, slots, in_flight),
+        parent_tags(history),
+        resume=history.record,
+        interrupted=interrupted,
+    ) as parent:
+        ctx = tracking.TrackingContext(
+            uri, parent.experiment_id, parent.run_id, features.preprocessor_sha256(prepared.preprocessor)
+        )
+        # The servers' credentials, then the data, once to each worker (see cluster.workers).
+        with shared_with_workers(client, prepared) as data_ref:
+            warming = cluster_workers.on_each_worker(
+                client, tasks.warm_worker, data_ref, ctx, PREFECT_API_URL.value()
+            )
+            tasks.log_preprocessor(ctx, prepared.preprocessor.to_bytes())
+            lr_rmse = history.lr_rmse if history.lr_rmse is not None else tasks.linear_baseline(prepared, ctx)
+            run = run_trials(
+                cfg,
+                client,
+                data_ref,
+                ctx,
+                history,
+                slots,
+                in_flight,
+                cluster_workers.gather_by_worker(client, warming),
+            )
+            parent.ended_children.update(o.run_id for o in run.outcomes if o.run_id)
+            report_job = (
+                start_report(
+                    uri,
+                    parent.run_id,
+                    run.outcomes,
+                    {"lr_rmse": lr_rmse, "search_wall_s": run.search_wall_s, "utilisation": run.utilisation},
+                )
+                if cfg.report
+                else None
+            )
+            cluster_workers.run_on_each_worker(client, flush_to_api)  # trial logs queued there (up to 2 s)
+        version = (
+            tasks.register_best(run.outcomes, prepared, ctx, cfg.max_rmse, cfg.max_inference_time)
+            if cfg.register
+            else None
+        )
+        result = SearchResult(
+            cfg,
+            ctx,
+            run,
+            lr_rmse,
+            time.time() - started,
+            version,
+            months["cached"],
+            prepared.nbytes,
+            client.dashboard_link,
+            [w["from"] for w in history.warm],
+        )
+        parent.metrics.update(result.parent_metrics())
+        if result.ended_on_timeout:
+            parent.tags["ended_on_timeout"] = "true"
+        return {
+            **result.to_dict(),
+            "report": finish_report(report_job, parent.run_id) if report_job else None,
+        }
+
+
+def run_trials(
+    cfg: RunConfig,
+    client,
+    data_ref,
+    ctx: tracking.TrackingContext,
+    history: History,
+    slots: int,
+    in_flight: int,
+    warmed: dict,
+) -> TrialsRun:
+    """The TPE trials on the cluster until ``cfg.trials`` ended (or the budget ran out).
+
+    ``warmed``: what each worker's warm-up reported (its core pool), for the thread plan.
+    In async mode the slots follow the workers present (joining ones get a warm-up first); a
+    batch keeps its size.
+    """
+    reporter = current_reporter()
+    plan = cluster_workers.thread_plan(client, warmed, cfg.threads_per_worker, cfg.elastic_threads)
+    searcher = TPESearcher(
+        reference_space(cfg.max_depth),
+        cfg.seed,
+        startup_trials(in_flight, len(history.warm)),
+        warm_points=[w["params"] for w in history.warm],
+    )
+    pruner = Pruner(cfg.prune, cfg.rounds)
+    runner = DaskTrialRunner(
+        tasks.trial.submit,
+        data_ref,
+        ctx,
+        cfg.rounds,
+        cfg.threads_per_worker,
+        client=client,
+        plan=plan,
+        pruner=pruner,
+        on_failed=_mark_failed(ctx),
+        run_tags={i: {tracking.WARM_FROM_TAG: w["from"]} for i, w in enumerate(history.warm)},
+    )
+    if reporter:
+        reporter.start(
+            cfg.trials,
+            client.dashboard_link,
+            layout_line(cfg, cluster_workers.worker_count(client), slots, plan),
+        )
+    if cfg.mode == "async":
+        api_url = PREFECT_API_URL.value()
+        planned = {worker: slot.slots for worker, slot in plan.slots.items()}
+        runner.follow(
+            planned,
+            lambda addr: cluster_workers.on_worker(client, addr, tasks.warm_worker, data_ref, ctx, api_url),
+            target_slots=cfg.adapt[1] * max(planned.values(), default=1) if cfg.adapt else 0,
+        )
+        in_flight = runner.capacity
+    started = time.time()
+    try:
+        with client.as_current():
+            outcomes = run_search(
+                searcher,
+                runner,
+                cfg.trials,
+                mode=cfg.mode,
+                in_flight=in_flight,
+                known=history.known,
+                on_outcome=_on_outcome(pruner, reporter),
+                budget=Budget.from_now(cfg.timeout_s, kill=cfg.timeout_kill),
+            )
+        wall = time.time() - started
+        runner.stop_following()
+    finally:
+        if reporter:
+            reporter.stop()
+    return TrialsRun(
+        outcomes,
+        started,
+        wall,
+        slots,
+        runner.slot_seconds,
+        list(runner.slots_seen),
+        max(runner.submit_bytes.values(), default=0),
+    )
+
+
+def month_paths(cfg: RunConfig) -> tuple[str, str]:
+    """The training and validation months as parquet paths (downloaded and cached if need be)."""
+    return (
+        str(data.resolve(cfg.train, Path(cfg.data_dir)).path),
+        str(data.resolve(cfg.valid, Path(cfg.data_dir)).path),
+    )
+
+
+def connect(cfg: RunConfig):
+    """The flow run's Dask client (connecting to, or creating, the cluster); a cluster made by
+    ``--cluster-class`` waits for its first worker and passes the checks ``--address`` makes
+    (stores reachable from the workers, same taxi-hpo, Python and Prefect)."""
+    client = FlowRunContext.get().task_runner.client
+    if cfg.cluster_class:
+        from taxi_hpo.preflight import remote
+
+        cluster_workers.wait_for_first_worker(client, 600.0, f"--cluster-class {cfg.cluster_class}")
+        remote.check_cluster_workers(client, cfg.resolved_tracking_uri)
+    return client
+
+
+def parent_params(cfg: RunConfig, prepared: PreparedData, slots: int, in_flight: int) -> dict:
+    """The parameters a new search's parent run records (``--resume`` reads them back)."""
+    return {
+        "train": cfg.train,
+        "valid": cfg.valid,
+        "data_dir": str(Path(cfg.data_dir).resolve()),
+        "mode": cfg.mode,
+        "workers": cfg.workers,
+        "in_flight": in_flight,
+        "prune": cfg.prune,
+        "warm_start": cfg.warm_start or "",
+        "warm_start_trials": cfg.warm_start_trials,
+        "threads_per_worker": cfg.threads_per_worker,
+        "elastic_threads": cfg.elastic_threads,
+        "slots": slots,
+        "seed": cfg.seed,
+        "trials": cfg.trials,
+        "rounds": cfg.rounds,
+        "max_depth": cfg.max_depth,
+        "batch_size": cfg.batch_size or "",
+        "address": cfg.address or "local",
+        "train_sha256": prepared.train_sha256,
+        "valid_sha256": prepared.valid_sha256,
+        "n_features": prepared.preprocessor.n_features,
+    }
+
+
+def parent_tags(history: History) -> dict:
+    """The tags the parent run gets: this flow run, and for a new search its warm-start points."""
+    flow_run_id = str(FlowRunContext.get().flow_run.id)
+    if history.record is not None:
+        return {"resumed_by_flow_run_id": flow_run_id}
+    return {"flow_run_id": flow_run_id, tracking.WARM_TAG: json.dumps(history.warm)}
+
+
+def _mark_failed(ctx: tracking.TrackingContext):
+    """The runner's callback for a trial that failed for good: recorded on the parent run."""
+    return lambda trial_id, params, error: tracking.mark_trial_failed(ctx, trial_id, params, error)
+
+
+def _on_outcome(pruner: Pruner, reporter):
+    """What happens as the scheduler records each outcome, in its order (a batch at its end)."""
+
+    def record(outcome) -> None:
+        pruner.record(outcome.trial_id, outcome.curve)
+        if reporter:
+            reporter.update(outcome)
+
+    return record
