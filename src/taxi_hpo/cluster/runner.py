@@ -211,7 +211,7 @@ class DaskTrialRunner:
         parameters = {
             "trial_id": trial_id,
             "params": params,
-            "prepared": self._data,
+            "data": self._data,
             "ctx": self._ctx,
             "rounds": self._rounds,
             "nthread": self._nthread,

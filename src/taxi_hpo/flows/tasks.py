@@ -64,7 +64,7 @@ def linear_baseline(prepared: PreparedData, ctx: tracking.TrackingContext) -> fl
 def trial(
     trial_id: int,
     params: dict,
-    prepared: worker_data.DataRef,
+    data: worker_data.DataRef,
     ctx: tracking.TrackingContext,
     rounds: int,
     nthread: int,
@@ -76,8 +76,9 @@ def trial(
 ) -> dict:
     """One TPE trial on a Dask worker: fit XGBoost, log its child run, return its outcome.
 
-    ``prepared`` names the data the worker already holds; ``control_key`` connects the trial to
-    the runner's thread and stop controls (elastic threads, the time budget).
+    ``data`` names the prepared months the worker already holds (see ``cluster.worker_data``);
+    ``control_key`` connects the trial to the runner's thread and stop controls (elastic
+    threads, the time budget).
     """
     threads = dask_runner.thread_source(control_key, trial_id) if control_key and elastic else None
     stop = dask_runner.stop_source(control_key, trial_id) if control_key else None
@@ -85,7 +86,7 @@ def trial(
         result = trials.run_trial(
             trial_id,
             params,
-            worker_data.resolve(prepared),
+            worker_data.resolve(data),
             ctx,
             rounds,
             nthread,
@@ -127,7 +128,7 @@ def register_best(
     return tracking.register_best(outcomes, prepared.preprocessor, ctx, max_rmse, max_inference_time)
 
 
-def warm_worker(prepared: worker_data.DataRef, ctx: tracking.TrackingContext, api_url: str) -> dict:
+def warm_worker(data: worker_data.DataRef, ctx: tracking.TrackingContext, api_url: str) -> dict:
     """Run once on each worker before the search (a plain Dask task, not a Prefect one).
 
     Prefect's task engine and its API client load lazily on a worker's first task: ~1 s. The
@@ -142,4 +143,4 @@ def warm_worker(prepared: worker_data.DataRef, ctx: tracking.TrackingContext, ap
         api.api_healthcheck()
     quiet_drain_warnings()
     cache_context_hydration()  # also on remote workers, which have no preload of ours
-    return trials.warm_up(worker_data.resolve(prepared), ctx)
+    return trials.warm_up(worker_data.resolve(data), ctx)
