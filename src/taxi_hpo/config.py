@@ -18,6 +18,7 @@ DEFAULT_EXPERIMENT = "nyc-taxi-hpo"
 
 
 def default_data_dir() -> str:
+    """The folder of the month files: ``$TAXI_HPO_DATA_DIR``, default ``./data``."""
     return os.environ.get("TAXI_HPO_DATA_DIR", "./data")
 
 
@@ -215,13 +216,17 @@ class RunConfig:
 
     @property
     def resolved_tracking_uri(self) -> str:
+        """The tracking URI the run uses: ``tracking_uri``, else a sqlite store ``mlflow.db`` in
+        ``workdir``."""
         if self.tracking_uri:
             return self.tracking_uri
         return f"sqlite:///{Path(self.workdir).resolve() / 'mlflow.db'}"
 
     def to_dict(self) -> dict:
+        """The settings as a plain dict (:meth:`from_dict` rebuilds them)."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict) -> RunConfig:
+        """The settings :meth:`to_dict` gave, validated again."""
         return cls(**values)

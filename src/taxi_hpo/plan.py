@@ -113,6 +113,7 @@ def parse_sim_layout(text: str, cores: int, hosts: int = 1):
 
 
 def add_parser(sub) -> None:
+    """Add ``taxi-hpo plan`` and its flags to the subparsers ``sub``."""
     p = sub.add_parser(
         "plan", help="predict a search's wall on clusters you do not have (simulation)", description=__doc__
     )
@@ -162,6 +163,13 @@ def add_parser(sub) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    """Run ``taxi-hpo plan`` with the parsed ``args``: fit the cost model to the bench's trials,
+    simulate each layout on each host count and print the table (``--json``: one JSON object); exit
+    status 0.
+
+    ``--out``: also write plan.json and plan.png there. Raises ConfigError for a bench.json that
+    cannot be read or holds no finished trial.
+    """
     from taxi_hpo.search.simulate import CostModel, NearestLoss, simulate
 
     source = Path(args.source)
@@ -301,6 +309,8 @@ def advice(rows: list[dict], trials: int) -> str | None:
 
 
 def format_plan(out: dict) -> str:
+    """The plan as text: the cost model, the ``--check`` rows, the table of layouts and the
+    advice."""
     cm = out["cost_model"]
     lines = [
         f"cost model: serial share {cm['serial_share']:.3f} (speedup "

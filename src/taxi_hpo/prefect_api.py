@@ -32,6 +32,7 @@ def configured_credentials() -> tuple[str | None, str | None]:
 
 
 def configured_api_url() -> str | None:
+    """``PREFECT_API_URL`` as Prefect's settings read it; None if unset or empty."""
     return PREFECT_API_URL.value() or None
 
 

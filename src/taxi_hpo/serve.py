@@ -23,6 +23,8 @@ RELATIVE_MONTH = re.compile(r"^prev-(\d{1,3})$")
 
 
 def add_parser(sub, add_search_flags, add_run_flags) -> None:
+    """Add ``taxi-hpo serve`` and its flags to the subparsers ``sub``; ``add_search_flags`` and
+    ``add_run_flags`` add the flags it shares with ``run``."""
     p = sub.add_parser(
         "serve",
         help="serve the search as a scheduled Prefect deployment",

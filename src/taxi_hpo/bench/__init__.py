@@ -66,18 +66,22 @@ class Layout:
 
     @property
     def is_seq(self) -> bool:
+        """Whether this is ``seq``, the reference search inside the project."""
         return self.name == SEQ
 
     @property
     def is_script(self) -> bool:
+        """Whether this is ``script``, the reference pipeline's own script."""
         return self.name == SCRIPT
 
     @property
     def is_parallel(self) -> bool:
+        """Whether trials run on Dask workers: neither ``seq`` nor ``script``."""
         return not (self.is_seq or self.is_script)
 
     @property
     def cores(self) -> int:
+        """The cores trials start on: ``workers`` times ``threads``."""
         return self.workers * self.threads
 
 
@@ -169,6 +173,8 @@ class BenchConfig:
             self.run_config(layout)  # the search's own checks (depth, ...) before anything runs
 
     def run_config(self, layout: Layout):
+        """The search settings of ``layout``'s runs: its workers and threads, this bench's trials,
+        rounds, data and tracking, no registration."""
         from taxi_hpo.config import RunConfig
 
         return RunConfig(
@@ -196,6 +202,8 @@ class BenchConfig:
         return self.prune_trials if self.prune != "none" and self.prune_trials else self.trials
 
     def describe(self) -> dict:
+        """The settings as plain data for bench.json, with the name of the default layout (or
+        None)."""
         return {
             "layouts": [layout.name for layout in self.layouts],
             "trials": self.trials,
@@ -310,6 +318,8 @@ def _write_json(path: Path, payload: dict) -> None:
 
 
 def add_parser(sub, add_search_flags) -> None:
+    """Add ``taxi-hpo bench`` and its flags to the subparsers ``sub``; ``add_search_flags`` adds the
+    flags it shares with ``run``."""
     cores = usable_cores()
     p = sub.add_parser(
         "bench", help="benchmark layouts against the sequential reference search", description=__doc__
@@ -358,6 +368,8 @@ def add_parser(sub, add_search_flags) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    """Run ``taxi-hpo bench`` with the parsed ``args`` and print the table (``--json``: one JSON
+    object); exit status 0."""
     cores = usable_cores()
     cfg = BenchConfig(
         layouts=parse_layouts(args.layouts, cores),

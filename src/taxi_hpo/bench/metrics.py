@@ -50,6 +50,8 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 def trials_per_min(n_trials: int, wall_s: float) -> float | None:
+    """Trials per minute: ``n_trials`` in ``wall_s`` seconds; None when ``wall_s`` is not
+    positive."""
     return 60.0 * n_trials / wall_s if wall_s > 0 else None
 
 

@@ -22,6 +22,8 @@ import time
 
 
 def read_dataframe(path: str):
+    """One month's parquet file at ``path`` as the reference reads it: ``duration`` in minutes, 1-60
+    minute trips only, and the ``PU_DO`` column (pickup and drop-off location ids)."""
     import pandas as pd
 
     df = pd.read_parquet(path)
@@ -36,6 +38,8 @@ def read_dataframe(path: str):
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the reference search with the command line ``argv`` (default: ``sys.argv[1:]``) and print
+    its JSON line; exit status 0."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--train", required=True, help="training month's parquet file")
     p.add_argument("--valid", required=True, help="validation month's parquet file")

@@ -32,6 +32,8 @@ Every trial is an MLflow run and a Prefect task; the best model is registered as
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``taxi-hpo`` parser: ``--version`` and the commands run, bench, plan, report and
+    serve."""
     parser = Parser(
         prog="taxi-hpo", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -99,6 +101,12 @@ def _quiet_libraries() -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """``taxi-hpo run``: check the inputs, run the search and print its summary (``--json``: one
+    JSON object on standard output); exit status 0.
+
+    With ``--resume``, the search's settings come from its parent run; a search that is already
+    complete runs nothing and says so.
+    """
     from taxi_hpo import prefect_api
 
     cfg = run_config(args)
@@ -157,6 +165,12 @@ def _stdout_to_stderr():
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    """``taxi-hpo report``: make the report of the search ``args.parent_run_id`` and log it on its
+    parent run (``--out``: also into that folder); exit status 0.
+
+    ``latest`` stands for the newest search with a finished trial in ``--experiment``. Raises
+    TrackingError when there is no store at the URI or no such search.
+    """
     from pathlib import Path
 
     from taxi_hpo import report, tracking
@@ -219,6 +233,12 @@ def _interrupted_exit() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``taxi-hpo`` command line ``argv`` (default: ``sys.argv[1:]``); returns the exit
+    status.
+
+    Our own errors and a full or read-only disk are one line on standard error (status 2), Ctrl-C is
+    status 130; any other exception is raised.
+    """
     args = build_parser().parse_args(argv)
     _quiet_libraries()
     try:

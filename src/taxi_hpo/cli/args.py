@@ -12,11 +12,15 @@ class Parser(argparse.ArgumentParser):
     """argparse with a one-line error (what was wrong, where to read more) instead of the usage dump."""
 
     def error(self, message: str):
+        """Print ``message`` as one line on standard error and exit with status 2
+        (:data:`EXIT_USAGE`)."""
         sys.stderr.write(f"taxi-hpo: error: {message} (see `{self.prog} --help`)\n")
         raise SystemExit(EXIT_USAGE)
 
 
 def add_search_flags(p: argparse.ArgumentParser) -> None:
+    """Flags shared by `run`, `serve` and `bench`: the months, the data folder, the rounds, the
+    depth bound and the seed."""
     from taxi_hpo.config import default_data_dir
 
     p.add_argument(

@@ -21,6 +21,8 @@ class ProgressBar:
         self.best: float | None = None
 
     def start(self, total: int, dashboard: str | None, layout: str | None = None) -> None:
+        """Print the ``layout`` and the ``dashboard`` link when given, then draw the bar of
+        ``total`` trials."""
         if layout:
             self.console.print(f"Dask: {layout}")
         if dashboard:
@@ -38,6 +40,8 @@ class ProgressBar:
         self._progress.start()
 
     def update(self, outcome: TrialOutcome) -> None:
+        """Advance the bar by one ended trial: a complete one may lower the best RMSE, one without a
+        loss counts as failed (a pruned one: neither)."""
         if outcome.complete:  # a pruned trial's RMSE is of an unfinished model
             self.best = outcome.loss if self.best is None else min(self.best, outcome.loss)
         elif not outcome.ok:
@@ -51,6 +55,7 @@ class ProgressBar:
             )
 
     def stop(self) -> None:  # idempotent
+        """Stop drawing the bar; calling it again does nothing."""
         if self._progress is not None:
             self._progress.stop()
             self._progress = None

@@ -48,9 +48,13 @@ class WorkerCredentials(WorkerPlugin):
         return f"WorkerCredentials({self.name}: {', '.join(sorted(self._values))})"
 
     def setup(self, worker=None) -> None:
+        """On each worker, when the plugin is registered or the worker joins: set its values in
+        ``os.environ`` (over those of plugins registered before)."""
         _push(self.name, self._values)
 
     def teardown(self, worker=None) -> None:
+        """On each worker, when the plugin is unregistered: take its values back out of
+        ``os.environ``, leaving those of the other plugins or what the worker had before."""
         _pop(self.name)
 
 

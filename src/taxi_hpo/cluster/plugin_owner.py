@@ -59,6 +59,8 @@ class DropWithClient(SchedulerPlugin):
         self._tasks: set = set()
 
     def remove_client(self, scheduler, client: str) -> None:
+        """Called by the scheduler when ``client`` (its id) goes: unregister the worker plugins
+        named as owned by it (in the background)."""
         for plugin in [n for n in scheduler.worker_plugins if owner_of(n) == client]:
             task = asyncio.ensure_future(scheduler.unregister_worker_plugin(None, plugin))
             self._tasks.add(task)

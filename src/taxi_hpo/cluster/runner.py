@@ -202,9 +202,12 @@ class DaskTrialRunner:
 
     @property
     def elastic(self) -> bool:
+        """Whether running trials' thread counts follow the plan (a plan with elastic threads)."""
         return self.plan is not None and self.plan.elastic
 
     def submit(self, trial_id: int, params: dict, priority: float) -> int:
+        """Submit trial ``trial_id`` at ``params`` as a trial task, on the worker the plan chooses
+        (a preference) with the threads it gives; returns the trial id as the handle."""
         worker, threads = self.plan.place(trial_id, priority) if self.plan else (None, self._nthread)
         if self.pruner is not None and trial_id not in self._prune_at:
             self._prune_at[trial_id] = self.pruner.thresholds()
@@ -263,6 +266,9 @@ class DaskTrialRunner:
             pass
 
     def wait_any(self, handles, timeout: float | None = None):
+        """Send the changed thread counts, then wait for the first of ``handles`` to finish and
+        return those done; ``timeout``: after that many seconds, an empty list. A trial whose future
+        Dask cancelled is submitted again (at most :attr:`MAX_RESUBMITS` times)."""
         # The scheduler refills free slots before it waits: sending the counts here, once per
         # refill, spares a running trial a give-and-take-back when a slot is refilled at once.
         self.post_thread_changes()
@@ -295,6 +301,8 @@ class DaskTrialRunner:
         self.submit(trial_id, self._params[trial_id], self._priority[trial_id])
 
     def outcome(self, handle: int) -> TrialOutcome:
+        """The outcome of the finished trial ``handle``: the task's result, or a failed outcome
+        (reported to ``on_failed``) for a failed task or a lost future."""
         future = self._futures.pop(handle)
         params = self._params.pop(handle)
         self._prune_at.pop(handle, None)

@@ -170,6 +170,9 @@ class ClusterSpec:
         return LocalClusterStart(self, env or {})
 
     def local_kwargs(self, env: dict[str, str] | None = None) -> dict:
+        """The LocalCluster's keyword arguments: ``workers`` processes of one Dask thread each,
+        XGBoost's ``threads_per_worker`` through the thread variables, ``env`` added to the workers'
+        environment, the watchdog and import preloads."""
         # The nanny sets OMP_NUM_THREADS=1 in each worker (distributed.nanny.pre-spawn-environ)
         # and XGBoost caps nthread at it: measured CPU/wall 1.06 instead of 1.83 with 2 threads.
         threads = str(self.threads_per_worker)
@@ -216,12 +219,16 @@ class LocalClusterStart:
             self._error = exc
 
     def address(self) -> str:
+        """The scheduler's address, once the cluster has started; ClusterError if it did not
+        start."""
         self._thread.join()
         if self._error is not None:
             raise ClusterError(f"the local Dask cluster did not start ({self._error})") from self._error
         return self._cluster.scheduler_address
 
     def close(self) -> None:
+        """Close the cluster (once its start has ended) and put this process's thread variables
+        back."""
         self._thread.join()
         try:
             if self._cluster is not None:

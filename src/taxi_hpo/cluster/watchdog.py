@@ -15,6 +15,8 @@ POLL_S = 0.2
 
 
 def dask_setup(worker=None) -> None:  # called by distributed when the worker starts
+    """Start a daemon thread that ends the worker process (exit status 3) once its parent process is
+    gone, polled every :data:`POLL_S` seconds."""
     parent = os.getppid()
 
     def watch() -> None:

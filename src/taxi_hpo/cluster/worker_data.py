@@ -33,6 +33,7 @@ class DataRef:
 
     @property
     def plugin_name(self) -> str:
+        """The name of the worker plugin that holds the data."""
         return PREFIX + self.key
 
 
@@ -44,10 +45,13 @@ class WorkerData(WorkerPlugin):
         self.name = PREFIX + key
 
     def setup(self, worker=None) -> None:
+        """On each worker, when it gets the plugin: keep the data in this process (counted in
+        :data:`ARRIVALS`)."""
         _STASH[self.key] = self.data
         ARRIVALS[self.key] += 1
 
     def teardown(self, worker=None) -> None:
+        """On each worker, when the plugin is unregistered: drop this process's copy."""
         _STASH.pop(self.key, None)
 
 

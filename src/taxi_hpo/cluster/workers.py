@@ -74,6 +74,7 @@ def thread_plan(client: distributed.Client, warmed: dict, base: int, elastic: bo
 
 
 def worker_count(client: distributed.Client) -> int:
+    """The number of workers the cluster has now."""
     return len(client.nthreads())
 
 

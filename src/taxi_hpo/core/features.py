@@ -38,11 +38,14 @@ class Preprocessor:
 
     @classmethod
     def fit(cls, train: pd.DataFrame) -> Preprocessor:
+        """A preprocessor whose DictVectorizer is fitted on the rows of ``train``."""
         vectorizer = DictVectorizer()
         vectorizer.fit(feature_dicts(train))
         return cls(vectorizer)
 
     def transform(self, df: pd.DataFrame) -> sp.csr_matrix:
+        """The sparse feature matrix of ``df``'s rows (``PULocationID``, ``DOLocationID``,
+        ``trip_distance``); a pickup and drop-off pair not seen in training sets no column."""
         return self.vectorizer.transform(feature_dicts(df)).tocsr()
 
     def transform_raw(self, raw: pd.DataFrame) -> sp.csr_matrix:
@@ -58,13 +61,17 @@ class Preprocessor:
 
     @property
     def n_features(self) -> int:
+        """The number of feature columns: one per ``PU_DO`` pair seen in training, plus
+        ``trip_distance``."""
         return len(self.vectorizer.feature_names_)
 
     def to_bytes(self) -> bytes:
+        """This preprocessor pickled (protocol 5); :meth:`from_bytes` reads it back."""
         return pickle.dumps(self, protocol=5)
 
     @staticmethod
     def from_bytes(blob: bytes) -> Preprocessor:
+        """The preprocessor :meth:`to_bytes` pickled."""
         return pickle.loads(blob)
 
 
@@ -92,6 +99,7 @@ class PreparedData:
 
     @property
     def nbytes(self) -> int:
+        """Bytes of the arrays: both months' sparse matrices and targets."""
         total = self.y_train.nbytes + self.y_valid.nbytes
         for m in (self.X_train, self.X_valid):
             total += m.data.nbytes + m.indices.nbytes + m.indptr.nbytes
@@ -106,6 +114,7 @@ def frame_sha256(frame: pd.DataFrame) -> str:
 
 
 def dataset_key(train_sha256: str, valid_sha256: str) -> str:
+    """A 16-hex-digit key from both files' hashes and :data:`FEATURES_VERSION`."""
     return hashlib.sha256(f"v{FEATURES_VERSION}:{train_sha256}:{valid_sha256}".encode()).hexdigest()[:16]
 
 

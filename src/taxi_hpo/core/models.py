@@ -24,6 +24,7 @@ EARLY_STOPPING_ROUNDS = 5
 
 
 def rmse(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Root mean squared error of ``y_pred`` against ``y_true``."""
     return float(np.sqrt(np.mean((np.asarray(y_true) - np.asarray(y_pred)) ** 2)))
 
 
@@ -156,6 +157,8 @@ class ElasticThreads(xgb.callback.TrainingCallback):
         self.schedule: list[tuple[int, int, float]] = [(0, start, time.perf_counter())]
 
     def after_iteration(self, model, epoch: int, evals_log) -> bool:
+        """Between rounds: apply the source's count, clamped to 1 .. ``limit``, when it differs from
+        the current one; never stops training."""
         wanted = self.source()
         if wanted is not None:
             wanted = max(1, min(int(wanted), self.limit))
@@ -299,5 +302,6 @@ class DurationPredictor:
         self.booster = booster
 
     def predict(self, raw: pd.DataFrame) -> np.ndarray:
+        """Predicted trip durations in minutes, one per row of ``raw`` (raw TLC columns)."""
         features = self.preprocessor.transform_raw(raw)
         return self.booster.predict(xgb.DMatrix(features))

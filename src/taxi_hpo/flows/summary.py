@@ -55,6 +55,7 @@ class SearchResult:
 
     @property
     def best(self) -> TrialOutcome | None:
+        """The complete trial with the lowest RMSE, or None when no trial completed."""
         return min(self.complete, key=lambda o: o.loss) if self.complete else None
 
     @property

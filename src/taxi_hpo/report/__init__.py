@@ -81,6 +81,9 @@ class TrialRow:
 
 @dataclass
 class SearchReport:
+    """A search as its tracking store holds it: the parent run's status, times (epoch seconds),
+    params and metrics, and one row per trial attempt."""
+
     parent_run_id: str
     experiment: str
     status: str
@@ -102,13 +105,17 @@ class SearchReport:
 
     @property
     def complete(self) -> list[TrialRow]:
+        """The trials that trained to the end, with an RMSE (one row each)."""
         return [r for r in self.final if r.state == TrialState.COMPLETE and r.rmse is not None]
 
     @property
     def best(self) -> TrialRow | None:
+        """The complete trial with the lowest validation RMSE, or None."""
         return min(self.complete, key=lambda r: r.rmse, default=None)
 
     def summary(self) -> dict:
+        """The search's figures as plain data (summary.json, the page): trials by how they ended,
+        the best one, the baseline, the wall and the settings."""
         final, best = self.final, self.best
         counts = {state: sum(r.state == state for r in final) for state in COLOURS}
         starts = [r.started for r in self.rows]
@@ -253,6 +260,8 @@ def _clip(value: float, limits) -> float:
 
 
 def plot_best_so_far(report: SearchReport, path: Path) -> None:
+    """Draw ``best_so_far.png`` at ``path``: the best complete trial's RMSE so far and every
+    finished trial, against time and against trials finished."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     done = sorted((r for r in report.final if r.rmse is not None and r.finished), key=lambda r: r.finished)
@@ -314,6 +323,8 @@ def plot_best_so_far(report: SearchReport, path: Path) -> None:
 
 
 def plot_params(report: SearchReport, path: Path) -> None:
+    """Draw ``params.png`` at ``path``: each finished trial's validation RMSE against each
+    hyperparameter, the best starred."""
     plt = _pyplot()
     names = list(HYPERPARAMETERS)
     fig, axes = plt.subplots(1, len(names), figsize=(3.0 * len(names), 3.6), sharey=True)
@@ -373,6 +384,8 @@ def lanes(rows: list[TrialRow], now: float) -> list[tuple[str, int, TrialRow]]:
 
 
 def plot_timeline(report: SearchReport, path: Path) -> None:
+    """Draw ``timeline.png`` at ``path``: each attempt as a bar on its worker's lane, coloured by
+    how it ended, the best outlined (one still running: up to now)."""
     plt = _pyplot()
     from matplotlib.patches import Patch
 
@@ -437,6 +450,8 @@ text-align:left;font-size:14px}th{background:#f3f3f3}img{max-width:100%;border:1
 
 
 def render_html(report: SearchReport, pictures: dict[str, bytes]) -> str:
+    """``report.html``: the summary, the ten best complete trials and ``pictures`` (``{file name:
+    PNG bytes}``) inlined, one page with no outside references."""
     s = report.summary()
     esc = html.escape
     facts = [

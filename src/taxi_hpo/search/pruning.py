@@ -59,6 +59,7 @@ class Pruner:
 
     @property
     def active(self) -> bool:
+        """Whether a rule prunes at all (not ``none``)."""
         return self.rule != "none"
 
     def record(self, trial_id: int, curve: Mapping[int, float] | None) -> None:

@@ -37,6 +37,7 @@ class TrialOutcome:
 
     @property
     def ok(self) -> bool:
+        """Whether the trial has a loss: complete or pruned, not failed or stopped by the budget."""
         return self.loss is not None
 
     @property
@@ -46,6 +47,7 @@ class TrialOutcome:
 
     @property
     def busy_s(self) -> float:
+        """Seconds its slot was busy with it: ``finished - started``, never negative."""
         return max(self.finished - self.started, 0.0)
 
 
@@ -118,12 +120,15 @@ class Budget:
     def from_now(
         cls, seconds: float | None, kill: bool = False, clock: Callable[[], float] = time.monotonic
     ) -> Budget:
+        """A budget that ends ``seconds`` from now on ``clock`` (None: never)."""
         return cls(None if seconds is None else clock() + seconds, kill, clock)
 
     def over(self) -> bool:
+        """Whether the deadline has passed (never, without one)."""
         return self.deadline is not None and self.clock() >= self.deadline
 
     def left(self) -> float | None:
+        """Seconds left until the deadline (0.0 once past), or None without one."""
         return None if self.deadline is None else max(self.deadline - self.clock(), 0.0)
 
 

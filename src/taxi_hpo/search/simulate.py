@@ -39,6 +39,8 @@ class ThreadScaling:
     serial: float = DEFAULT_SERIAL_SHARE
 
     def speedup(self, threads: float) -> float:
+        """How many times faster ``threads`` threads run a trial than one (below one thread counts
+        as one)."""
         threads = max(float(threads), 1.0)
         return threads / (1.0 + self.serial * (threads - 1.0))
 
@@ -95,6 +97,12 @@ class CostModel:
 
     @classmethod
     def fit(cls, samples: Iterable[Sample], rounds: int, scaling: ThreadScaling | None = None) -> CostModel:
+        """The model of ``samples``' seconds, brought to one thread by ``scaling``, for ``rounds``
+        rounds.
+
+        With fewer than three distinct (depth, learning rate) points every unmeasured point costs
+        their mean in log seconds. Raises ValueError when no sample has positive seconds.
+        """
         samples = [s for s in samples if s.seconds > 0]
         if not samples:
             raise ValueError("no measured trials to fit a cost model on")
@@ -161,6 +169,7 @@ class NearestLoss:
         )
 
     def __call__(self, params: Mapping) -> float:
+        """The loss of the measured point nearest ``params``."""
         v = self._vector(params)
         return min(self.points, key=lambda p: sum((a - b) ** 2 for a, b in zip(p[0], v)))[1]
 
@@ -230,6 +239,8 @@ class SimulatedRunner:
 
     # -- the TrialRunner contract ---------------------------------------------------------------
     def submit(self, trial_id: int, params: dict, priority: float) -> int:
+        """Place trial ``trial_id`` on a free slot, to start after the flow's serial work and the
+        dispatch; returns the trial id as the handle. ValueError when no slot is free."""
         worker, threads = self.plan.place(trial_id, priority)
         if worker is None:
             raise ValueError("more trials in flight than slots: give in_flight <= the slots")
@@ -248,6 +259,8 @@ class SimulatedRunner:
         return trial_id
 
     def wait_any(self, handles):
+        """Apply the changed thread counts, then move the clock until some of ``handles`` have
+        finished; returns those."""
         for threads in self.plan.pending_changes().values():
             for trial_id, count in threads.items():
                 self._trials[trial_id].threads = count
@@ -264,6 +277,8 @@ class SimulatedRunner:
             self._advance([self._trials[h] for h in handles])
 
     def outcome(self, handle: int) -> TrialOutcome:
+        """The outcome of the finished trial ``handle``: its loss from the loss function, its
+        virtual times and mean threads."""
         trial = self._trials.pop(handle)
         self.plan.finish(handle)
         threads_mean = trial.thread_seconds / trial.train_s if trial.train_s else float(trial.threads)
@@ -333,6 +348,7 @@ class SimLayout:
 
     @property
     def slots(self) -> int:
+        """Trial slots over all hosts: ``hosts`` times ``workers``."""
         return self.hosts * self.workers
 
 

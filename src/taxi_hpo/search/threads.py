@@ -49,6 +49,8 @@ class Slot:
 
     @property
     def free(self) -> int:
+        """Slots not taken by a running trial (negative for a worker that left while its trials
+        still run)."""
         return self.slots - len(self.running)
 
 
@@ -157,9 +159,11 @@ class ThreadPlan:
         return changed
 
     def worker_of(self, trial_id: int) -> str | None:
+        """The worker trial ``trial_id`` was placed on, or None (not placed, or finished)."""
         return self._where.get(trial_id)
 
     def pool_of(self, trial_id: int) -> str | None:
+        """The core pool of the worker trial ``trial_id`` was placed on, or None."""
         worker = self._where.get(trial_id)
         return self.slots[worker].pool if worker is not None else None
 

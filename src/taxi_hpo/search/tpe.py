@@ -162,6 +162,7 @@ class TPESearcher:
     # -- queries ----------------------------------------------------------------------------
     @property
     def n_suggested(self) -> int:
+        """Trials in the history so far: suggested or added on resume, pending ones included."""
         return len(self.trials.trials)
 
     def best(self) -> tuple[int, float] | None:

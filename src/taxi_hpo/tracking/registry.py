@@ -22,6 +22,8 @@ class DurationPyfunc(mlflow.pyfunc.PythonModel):
     """Raw TLC rows in, minutes out: loads the preprocessor and booster bundled with the model."""
 
     def load_context(self, context):
+        """Load the booster and the preprocessor bundled with the model (MLflow calls it when the
+        model is loaded)."""
         import xgboost as xgb
 
         from taxi_hpo.core.features import Preprocessor
@@ -33,6 +35,7 @@ class DurationPyfunc(mlflow.pyfunc.PythonModel):
         self._predictor = DurationPredictor(pre, booster)
 
     def predict(self, context, model_input: pd.DataFrame, params=None):  # hint: no schema warning
+        """Predicted trip durations in minutes for the raw TLC rows of ``model_input``."""
         return self._predictor.predict(model_input)
 
 

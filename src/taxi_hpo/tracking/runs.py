@@ -62,6 +62,8 @@ def _walk_artifacts(client: MlflowClient, run_id: str, path: str | None = None):
 
 
 def child_runs(tracking_uri: str, parent_run_id: str, status: str | None = None) -> list:
+    """The child runs of the search ``parent_run_id``, every page of them; only those in ``status``
+    when given (``RUNNING``, ``FINISHED``, ...)."""
     client = MlflowClient(tracking_uri=tracking_uri)
     parent = client.get_run(parent_run_id)
     query = f"tags.mlflow.parentRunId = '{parent_run_id}'"
@@ -77,6 +79,8 @@ def child_runs(tracking_uri: str, parent_run_id: str, status: str | None = None)
 
 
 def start_child_run(ctx: TrackingContext, run_name: str, tags: dict) -> str:
+    """Open a child run ``run_name`` of the parent, tagged with the parent, the preprocessor's hash,
+    the context's tags and ``tags``; returns its run id."""
     client = ctx.client()
     all_tags = {
         "mlflow.parentRunId": ctx.parent_run_id,
@@ -114,6 +118,9 @@ def finish_child_run(
 
 
 def fail_child_run(ctx: TrackingContext, run_id: str, error: str, status: str = "FAILED") -> None:
+    """Close run ``run_id`` as ``status``, with ``error`` (its first 4000 characters) as its
+    ``error`` tag. Best effort: a store that keeps failing leaves the run to the sweep at the end of
+    the search (:func:`close_stale_children`)."""
     client = ctx.client()
     try:
         retrying(lambda: client.set_tag(run_id, "error", error[:4000]), attempts=3)

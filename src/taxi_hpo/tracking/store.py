@@ -29,6 +29,7 @@ class TrackingContext:
     tags: dict = field(default_factory=dict)
 
     def client(self) -> MlflowClient:
+        """A new MLflow client on ``tracking_uri``."""
         return MlflowClient(tracking_uri=self.tracking_uri)
 
 
@@ -138,6 +139,8 @@ def prepare_store(tracking_uri: str, experiment: str, artifact_root: Path | None
 def start_parent_run(
     tracking_uri: str, experiment_id: str, params: dict, tags: dict, run_name: str = "search"
 ) -> str:
+    """Open the search's parent run ``run_name`` with ``params`` and ``tags`` (plus the tag
+    ``taxi_hpo.role=search``); returns its run id."""
     client = MlflowClient(tracking_uri=tracking_uri)
     run = client.create_run(experiment_id, run_name=run_name, tags={**tags, "taxi_hpo.role": "search"})
     client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
@@ -151,6 +154,8 @@ def end_run(
     metrics: dict | None = None,
     tags: dict | None = None,
 ) -> None:
+    """Log ``metrics`` and ``tags`` on run ``run_id`` and end it as ``status``, retried while the
+    store is busy."""
     client = MlflowClient(tracking_uri=tracking_uri)
     now = int(time.time() * 1000)
     retrying(
@@ -164,6 +169,7 @@ def end_run(
 
 
 def run_status(tracking_uri: str, run_id: str) -> str:
+    """The status of run ``run_id`` (``RUNNING``, ``FINISHED``, ``FAILED``, ``KILLED``, ...)."""
     return MlflowClient(tracking_uri=tracking_uri).get_run(run_id).info.status
 
 
@@ -173,20 +179,25 @@ def warm(ctx: TrackingContext) -> None:
 
 
 def download_artifact(ctx: TrackingContext, run_id: str, artifact_path: str, dest: Path) -> Path:
+    """Download artifact ``artifact_path`` of run ``run_id`` into the folder ``dest``; returns its
+    local path."""
     local = retrying(lambda: ctx.client().download_artifacts(run_id, artifact_path, str(dest)))
     return Path(local)
 
 
 def experiment_name(tracking_uri: str, experiment_id: str) -> str:
+    """The name of experiment ``experiment_id``."""
     return MlflowClient(tracking_uri=tracking_uri).get_experiment(experiment_id).name
 
 
 def tag_run(tracking_uri: str, run_id: str, tags: dict) -> None:
+    """Set ``tags`` on run ``run_id`` (values as strings)."""
     client = MlflowClient(tracking_uri=tracking_uri)
     retrying(lambda: client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()]))
 
 
 def reopen_run(tracking_uri: str, run_id: str, tags: dict) -> None:
+    """Mark run ``run_id`` RUNNING again (a resumed search) and set ``tags`` on it."""
     client = MlflowClient(tracking_uri=tracking_uri)
     retrying(lambda: client.update_run(run_id, status="RUNNING"))
     retrying(lambda: client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()]))
