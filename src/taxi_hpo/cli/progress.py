@@ -40,11 +40,11 @@ class ProgressBar:
         self._progress.start()
 
     def update(self, outcome: TrialOutcome) -> None:
-        """Advance the bar by one ended trial: a complete one may lower the best RMSE, one without a
-        loss counts as failed (a pruned one: neither)."""
+        """Advance the bar by one ended trial: a complete one may lower the best RMSE, a failed one
+        counts as failed (a pruned one, or one the time budget stopped: neither), as in the summary."""
         if outcome.complete:  # a pruned trial's RMSE is of an unfinished model
             self.best = outcome.loss if self.best is None else min(self.best, outcome.loss)
-        elif not outcome.ok:
+        elif not outcome.ok and not outcome.cancelled:
             self.failed += 1
         if self._progress is not None:
             self._progress.update(

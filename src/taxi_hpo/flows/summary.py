@@ -51,7 +51,7 @@ class SearchResult:
     @property
     def complete(self) -> list[TrialOutcome]:
         """Trials that trained to the end (a pruned trial's RMSE is of an unfinished model)."""
-        return [o for o in self.trials.outcomes if o.ok and o.complete]
+        return [o for o in self.trials.outcomes if o.complete]
 
     @property
     def best(self) -> TrialOutcome | None:
