@@ -23,4 +23,7 @@ def test_the_bar_counts_failures_and_the_best_complete_trial_only():
     bar.stop()  # idempotent
     assert (bar.failed, bar.best) == (1, 6.3)
     text = out.getvalue()
-    assert "Dask: 2 workers x 1 XGBoost thread" in text and "Dask dashboard: http://127.0.0.1:8787/status" in text
+    assert (
+        "Dask: 2 workers x 1 XGBoost thread" in text
+        and "Dask dashboard: http://127.0.0.1:8787/status" in text
+    )

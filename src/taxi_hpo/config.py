@@ -215,6 +215,16 @@ class RunConfig:
             )
 
     @property
+    def local_cluster(self) -> bool:
+        """Trials run on a LocalCluster this process starts (no ``address``, no ``cluster_class``)."""
+        return self.address is None and self.cluster_class is None
+
+    @property
+    def artifact_root(self) -> Path:
+        """Where a new local store keeps its artifacts: ``mlartifacts`` beside the working folder."""
+        return Path(self.workdir) / "mlartifacts"
+
+    @property
     def resolved_tracking_uri(self) -> str:
         """The tracking URI the run uses: ``tracking_uri``, else a sqlite store ``mlflow.db`` in
         ``workdir``."""

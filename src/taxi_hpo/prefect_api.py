@@ -21,7 +21,7 @@ from contextlib import contextmanager
 import prefect.settings
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from taxi_hpo import environ
+from taxi_hpo import environ, timeline
 
 
 def configured_credentials() -> tuple[str | None, str | None]:
@@ -171,6 +171,7 @@ def prefect_api(startup_timeout_s: int = 60) -> Iterator[str]:
     server = _EARLY.pop("server", None) or TemporaryServer().launch()
     try:
         url = server.wait_ready(startup_timeout_s)
+        timeline.mark("prefect_api_ready")
         with environ.restored(["PREFECT_API_URL"]):
             os.environ["PREFECT_API_URL"] = url  # inherited by Dask worker processes
             with temporary_settings(updates={PREFECT_API_URL: url}):

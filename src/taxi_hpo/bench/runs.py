@@ -57,14 +57,12 @@ def run_seq(cfg, layout, prepared, repeat: int) -> dict:
     run_cfg = cfg.run_config(layout)
     called = time.time()
     uri = run_cfg.resolved_tracking_uri
-    experiment_id = tracking.prepare_store(uri, cfg.experiment, Path(run_cfg.workdir) / "mlartifacts")
+    experiment_id = tracking.prepare_store(uri, cfg.experiment, run_cfg.artifact_root)
     params = {**cfg.describe(), "layout": layout.name, "repeat": repeat, "nthread": layout.threads}
     with tracking.parent_run(
         uri, experiment_id, params, {"taxi_hpo.bench": layout.name}, run_name=f"bench-{layout.name}"
     ) as parent:
-        ctx = tracking.TrackingContext(
-            uri, experiment_id, parent.run_id, features.preprocessor_sha256(prepared.preprocessor)
-        )
+        ctx = parent.trial_context(features.preprocessor_sha256(prepared.preprocessor))
         models.matrices(prepared)  # as the reference pipeline: the DMatrix pair is built before fmin
         pruner = Pruner(cfg.prune, cfg.rounds)
 
@@ -147,10 +145,14 @@ def run_script(cfg, layout, repeat: int, train: Path, valid: Path) -> dict:
 
 def run_parallel(cfg, layout, repeat: int) -> dict:
     """One search flow on a fresh LocalCluster of ``layout``, in this process."""
-    from taxi_hpo import flows
+    from taxi_hpo import flows, timeline
 
+    timeline.reset()  # this search's steps only
     called = time.time()
     summary = flows.execute(cfg.run_config(layout))
+    # its steps from the call on (not from the bench's own start)
+    offset = timeline.since_start(called)
+    summary["timeline"] = {step: round(t - offset, 3) for step, t in summary.get("timeline", {}).items()}
     return _from_summary(layout, repeat, summary, called)
 
 
@@ -159,35 +161,13 @@ def run_command(cfg, layout, repeat: int) -> dict:
     API server and cluster, the baseline and the registration included (``command_s``)."""
     run_cfg = cfg.run_config(layout)
     cli = Path(sys.executable).with_name("taxi-hpo")
-    command = [
-        str(cli),
-        "run",
-        "--json",
-        "--train",
-        run_cfg.train,
-        "--valid",
-        run_cfg.valid,
-        "--data-dir",
-        run_cfg.data_dir,
-        "--trials",
-        str(run_cfg.trials),
-        "--rounds",
-        str(cfg.rounds),
-        "--max-depth",
-        str(cfg.max_depth),
-        "--seed",
-        str(cfg.seed),
-        "--mode",
-        cfg.mode,
-        "--workers",
-        str(layout.workers),
-        "--threads-per-worker",
-        str(layout.threads),
-        "--experiment",
-        cfg.experiment,
-        "--tracking-uri",
-        run_cfg.resolved_tracking_uri,
-    ]
+    flags = {
+        "--train": run_cfg.train, "--valid": run_cfg.valid, "--data-dir": run_cfg.data_dir,
+        "--trials": run_cfg.trials, "--rounds": cfg.rounds, "--max-depth": cfg.max_depth, "--seed": cfg.seed,
+        "--mode": cfg.mode, "--workers": layout.workers, "--threads-per-worker": layout.threads,
+        "--experiment": cfg.experiment, "--tracking-uri": run_cfg.resolved_tracking_uri,
+    }  # fmt: skip
+    command = [str(cli), "run", "--json", *(str(part) for pair in flags.items() for part in pair)]
     if not layout.elastic:
         command.append("--no-elastic-threads")
     if cfg.prune != "none":
@@ -218,6 +198,8 @@ def _from_summary(layout, repeat: int, summary: dict, called: float) -> dict:
         "search_started": summary.get("search_started"),
         "first_trial_s": _first_start(records, called),
         "parent_run_id": summary["parent_run_id"],
+        # the command's steps (taxi_hpo.timeline), in seconds from its start
+        "timeline": summary.get("timeline"),
         "trials": records,
     }
 

@@ -107,7 +107,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     With ``--resume``, the search's settings come from its parent run; a search that is already
     complete runs nothing and says so.
     """
-    from taxi_hpo import prefect_api
+    from taxi_hpo import prefect_api, timeline
 
     cfg = run_config(args)
     # The API server takes seconds to start: launched before the heavy imports and the checks.
@@ -134,15 +134,22 @@ def cmd_run(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps(done))
             return 0
+    timeline.mark("cli_imports_done")
     preflight.check(cfg, download_progress())
+    timeline.mark("checks_done")
     from taxi_hpo import flows
 
     if args.json:
         with _stdout_to_stderr():
             summary = flows.execute(cfg, ProgressBar())
+    else:
+        summary = flows.execute(cfg, ProgressBar())
+    timeline.mark("closed")  # the cluster and the API server this run started are gone
+    summary["timeline"] = timeline.timeline()
+    if args.json:
         print(json.dumps(summary, default=str))
     else:
-        _print_summary(flows.execute(cfg, ProgressBar()))
+        _print_summary(summary)
     return 0
 
 

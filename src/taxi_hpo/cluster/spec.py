@@ -18,7 +18,7 @@ import dask
 import distributed
 from prefect_dask import DaskTaskRunner
 
-from taxi_hpo import environ
+from taxi_hpo import environ, timeline
 from taxi_hpo.errors import ClusterError
 
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -215,6 +215,7 @@ class LocalClusterStart:
     def _start(self, spec: ClusterSpec, env: dict[str, str]) -> None:
         try:
             self._cluster = distributed.LocalCluster(**spec.local_kwargs(env))
+            timeline.mark("cluster_ready")
         except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
             self._error = exc
 

@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from prefect import flow
 from prefect.context import FlowRunContext
 from prefect.settings import PREFECT_API_URL
 
-from taxi_hpo import tracking
+from taxi_hpo import timeline, tracking
 from taxi_hpo.cluster import workers as cluster_workers
 from taxi_hpo.cluster.runner import DaskTrialRunner
 from taxi_hpo.cluster.workers import shared_with_workers
 from taxi_hpo.config import RunConfig
-from taxi_hpo.core import data, features
+from taxi_hpo.core import data as trip_data
+from taxi_hpo.core import features
 from taxi_hpo.core.features import PreparedData
 from taxi_hpo.flows import tasks
 from taxi_hpo.flows.history import History, load_history
@@ -38,119 +41,76 @@ from taxi_hpo.search.tpe import startup_trials
 @flow(name="preprocess")
 def preprocess(train_path: str, valid_path: str) -> dict:
     """Load both months, fit on train only, transform both; cached by the files' content."""
-    train_sha, valid_sha = data.file_sha256(Path(train_path)), data.file_sha256(Path(valid_path))
+    train_sha, valid_sha = trip_data.file_sha256(Path(train_path)), trip_data.file_sha256(Path(valid_path))
     state = tasks.transform_months(train_path, valid_path, train_sha, valid_sha, return_state=True)
-    return {"data": state.result(), "cached": state.name == "Cached"}
+    prepared = state.result()
+    timeline.mark("data_prepared")
+    return {"data": prepared, "cached": state.name == "Cached"}
 
 
 @flow(name="taxi-hpo-search")
 def search(config: dict) -> dict:
     """Preprocess once, baseline, TPE trials in parallel on Dask, register the best."""
     cfg, started = RunConfig.from_dict(config), time.time()
-    uri = cfg.resolved_tracking_uri
-    experiment_id = tracking.prepare_store(uri, cfg.experiment, Path(cfg.workdir) / "mlartifacts")
+    timeline.mark("flow_started", started)
+    experiment_id = tracking.prepare_store(cfg.resolved_tracking_uri, cfg.experiment, cfg.artifact_root)
     months = preprocess(*month_paths(cfg))
     prepared: PreparedData = months["data"]
-    client = connect(cfg)
-    slots = cluster_workers.slots(
-        client, cfg.workers if cfg.address is None and cfg.cluster_class is None else None
-    )
-    history = load_history(cfg, uri, experiment_id)
-    in_flight = history.in_flight(cfg, slots)
-    with tracking.parent_run(
-        uri,
-        experiment_id,
-        parent_params(cfg, prepared, slots, in_flight),
-        parent_tags(history),
-        resume=history.record,
-        interrupted=interrupted,
-    ) as parent:
-        ctx = tracking.TrackingContext(
-            uri, parent.experiment_id, parent.run_id, features.preprocessor_sha256(prepared.preprocessor)
-        )
+    history = load_history(cfg, cfg.resolved_tracking_uri, experiment_id)
+    cluster = connect(cfg, history)
+    with open_parent_run(cfg, experiment_id, prepared, cluster, history) as parent:
+        ctx = parent.trial_context(features.preprocessor_sha256(prepared.preprocessor))
         # The servers' credentials, then the data, once to each worker (see cluster.workers).
-        with shared_with_workers(client, prepared) as data_ref:
-            warming = cluster_workers.on_each_worker(
-                client, tasks.warm_worker, data_ref, ctx, PREFECT_API_URL.value()
-            )
+        with shared_with_workers(cluster.client, prepared) as data:
+            warming = warm_workers(cluster.client, data, ctx)  # while the two steps below run
             tasks.log_preprocessor(ctx, prepared.preprocessor.to_bytes())
             lr_rmse = history.lr_rmse if history.lr_rmse is not None else tasks.linear_baseline(prepared, ctx)
-            run = run_trials(
-                cfg,
-                client,
-                data_ref,
-                ctx,
-                history,
-                slots,
-                in_flight,
-                cluster_workers.gather_by_worker(client, warming),
-            )
+            run = run_trials(cfg, cluster, data, ctx, history, warming)
             parent.ended_children.update(o.run_id for o in run.outcomes if o.run_id)
-            report_job = (
-                start_report(
-                    uri,
-                    parent.run_id,
-                    run.outcomes,
-                    {"lr_rmse": lr_rmse, "search_wall_s": run.search_wall_s, "utilisation": run.utilisation},
-                )
-                if cfg.report
-                else None
-            )
-            cluster_workers.run_on_each_worker(client, flush_to_api)  # trial logs queued there (up to 2 s)
-        version = (
-            tasks.register_best(run.outcomes, prepared, ctx, cfg.max_rmse, cfg.max_inference_time)
-            if cfg.register
-            else None
-        )
-        result = SearchResult(
-            cfg,
-            ctx,
-            run,
-            lr_rmse,
-            time.time() - started,
-            version,
-            months["cached"],
-            prepared.nbytes,
-            client.dashboard_link,
-            [w["from"] for w in history.warm],
+            report = start_report(parent.tracking_uri, parent.run_id, run, lr_rmse) if cfg.report else None
+            flush_workers(cluster.client)
+        version = None
+        if cfg.register:
+            version = tasks.register_best(run.outcomes, prepared, ctx, cfg.max_rmse, cfg.max_inference_time)
+        result = SearchResult.collect(
+            cfg, ctx, run, lr_rmse, started, version, months, cluster.client, history
         )
         parent.metrics.update(result.parent_metrics())
-        if result.ended_on_timeout:
-            parent.tags["ended_on_timeout"] = "true"
-        return {
-            **result.to_dict(),
-            "report": finish_report(report_job, parent.run_id) if report_job else None,
-        }
+        parent.tags.update({"ended_on_timeout": "true"} if result.ended_on_timeout else {})
+        return {**result.to_dict(), "report": finish_report(report, parent.run_id) if report else None}
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """The cluster as the search uses it: its Dask client, its trial slots, the trials in flight."""
+
+    client: Any
+    slots: int
+    in_flight: int
 
 
 def run_trials(
-    cfg: RunConfig,
-    client,
-    data_ref,
-    ctx: tracking.TrackingContext,
-    history: History,
-    slots: int,
-    in_flight: int,
-    warmed: dict,
+    cfg: RunConfig, cluster: Cluster, data, ctx: tracking.TrackingContext, history: History, warming: dict
 ) -> TrialsRun:
     """The TPE trials on the cluster until ``cfg.trials`` ended (or the budget ran out).
 
-    ``warmed``: what each worker's warm-up reported (its core pool), for the thread plan.
-    In async mode the slots follow the workers present (joining ones get a warm-up first); a
-    batch keeps its size.
+    ``warming``: each worker's warm-up (its core pool, for the thread plan). In async mode the
+    slots follow the workers present (joining ones get a warm-up first); a batch keeps its size.
     """
-    reporter = current_reporter()
+    client, reporter = cluster.client, current_reporter()
+    warmed = cluster_workers.gather_by_worker(client, warming)
+    timeline.mark("workers_warm")
     plan = cluster_workers.thread_plan(client, warmed, cfg.threads_per_worker, cfg.elastic_threads)
     searcher = TPESearcher(
         reference_space(cfg.max_depth),
         cfg.seed,
-        startup_trials(in_flight, len(history.warm)),
+        startup_trials(cluster.in_flight, len(history.warm)),
         warm_points=[w["params"] for w in history.warm],
     )
     pruner = Pruner(cfg.prune, cfg.rounds)
     runner = DaskTrialRunner(
         tasks.trial.submit,
-        data_ref,
+        data,
         ctx,
         cfg.rounds,
         cfg.threads_per_worker,
@@ -161,17 +121,15 @@ def run_trials(
         run_tags={i: {tracking.WARM_FROM_TAG: w["from"]} for i, w in enumerate(history.warm)},
     )
     if reporter:
-        reporter.start(
-            cfg.trials,
-            client.dashboard_link,
-            layout_line(cfg, cluster_workers.worker_count(client), slots, plan),
-        )
+        workers = cluster_workers.worker_count(client)
+        reporter.start(cfg.trials, client.dashboard_link, layout_line(cfg, workers, cluster.slots, plan))
+    in_flight = cluster.in_flight
     if cfg.mode == "async":
         api_url = PREFECT_API_URL.value()
         planned = {worker: slot.slots for worker, slot in plan.slots.items()}
         runner.follow(
             planned,
-            lambda addr: cluster_workers.on_worker(client, addr, tasks.warm_worker, data_ref, ctx, api_url),
+            lambda addr: cluster_workers.on_worker(client, addr, tasks.warm_worker, data, ctx, api_url),
             target_slots=cfg.adapt[1] * max(planned.values(), default=1) if cfg.adapt else 0,
         )
         in_flight = runner.capacity
@@ -193,36 +151,67 @@ def run_trials(
     finally:
         if reporter:
             reporter.stop()
-    return TrialsRun(
+    run = TrialsRun(
         outcomes,
         started,
         wall,
-        slots,
+        cluster.slots,
         runner.slot_seconds,
         list(runner.slots_seen),
         max(runner.submit_bytes.values(), default=0),
     )
+    run.mark_timeline()
+    return run
+
+
+def warm_workers(client, data, ctx: tracking.TrackingContext) -> dict:
+    """One warm-up task per worker (imports, matrices, the store ready before the first trial):
+    ``{worker: future}``."""
+    return cluster_workers.on_each_worker(client, tasks.warm_worker, data, ctx, PREFECT_API_URL.value())
+
+
+def flush_workers(client) -> None:
+    """Send what the workers queued for the Prefect API (trial log lines, up to 2 s old)."""
+    cluster_workers.run_on_each_worker(client, flush_to_api)
+    timeline.mark("workers_flushed")
 
 
 def month_paths(cfg: RunConfig) -> tuple[str, str]:
     """The training and validation months as parquet paths (downloaded and cached if need be)."""
-    return (
-        str(data.resolve(cfg.train, Path(cfg.data_dir)).path),
-        str(data.resolve(cfg.valid, Path(cfg.data_dir)).path),
-    )
+    folder = Path(cfg.data_dir)
+    return str(trip_data.resolve(cfg.train, folder).path), str(trip_data.resolve(cfg.valid, folder).path)
 
 
-def connect(cfg: RunConfig):
-    """The flow run's Dask client (connecting to, or creating, the cluster); a cluster made by
-    ``--cluster-class`` waits for its first worker and passes the checks ``--address`` makes
-    (stores reachable from the workers, same taxi-hpo, Python and Prefect)."""
+def connect(cfg: RunConfig, history: History) -> Cluster:
+    """The flow run's cluster (connecting to, or creating, it), its slots and trials in flight.
+
+    A cluster made by ``--cluster-class`` waits for its first worker and passes the checks
+    ``--address`` makes (stores reachable from the workers, same taxi-hpo, Python and Prefect).
+    """
     client = FlowRunContext.get().task_runner.client
     if cfg.cluster_class:
         from taxi_hpo.preflight import remote
 
         cluster_workers.wait_for_first_worker(client, 600.0, f"--cluster-class {cfg.cluster_class}")
         remote.check_cluster_workers(client, cfg.resolved_tracking_uri)
-    return client
+    timeline.mark("cluster_connected")
+    slots = cluster_workers.slots(client, cfg.workers if cfg.local_cluster else None)
+    return Cluster(client, slots, history.in_flight(cfg, slots))
+
+
+def open_parent_run(
+    cfg: RunConfig, experiment_id: str, prepared: PreparedData, cluster: Cluster, history: History
+):
+    """The search's parent run, new or the resumed one (:func:`taxi_hpo.tracking.parent_run`)."""
+    params = parent_params(cfg, prepared, cluster.slots, cluster.in_flight)
+    return tracking.parent_run(
+        cfg.resolved_tracking_uri,
+        experiment_id,
+        params,
+        parent_tags(history),
+        resume=history.record,
+        interrupted=interrupted,
+    )
 
 
 def parent_params(cfg: RunConfig, prepared: PreparedData, slots: int, in_flight: int) -> dict:

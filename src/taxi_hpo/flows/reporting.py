@@ -16,7 +16,9 @@ from typing import Protocol
 
 from prefect import get_run_logger
 
+from taxi_hpo import timeline
 from taxi_hpo.config import RunConfig
+from taxi_hpo.flows.summary import TrialsRun
 from taxi_hpo.search import TrialOutcome
 from taxi_hpo.search.threads import ThreadPlan
 
@@ -84,16 +86,17 @@ def layout_line(cfg: RunConfig, workers: int, slots: int, plan: ThreadPlan) -> s
     return line
 
 
-def start_report(
-    tracking_uri: str, parent_run_id: str, outcomes: list[TrialOutcome], metrics: dict
-) -> Future:
+def start_report(tracking_uri: str, parent_run_id: str, run: TrialsRun, lr_rmse: float) -> Future:
     """The search's report on its parent run (``report/``), made in a thread of its own, with
     the trials' ends as the search saw them (a busy tracking server may not show them yet)."""
     from taxi_hpo import report  # matplotlib: imported when a report is drawn
 
     ended = {
-        o.run_id: report.ended_as(o.loss, o.pruned_at, o.cancelled, o.finished) for o in outcomes if o.run_id
+        o.run_id: report.ended_as(o.loss, o.pruned_at, o.cancelled, o.finished)
+        for o in run.outcomes
+        if o.run_id
     }
+    metrics = {"lr_rmse": lr_rmse, "search_wall_s": run.search_wall_s, "utilisation": run.utilisation}
     pool = ThreadPoolExecutor(1, thread_name_prefix="taxi-hpo-report")
     job = pool.submit(
         report.publish, tracking_uri, parent_run_id, metrics=metrics, status="FINISHED", ended=ended
@@ -117,4 +120,5 @@ def finish_report(job: Future, parent_run_id: str) -> str | None:
             parent_run_id,
         )
         return None
+    timeline.mark("report_done")
     return f"{report.ARTIFACT_DIR}/report.html"

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
-from taxi_hpo import tracking
+from taxi_hpo import timeline, tracking
 from taxi_hpo.config import RunConfig
 from taxi_hpo.search import TrialOutcome
 
@@ -23,6 +24,15 @@ class TrialsRun:
     slots_seen: list = field(default_factory=list)
     #: the largest pickled trial submission (bytes)
     submit_bytes_max: int = 0
+
+    def mark_timeline(self) -> None:
+        """The first trial's start and the last trial's end on the command's timeline."""
+        starts = [o.started for o in self.outcomes if o.started]
+        ends = [o.finished for o in self.outcomes if o.finished]
+        if starts:
+            timeline.mark("first_trial_started", min(starts))
+        if ends:
+            timeline.mark("last_trial_ended", max(ends))
 
     @property
     def utilisation(self) -> float | None:
@@ -47,6 +57,34 @@ class SearchResult:
     data_bytes: int
     dashboard: str | None
     warm_start: list[str] = field(default_factory=list)
+
+    @classmethod
+    def collect(
+        cls,
+        cfg: RunConfig,
+        ctx: tracking.TrackingContext,
+        trials: TrialsRun,
+        lr_rmse: float,
+        started: float,
+        registered_version: str | None,
+        months: dict,
+        client,
+        history,
+    ) -> SearchResult:
+        """The result of a search that started at ``started`` and ends now: ``months`` is what the
+        ``preprocess`` flow returned, ``client`` the Dask client, ``history`` its starting point."""
+        return cls(
+            cfg,
+            ctx,
+            trials,
+            lr_rmse,
+            time.time() - started,
+            registered_version,
+            months["cached"],
+            months["data"].nbytes,
+            client.dashboard_link,
+            [w["from"] for w in history.warm],
+        )
 
     @property
     def complete(self) -> list[TrialOutcome]:
@@ -116,6 +154,8 @@ class SearchResult:
             "warm_start": list(self.warm_start),
             "submit_bytes_max": run.submit_bytes_max,
             "data_bytes": self.data_bytes,
+            # seconds since the process started (the CLI adds the steps after the flow)
+            "timeline": timeline.timeline(),
         }
 
 

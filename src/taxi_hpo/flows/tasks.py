@@ -13,7 +13,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from taxi_hpo import tracking
+from taxi_hpo import timeline, tracking
 from taxi_hpo.cluster import runner as dask_runner
 from taxi_hpo.cluster import worker_data
 from taxi_hpo.core import data, features, models
@@ -57,6 +57,7 @@ def linear_baseline(prepared: PreparedData, ctx: tracking.TrackingContext) -> fl
     rmse = models.linear_baseline(prepared)
     run_id = tracking.start_child_run(ctx, "linear-regression", {"model": "LinearRegression"})
     tracking.finish_child_run(ctx, run_id, {"model": "LinearRegression"}, {"rmse_valid": rmse})
+    timeline.mark("baseline_done")
     return rmse
 
 
@@ -125,7 +126,9 @@ def register_best(
     max_inference_time: float,
 ) -> str | None:
     """Register the best trial within the thresholds as ``@staging``; its version, or None."""
-    return tracking.register_best(outcomes, prepared.preprocessor, ctx, max_rmse, max_inference_time)
+    version = tracking.register_best(outcomes, prepared.preprocessor, ctx, max_rmse, max_inference_time)
+    timeline.mark("registered")
+    return version
 
 
 def warm_worker(data: worker_data.DataRef, ctx: tracking.TrackingContext, api_url: str) -> dict:

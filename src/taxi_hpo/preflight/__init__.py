@@ -75,6 +75,6 @@ def check(cfg: RunConfig, progress: data.ProgressFn | None = None) -> None:
 
         remote.check_credentials(cfg.resolved_tracking_uri, configured_api_url())
     # Creates the store from this (the flow's) process before any worker can race to migrate it.
-    tracking.prepare_store(cfg.resolved_tracking_uri, cfg.experiment, Path(cfg.workdir) / "mlartifacts")
+    tracking.prepare_store(cfg.resolved_tracking_uri, cfg.experiment, cfg.artifact_root)
     if cfg.warm_start and cfg.warm_start != "latest" and not cfg.resume:
         tracking.load_search(cfg.resolved_tracking_uri, cfg.warm_start)  # one line if it is no search

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from taxi_hpo.tracking.resume import SearchRecord
 from taxi_hpo.tracking.runs import close_stale_children
-from taxi_hpo.tracking.store import end_run, reopen_run, start_parent_run
+from taxi_hpo.tracking.store import TrackingContext, end_run, reopen_run, start_parent_run
 
 
 @dataclass
@@ -29,6 +29,10 @@ class ParentRun:
     #: children known to have ended (the trials that came back): never marked KILLED, even if a
     #: tracking server under load still reads them as RUNNING
     ended_children: set = field(default_factory=set)
+
+    def trial_context(self, preprocessor_sha256: str = "") -> TrackingContext:
+        """What a worker needs to log this search's trials as children of this run."""
+        return TrackingContext(self.tracking_uri, self.experiment_id, self.run_id, preprocessor_sha256)
 
 
 @contextlib.contextmanager
