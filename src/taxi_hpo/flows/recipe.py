@@ -97,17 +97,68 @@ def run_trials(
     ``warming``: each worker's warm-up (its core pool, for the thread plan). In async mode the
     slots follow the workers present (joining ones get a warm-up first); a batch keeps its size.
     """
-    client, reporter = cluster.client, current_reporter()
-    warmed = cluster_workers.gather_by_worker(client, warming)
-    timeline.mark("workers_warm")
-    plan = cluster_workers.thread_plan(client, warmed, cfg.threads_per_worker, cfg.elastic_threads)
+    reporter = current_reporter()
+    pruner = Pruner(cfg.prune, cfg.rounds)
+    runner = trial_runner(cfg, cluster, data, ctx, history, pruner, warming)
     searcher = TPESearcher(
         reference_space(cfg.max_depth),
         cfg.seed,
         startup_trials(cluster.in_flight, len(history.warm)),
         warm_points=[w["params"] for w in history.warm],
     )
-    pruner = Pruner(cfg.prune, cfg.rounds)
+    if reporter:
+        workers = cluster_workers.worker_count(cluster.client)
+        reporter.start(
+            cfg.trials, cluster.client.dashboard_link, layout_line(cfg, workers, cluster.slots, runner.plan)
+        )
+    # async: as many as the workers present hold (runner.capacity follows them); batch: fixed
+    in_flight = runner.capacity if cfg.mode == "async" else cluster.in_flight
+    budget = Budget.from_now(cfg.timeout_s, kill=cfg.timeout_kill)
+    started = time.time()
+    try:
+        with cluster.client.as_current():
+            outcomes = run_search(
+                searcher,
+                runner,
+                cfg.trials,
+                mode=cfg.mode,
+                in_flight=in_flight,
+                known=history.known,
+                on_outcome=_on_outcome(pruner, reporter),
+                budget=budget,
+            )
+        wall = time.time() - started
+        runner.stop_following()
+    finally:
+        if reporter:
+            reporter.stop()
+    submitted = max(runner.submit_bytes.values(), default=0)
+    run = TrialsRun(
+        outcomes, started, wall, cluster.slots, runner.slot_seconds, list(runner.slots_seen), submitted
+    )
+    run.mark_timeline()
+    return run
+
+
+def trial_runner(
+    cfg: RunConfig,
+    cluster: Cluster,
+    data,
+    ctx: tracking.TrackingContext,
+    history: History,
+    pruner: Pruner,
+    warming: dict,
+) -> DaskTrialRunner:
+    """What places the search's trials on the workers, with the thread plan the warm-ups reported.
+
+    Async mode: the runner follows the workers present (a joining worker is warmed up first), and
+    its ``capacity`` says how many trials to keep in flight.
+    """
+    client = cluster.client
+    warmed = cluster_workers.gather_by_worker(client, warming)
+    timeline.mark("workers_warm")
+    plan = cluster_workers.thread_plan(client, warmed, cfg.threads_per_worker, cfg.elastic_threads)
+    warm_tags = {i: {tracking.WARM_FROM_TAG: w["from"]} for i, w in enumerate(history.warm)}
     runner = DaskTrialRunner(
         tasks.trial.submit,
         data,
@@ -118,12 +169,8 @@ def run_trials(
         plan=plan,
         pruner=pruner,
         on_failed=_mark_failed(ctx),
-        run_tags={i: {tracking.WARM_FROM_TAG: w["from"]} for i, w in enumerate(history.warm)},
+        run_tags=warm_tags,
     )
-    if reporter:
-        workers = cluster_workers.worker_count(client)
-        reporter.start(cfg.trials, client.dashboard_link, layout_line(cfg, workers, cluster.slots, plan))
-    in_flight = cluster.in_flight
     if cfg.mode == "async":
         api_url = PREFECT_API_URL.value()
         planned = {worker: slot.slots for worker, slot in plan.slots.items()}
@@ -132,36 +179,7 @@ def run_trials(
             lambda addr: cluster_workers.on_worker(client, addr, tasks.warm_worker, data, ctx, api_url),
             target_slots=cfg.adapt[1] * max(planned.values(), default=1) if cfg.adapt else 0,
         )
-        in_flight = runner.capacity
-    started = time.time()
-    try:
-        with client.as_current():
-            outcomes = run_search(
-                searcher,
-                runner,
-                cfg.trials,
-                mode=cfg.mode,
-                in_flight=in_flight,
-                known=history.known,
-                on_outcome=_on_outcome(pruner, reporter),
-                budget=Budget.from_now(cfg.timeout_s, kill=cfg.timeout_kill),
-            )
-        wall = time.time() - started
-        runner.stop_following()
-    finally:
-        if reporter:
-            reporter.stop()
-    run = TrialsRun(
-        outcomes,
-        started,
-        wall,
-        cluster.slots,
-        runner.slot_seconds,
-        list(runner.slots_seen),
-        max(runner.submit_bytes.values(), default=0),
-    )
-    run.mark_timeline()
-    return run
+    return runner
 
 
 def warm_workers(client, data, ctx: tracking.TrackingContext) -> dict:
