@@ -272,10 +272,13 @@ class DaskTrialRunner:
         # The scheduler refills free slots before it waits: sending the counts here, once per
         # refill, spares a running trial a give-and-take-back when a slot is refilled at once.
         self.post_thread_changes()
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             futures = {h: self._futures[h].wrapped_future for h in handles}
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                distributed.wait(list(futures.values()), timeout=timeout, return_when="FIRST_COMPLETED")
+                # after a resubmission the wait goes on, within the same timeout
+                distributed.wait(list(futures.values()), timeout=left, return_when="FIRST_COMPLETED")
             except distributed.client.FuturesCancelledError:
                 pass  # handled below
             except (TimeoutError, distributed.TimeoutError):

@@ -517,9 +517,9 @@ def _fmt(value) -> str:
 
 def write(report: SearchReport, out: Path) -> list[Path]:
     """The pictures, summary.json and report.html into ``out``; returns the files."""
-    out.mkdir(parents=True, exist_ok=True)
-    if not report.rows:
+    if not report.rows:  # before the folder exists: a refused report leaves nothing behind
         raise TrackingError(f"search {report.parent_run_id} has no trial runs yet: nothing to report")
+    out.mkdir(parents=True, exist_ok=True)
     plot_best_so_far(report, out / "best_so_far.png")
     plot_params(report, out / "params.png")
     plot_timeline(report, out / "timeline.png")

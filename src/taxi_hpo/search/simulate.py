@@ -258,9 +258,10 @@ class SimulatedRunner:
         )
         return trial_id
 
-    def wait_any(self, handles):
+    def wait_any(self, handles, timeout: float | None = None):
         """Apply the changed thread counts, then move the clock until some of ``handles`` have
-        finished; returns those."""
+        finished; returns those. ``timeout`` (the scheduler's, with a killing budget) is ignored:
+        on the virtual clock every wait ends with a trial's end."""
         for threads in self.plan.pending_changes().values():
             for trial_id, count in threads.items():
                 self._trials[trial_id].threads = count

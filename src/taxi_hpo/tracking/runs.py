@@ -65,13 +65,17 @@ def child_runs(tracking_uri: str, parent_run_id: str, status: str | None = None)
     """The child runs of the search ``parent_run_id``, every page of them; only those in ``status``
     when given (``RUNNING``, ``FINISHED``, ...)."""
     client = MlflowClient(tracking_uri=tracking_uri)
-    parent = client.get_run(parent_run_id)
+    parent = retrying(lambda: client.get_run(parent_run_id))
     query = f"tags.mlflow.parentRunId = '{parent_run_id}'"
     if status:
         query += f" and attributes.status = '{status}'"
     runs, token = [], None
     while True:
-        page = client.search_runs([parent.info.experiment_id], query, max_results=1000, page_token=token)
+        page = retrying(
+            lambda token=token: client.search_runs(
+                [parent.info.experiment_id], query, max_results=1000, page_token=token
+            )
+        )
         runs.extend(page)
         token = page.token
         if not token:

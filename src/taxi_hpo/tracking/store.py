@@ -142,8 +142,9 @@ def start_parent_run(
     """Open the search's parent run ``run_name`` with ``params`` and ``tags`` (plus the tag
     ``taxi_hpo.role=search``); returns its run id."""
     client = MlflowClient(tracking_uri=tracking_uri)
+    # Not retried: a create that reached the store before its reply was lost would make two runs.
     run = client.create_run(experiment_id, run_name=run_name, tags={**tags, "taxi_hpo.role": "search"})
-    client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+    retrying(lambda: client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()]))
     return run.info.run_id
 
 
