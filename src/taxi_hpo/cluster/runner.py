@@ -82,12 +82,13 @@ class DaskTrialRunner:
     """Submits trial tasks through the flow's DaskTaskRunner; handles are trial ids.
 
     A future Dask reports as cancelled (seen under heavy load after a worker died: "already
-    forgotten") is submitted again (with the data scattered again if it was a scattered future
-    whose copy went too); trials are idempotent in the tracking store, so a rerun never makes a
+    forgotten") is submitted again (the data is a worker plugin no worker loses: see
+    ``worker_data``); trials are idempotent in the tracking store, so a rerun never makes a
     second finished run.
 
     Args:
         submit_trial: the trial task's ``submit`` (keyword arguments as in ``flows.trial``).
+        data: what names the prepared data on the workers (a ``worker_data.DataRef``).
         nthread: the trial's base thread count (``--threads-per-worker``).
         plan: where trials run and their threads; None lets Dask place trials, each on ``nthread``.
         search_key: names this search's thread counts on the workers (with ``plan``).
@@ -103,11 +104,10 @@ class DaskTrialRunner:
     def __init__(
         self,
         submit_trial: Callable,
-        data_future,
+        data,
         ctx,
         rounds: int,
         nthread: int,
-        prepared=None,
         client=None,
         plan: ThreadPlan | None = None,
         search_key: str | None = None,
@@ -116,7 +116,7 @@ class DaskTrialRunner:
         on_failed: Callable[[int, dict, str], None] | None = None,
     ):
         self._submit_trial = submit_trial
-        self._data, self._prepared, self._client = data_future, prepared, client
+        self._data, self._client = data, client
         self._ctx, self._rounds, self._nthread = ctx, rounds, nthread
         self.plan, self._search_key = plan, search_key or ctx.parent_run_id
         self.pruner = pruner if pruner is not None and pruner.active else None
@@ -295,10 +295,6 @@ class DaskTrialRunner:
 
     def _resubmit(self, trial_id: int) -> None:
         self.resubmits[trial_id] = self.resubmits.get(trial_id, 0) + 1
-        # A scattered copy (not the worker plugin of worker_data, which no worker loses) can go.
-        lost = getattr(self._data, "cancelled", lambda: False)()
-        if lost and self._prepared is not None and self._client is not None:
-            self._data = self._client.scatter(self._prepared, broadcast=True, hash=False)
         if self.plan is not None:
             self.plan.finish(trial_id)  # placed again, maybe elsewhere
         self.submit(trial_id, self._params[trial_id], self._priority[trial_id])
