@@ -173,8 +173,9 @@ class BenchConfig:
             self.run_config(layout)  # the search's own checks (depth, ...) before anything runs
 
     def run_config(self, layout: Layout):
-        """The search settings of ``layout``'s runs: its workers and threads, this bench's trials,
-        rounds, data and tracking, no registration."""
+        """The search settings of ``layout``'s runs in this process: its workers and threads, this
+        bench's trials, rounds, data and tracking, no registration and no report (``--whole``
+        commands do both, as a user's)."""
         from taxi_hpo.config import RunConfig
 
         return RunConfig(
@@ -192,6 +193,7 @@ class BenchConfig:
             tracking_uri=self.tracking_uri,
             experiment=self.experiment,
             register=False,
+            report=False,
             prune=self.prune,
         )
 
