@@ -79,7 +79,9 @@ def _make_flow():
         """Resolve relative months for this run's date, check the inputs, run the search."""
         from prefect.runtime import flow_run
 
-        from taxi_hpo import flows, preflight
+        from taxi_hpo import flows, preflight, timeline
+
+        timeline.reset()  # this scheduled run's steps (the serving process runs one after another)
         from taxi_hpo.config import RunConfig
 
         when = flow_run.scheduled_start_time or datetime.now(UTC)

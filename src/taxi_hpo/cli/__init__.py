@@ -109,6 +109,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """
     from taxi_hpo import prefect_api, timeline
 
+    timeline.reset()  # this command's steps only (a process may run several, as the tests do)
     cfg = run_config(args)
     # The API server takes seconds to start: launched before the heavy imports and the checks.
     prefect_api.start_early()
