@@ -29,6 +29,23 @@ def on_each_worker(client: distributed.Client, fn, *args) -> dict:
     return {w: client.submit(fn, *args, workers=[w], allow_other_workers=False, pure=False) for w in workers}
 
 
+@contextlib.contextmanager
+def running_on_each_worker(client: distributed.Client, fn, *args, wait_s: float = 30.0) -> Iterator[dict]:
+    """:func:`on_each_worker` for the block: ``{worker: future}``, and on the way out (a failure
+    before they were read) the tasks still running are waited for up to ``wait_s``, so that
+    nothing the block shares with the workers is taken back under a running task."""
+    futures = on_each_worker(client, fn, *args)
+    try:
+        yield futures
+    finally:
+        pending = [f for f in futures.values() if not f.done()]
+        if pending:
+            try:
+                distributed.wait(pending, timeout=wait_s)
+            except Exception:  # noqa: BLE001 - leaving anyway; the block's own error is what counts
+                pass
+
+
 def on_worker(client: distributed.Client, worker: str, fn, *args) -> distributed.Future:
     """Submit ``fn(*args)`` to ``worker`` only (a worker that joined the search late)."""
     return client.submit(fn, *args, workers=[worker], allow_other_workers=False, pure=False)

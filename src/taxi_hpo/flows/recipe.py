@@ -61,8 +61,10 @@ def search(config: dict) -> dict:
     with open_parent_run(cfg, experiment_id, prepared, cluster, history) as parent:
         ctx = parent.trial_context(features.preprocessor_sha256(prepared.preprocessor))
         # The servers' credentials, then the data, once to each worker (see cluster.workers).
-        with shared_with_workers(cluster.client, prepared) as data:
-            warming = warm_workers(cluster.client, data, ctx)  # while the two steps below run
+        with (
+            shared_with_workers(cluster.client, prepared) as data,
+            warm_workers(cluster.client, data, ctx) as warming,
+        ):
             tasks.log_preprocessor(ctx, prepared.preprocessor.to_bytes())
             lr_rmse = history.lr_rmse if history.lr_rmse is not None else tasks.linear_baseline(prepared, ctx)
             run = run_trials(cfg, cluster, data, ctx, history, warming)
@@ -182,10 +184,13 @@ def trial_runner(
     return runner
 
 
-def warm_workers(client, data, ctx: tracking.TrackingContext) -> dict:
-    """One warm-up task per worker (imports, matrices, the store ready before the first trial):
-    ``{worker: future}``."""
-    return cluster_workers.on_each_worker(client, tasks.warm_worker, data, ctx, PREFECT_API_URL.value())
+def warm_workers(client, data, ctx: tracking.TrackingContext):
+    """One warm-up task per worker (imports, matrices, the store ready before the first trial),
+    running while the preprocessor is logged and the baseline fits: ``{worker: future}`` for the
+    block, finished before the data is taken back."""
+    return cluster_workers.running_on_each_worker(
+        client, tasks.warm_worker, data, ctx, PREFECT_API_URL.value()
+    )
 
 
 def flush_workers(client) -> None:
