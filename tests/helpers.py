@@ -155,3 +155,60 @@ class DaskProcesses:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+# -- processes ----------------------------------------------------------------------------------
+
+def alive(pids) -> list[int]:
+    """Those of ``pids`` still running (a zombie is not)."""
+    import psutil
+
+    out = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                out.append(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def wait_gone(pids, what: str, timeout: float = 60) -> None:
+    """Wait (generously) until every process in ``pids`` has exited."""
+    wait_for(lambda: not alive(pids), timeout, f"{what} to exit (still alive: {alive(pids)})", interval=0.05)
+
+
+def worker_processes(proc) -> list[int]:
+    """The Dask worker processes (multiprocessing children) under a :func:`start_cli` process."""
+    import psutil
+
+    try:
+        children = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    out = []
+    for child in children:
+        try:
+            if "spawn_main" in " ".join(child.cmdline()):
+                out.append(child.pid)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def freeze_running_trial(db: Path, timeout: float = 120, where=lambda trial, pid: True) -> tuple[str, int]:
+    """(trial id, worker pid) of a trial whose worker is now stopped (SIGSTOP) while the trial's run
+    is open: the trial provably runs there and cannot end until SIGCONT (or the worker is killed).
+    ``where(trial, pid)`` picks which trials qualify."""
+    import signal
+
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        candidates = wait_for(lambda: [(t, p) for t, p in running_trials(db) if where(t, p)], max(left, 0),
+                              "a running trial to freeze", interval=0.02)
+        for trial, pid in candidates:
+            os.kill(pid, signal.SIGSTOP)
+            if (trial, pid) in running_trials(db):
+                return trial, pid
+            os.kill(pid, signal.SIGCONT)  # its trial ended in between: try another
