@@ -137,7 +137,14 @@ def _args(case: str, bad_files: dict[str, Path]) -> tuple[list[str], str]:
     return [a.format(**{k: str(v) for k, v in bad_files.items()}) for a in args], expected
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if c not in IN_A_FRESH_PROCESS])
+#: In this process, but against real services: a Dask comm that waits out its connect timeout, a
+#: sqlite MLflow store created (and migrated) to be read.
+AGAINST_SERVICES = ("unreachable scheduler", "unknown resume id", "warm start from no search")
+
+
+@pytest.mark.parametrize("case", [
+    pytest.param(c, marks=[pytest.mark.integration] if c in AGAINST_SERVICES else [])
+    for c in CASES if c not in IN_A_FRESH_PROCESS])
 def test_bad_input_is_one_line_and_exit_2(case, bad_files, data_dir, tmp_path, main_here):
     args, expected = _args(case, bad_files)
     code, out, err = main_here(tmp_path, "--data-dir", str(data_dir), *args)

@@ -132,8 +132,10 @@ def test_a_cluster_manager_by_dotted_path_grows_and_shrinks_between_1_and_3_work
                      "--adapt", "1:3", "--data-dir", str(data_dir), "--trials", "9", *TRIALS)
     db = workdir / "mlflow.db"
     # grows: trials run in more than one worker process (the cluster started with one) ...
-    wait_for(lambda: len({p for ps in workers_of(db, True).values() for p in ps}) >= 2 or proc.poll() is not None,
-             180, "trials on a worker the cluster added", interval=0.05)
+    def grown() -> bool:
+        return len({p for ps in workers_of(db, True).values() for p in ps}) >= 2 or proc.poll() is not None
+
+    wait_for(grown, 180, "trials on a worker the cluster added", interval=0.05)
     assert proc.poll() is None, "the search ended before the cluster grew"
     # ... then one trial's worker stops: the tail, while the others have nothing left to run
     tail, stopped = freeze_running_trial(db, timeout=180)

@@ -88,7 +88,9 @@ _PROBE = textwrap.dedent("""
         elastic = mode == "elastic"
         params = xgb_params(json.loads(sys.argv[3]), 2 if not elastic else 1)
         if elastic:
-            models.ElasticThreads.after_iteration = lambda self, m, e, l: (orig(self, m, e, l), Probe().after_iteration(m, e, l))[0]
+            def probed(self, m, e, l, orig=orig):
+                return (orig(self, m, e, l), Probe().after_iteration(m, e, l))[0]
+            models.ElasticThreads.after_iteration = probed
             models.fit_xgboost(params, prepared, 8, threads=source, start_threads=1, max_threads=2)
         else:
             # xgb.train directly, as before elastic threads: nthread=2 asked for, under the pin.
@@ -153,8 +155,8 @@ def long_alone(prepared):
 
 
 @pytest.mark.parametrize("mode", ["async", "batch"])  # a batch reads its outcomes only at its end
-def test_through_dask_the_long_trial_takes_the_core_the_short_one_left(two_workers, long_alone, prepared, workdir,
-                                                                     tracking_uri, mode):
+def test_through_dask_the_long_trial_takes_the_core_the_short_one_left(two_workers, long_alone, prepared,
+                                                                     workdir, tracking_uri, mode):
     from prefect import flow
     from prefect.context import FlowRunContext
     from prefect_dask import DaskTaskRunner
