@@ -127,11 +127,12 @@ class DaskProcesses:
 
         self.client = distributed.Client(self.address, set_as_default=False, timeout=30)
 
-    def _workers(self) -> dict:
+    def workers(self) -> dict:
+        """The scheduler's view of its workers: ``{address: info}`` (info has ``name``, ``status``)."""
         return self.client.scheduler_info(n_workers=-1)["workers"]
 
     def address_of(self, name: str) -> str | None:
-        return next((a for a, w in self._workers().items() if w.get("name") == name), None)
+        return next((a for a, w in self.workers().items() if w.get("name") == name), None)
 
     def worker(self, name: str) -> str:
         """Start a worker named ``name``; returns its address once the scheduler knows it."""

@@ -90,7 +90,7 @@ def test_a_worker_that_leaves_takes_its_slot_and_loses_no_trial(dask_processes, 
         retire = threading.Thread(target=dask_processes.client.retire_workers, args=([leaving],),
                                   kwargs={"close_workers": True})
         retire.start()   # scaled down
-        wait_for(lambda: dask_processes._workers().get(leaving, {}).get("status", "gone") != "running", 60,
+        wait_for(lambda: dask_processes.workers().get(leaving, {}).get("status", "gone") != "running", 60,
                  "the scheduler to retire the worker")
     retire.join(120)
     assert not retire.is_alive()
