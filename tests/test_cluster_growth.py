@@ -30,6 +30,9 @@ pytestmark = pytest.mark.integration
 #: Short trials: joins and departures are gated on events (a trial provably running, a worker
 #: provably present or gone), not on trials long enough for the event to happen meanwhile.
 TRIALS = ["--rounds", "10", "--max-depth", "8", "--no-register", "--no-report"]
+#: ... except where Dask's Adaptive must start workers before the search is over: it starts them
+#: only while it sees trials queued, so the first trials must outlast a worker's start.
+ADAPT_TRIALS = ["--rounds", "30", "--max-depth", "12", "--no-register", "--no-report"]
 
 
 def workers_of(db: Path, missing_ok: bool = False) -> dict[int, set[str]]:
@@ -129,7 +132,7 @@ def test_a_cluster_manager_by_dotted_path_grows_and_shrinks_between_1_and_3_work
     else:
         given = json.dumps(kwargs)
     proc = start_cli(workdir, prefect_api_url, "--cluster-class", cluster_class, "--cluster-kwargs", given,
-                     "--adapt", "1:3", "--data-dir", str(data_dir), "--trials", "9", *TRIALS)
+                     "--adapt", "1:3", "--data-dir", str(data_dir), "--trials", "9", *ADAPT_TRIALS)
     db = workdir / "mlflow.db"
     # grows: trials run in more than one worker process (the cluster started with one) ...
     def grown() -> bool:
@@ -137,7 +140,9 @@ def test_a_cluster_manager_by_dotted_path_grows_and_shrinks_between_1_and_3_work
 
     wait_for(grown, 180, "trials on a worker the cluster added", interval=0.05)
     assert proc.poll() is None, "the search ended before the cluster grew"
-    # ... then one trial's worker stops: the tail, while the others have nothing left to run
+    # ... then, once at most two trials are left, one of them stops with its worker: the tail,
+    # while the other workers have nothing left to run
+    wait_for(lambda: len(finished_trials(db)) >= 7, 300, "seven finished trials", interval=0.02)
     tail, stopped = freeze_running_trial(db, timeout=180)
     with frozen(stopped):
         counts = []
