@@ -4,93 +4,78 @@ leaving during a search, and clusters created by a cluster manager given by dott
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import subprocess
-import sys
-import time
+import signal
+import sqlite3
+import threading
 from pathlib import Path
 
-import distributed
 import pytest
 
-from test_faults import finish, finished_once, start_cli, trial_runs, wait_for
+from helpers import (
+    finish,
+    finished_once,
+    finished_trials,
+    freeze_running_trial,
+    start_cli,
+    trial_runs,
+    wait_for,
+    worker_processes,
+)
 
 pytestmark = pytest.mark.integration
 
-BIN = Path(sys.executable).parent
-TRIALS = ["--rounds", "60", "--max-depth", "14", "--no-register", "--no-report"]
+#: Short trials: joins and departures are gated on events (a trial provably running, a worker
+#: provably present or gone), not on trials long enough for the event to happen meanwhile.
+TRIALS = ["--rounds", "10", "--max-depth", "8", "--no-register", "--no-report"]
+#: ... except where Dask's Adaptive must start workers before the search is over: it starts them
+#: only while it sees trials queued, so the first trials must outlast a worker's start.
+ADAPT_TRIALS = ["--rounds", "30", "--max-depth", "12", "--no-register", "--no-report"]
 
 
-class DaskProcesses:
-    """A ``dask scheduler`` on loopback and ``dask worker`` processes that come and go."""
-
-    def __init__(self, tmp: Path, api_url: str):
-        self.tmp, self.procs = tmp, {}
-        self.env = {**os.environ, "PREFECT_API_URL": api_url, "OMP_NUM_THREADS": "1"}
-        info = tmp / "scheduler.json"
-        self.procs["scheduler"] = subprocess.Popen(
-            [str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0", "--dashboard-address", ":0",
-             "--scheduler-file", str(info)], env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(lambda: info.exists() and info.stat().st_size > 0, 60, "the scheduler file")
-        self.address = json.loads(info.read_text())["address"]
-        self.client = distributed.Client(self.address, set_as_default=False, timeout=30)
-
-    def worker(self, name: str) -> str:
-        """Start a worker named ``name``; returns its address once the scheduler knows it."""
-        self.procs[name] = subprocess.Popen(
-            [str(BIN / "dask"), "worker", self.address, "--name", name, "--nthreads", "1", "--no-dashboard",
-             "--local-directory", str(self.tmp / name)], env=self.env, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL)
-        return wait_for(lambda: next((a for a, w in self.client.scheduler_info(n_workers=-1)["workers"].items()
-                                      if w.get("name") == name), None), 60, f"worker {name}")
-
-    def pid(self, name: str) -> int:
-        """The worker process's pid (the nanny's child), as trial runs' worker tags carry it."""
-        addr = next(a for a, w in self.client.scheduler_info(n_workers=-1)["workers"].items() if w.get("name") == name)
-        return self.client.run(os.getpid, workers=[addr])[addr]
-
-    def close(self) -> None:
-        self.client.close()
-        for proc in reversed(list(self.procs.values())):
-            proc.terminate()
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
-
-@pytest.fixture
-def dask_processes(tmp_path, prefect_api_url):
-    cluster = DaskProcesses(tmp_path, prefect_api_url)
-    try:
-        yield cluster
-    finally:
-        cluster.close()
-
-
-def workers_of(db: Path) -> dict[int, set[str]]:
+def workers_of(db: Path, missing_ok: bool = False) -> dict[int, set[str]]:
     """Trial id -> the pids (from the worker tag, host:pid:thread) its runs ran in."""
     out: dict[int, set[str]] = {}
-    for trial, _, worker in trial_runs(db):
+    for trial, _, worker in trial_runs(db, missing_ok):
         out.setdefault(int(trial), set()).add(worker.split(":")[1] if ":" in worker else worker)
     return out
 
 
+def runs_on(db: Path, pid: int) -> set[str]:
+    """Run ids of the trial runs the worker process ``pid`` opened."""
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("""select r.run_uuid from runs r join tags w on w.run_uuid = r.run_uuid
+                               and w.key = 'worker' where w.value like ?""", (f"%:{pid}:%",)).fetchall()
+    return {run for (run,) in rows}
+
+
+@contextlib.contextmanager
+def frozen(pid: int):
+    """``pid`` is stopped (see freeze_running_trial) until the block ends."""
+    try:
+        yield pid
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+
+
 def test_a_worker_that_joins_mid_search_gets_trials(dask_processes, data_dir, workdir, prefect_api_url):
     dask_processes.worker("w1")
-    proc = start_cli(workdir, prefect_api_url, "--address", dask_processes.address, "--data-dir", str(data_dir),
-                     "--trials", "8", *TRIALS)
+    proc = start_cli(workdir, prefect_api_url, "--address", dask_processes.address,
+                     "--data-dir", str(data_dir), "--trials", "8", *TRIALS)
     db = workdir / "mlflow.db"
-    wait_for(lambda: [r for r in trial_runs(db) if r[1] == "RUNNING"], 120, "the first trial")
-    dask_processes.worker("w2")  # joins while the search runs on one worker
-    joined_pid = dask_processes.pid("w2")
+    # w1 stopped while it runs a trial: the search cannot end, or go on, without the new worker
+    _, w1 = freeze_running_trial(db)
+    with frozen(w1):
+        dask_processes.worker("w2")  # joins while the search runs on one worker
+        joined = dask_processes.pid("w2")
+        wait_for(lambda: str(joined) in {p for ps in workers_of(db, True).values() for p in ps}, 120,
+                 "a trial on the worker that joined")
     summary = finish(proc)
     assert (summary["trials_done"], summary["trials_failed"]) == (8, 0)
     finished_once(db, 8)
-    ran_on = {pid for pids in workers_of(db).values() for pid in pids}
-    assert str(joined_pid) in ran_on, "the worker that joined ran no trial"
     # the slots the search saw: one worker, then two
     assert [n for _, n in summary["slots_seen"]][:2] == [1, 2]
 
@@ -99,24 +84,27 @@ def test_a_worker_that_leaves_takes_its_slot_and_loses_no_trial(dask_processes, 
     dask_processes.worker("w1")
     leaving = dask_processes.worker("w2")
     leaving_pid = dask_processes.pid("w2")
-    proc = start_cli(workdir, prefect_api_url, "--address", dask_processes.address, "--data-dir", str(data_dir),
-                     "--trials", "8", *TRIALS)
+    proc = start_cli(workdir, prefect_api_url, "--address", dask_processes.address,
+                     "--data-dir", str(data_dir), "--trials", "8", *TRIALS)
     db = workdir / "mlflow.db"
-    wait_for(lambda: len([r for r in trial_runs(db) if r[1] == "FINISHED"]) >= 2, 180, "two finished trials")
-    dask_processes.client.retire_workers([leaving], close_workers=True)  # scaled down
-    gone = time.time()
+    # the leaving worker provably holds a running trial when it is told to go
+    held, _ = freeze_running_trial(db, where=lambda trial, pid: pid == leaving_pid)
+    with frozen(leaving_pid):
+        retire = threading.Thread(target=dask_processes.client.retire_workers, args=([leaving],),
+                                  kwargs={"close_workers": True})
+        retire.start()   # scaled down
+        wait_for(lambda: dask_processes.workers().get(leaving, {}).get("status", "gone") != "running", 60,
+                 "the scheduler to retire the worker")
+    retire.join(120)
+    assert not retire.is_alive()
+    wait_for(lambda: dask_processes.address_of("w2") is None, 60, "the retired worker to leave")
+    ran_there = runs_on(db, leaving_pid)
+    assert held in {t for t, _, w in trial_runs(db) if f":{leaving_pid}:" in w}
     summary = finish(proc)
     assert (summary["trials_done"], summary["trials_failed"]) == (8, 0)
-    finished_once(db, 8)  # each trial exactly one FINISHED run, none left RUNNING
+    finished_once(db, 8)  # each trial exactly one FINISHED run, none left RUNNING: the held one too
     assert summary["slots_seen"][-1][1] == 1
-    # nothing started on the retired worker after it left
-    client_pid = str(leaving_pid)
-    import sqlite3
-
-    with sqlite3.connect(db) as conn:
-        late = conn.execute("""select r.start_time from runs r join tags w on w.run_uuid = r.run_uuid
-                               and w.key = 'worker' where w.value like ?""", (f"%:{client_pid}:%",)).fetchall()
-    assert all(start / 1000 < gone + 1 for (start,) in late)
+    assert runs_on(db, leaving_pid) == ran_there   # nothing started on the retired worker after it left
 
 
 @pytest.mark.parametrize("cluster_class, kwargs", [
@@ -128,20 +116,51 @@ def test_a_worker_that_leaves_takes_its_slot_and_loses_no_trial(dask_processes, 
                                                     "options": {"nthreads": 1, "host": "127.0.0.1"}}},
                                  "worker": {"cls": "distributed.Nanny", "options": {"nthreads": 1, "host": "127.0.0.1"}}}),
 ])
-def test_a_cluster_manager_by_dotted_path_adapts_between_1_and_3_workers(cluster_class, kwargs, data_dir, workdir,
-                                                                         prefect_api_url, tmp_path):
-    spec = tmp_path / "cluster.yaml"
-    import yaml
+def test_a_cluster_manager_by_dotted_path_grows_and_shrinks_between_1_and_3_workers(
+        cluster_class, kwargs, data_dir, workdir, prefect_api_url, tmp_path, monkeypatch):
+    """The search queues trials for MAX workers, so the cluster grows; once no trial is left to
+    queue, the workers the tail leaves idle are retired by Dask's Adaptive (told here to act after
+    one idle 200 ms interval instead of three 1 s ones). The tail: a trial whose worker is stopped
+    (once the cluster has grown) until the cluster has shrunk."""
+    monkeypatch.setenv("DASK_DISTRIBUTED__ADAPTIVE__INTERVAL", "200ms")
+    monkeypatch.setenv("DASK_DISTRIBUTED__ADAPTIVE__WAIT_COUNT", "1")
+    if cluster_class == "distributed.SpecCluster":   # the YAML file form of --cluster-kwargs
+        import yaml
 
-    spec.write_text(yaml.safe_dump(kwargs))  # the YAML file form of --cluster-kwargs
-    proc = start_cli(workdir, prefect_api_url, "--cluster-class", cluster_class, "--cluster-kwargs", str(spec),
-                     "--adapt", "1:3", "--data-dir", str(data_dir), "--trials", "9", *TRIALS)
+        (tmp_path / "cluster.yaml").write_text(yaml.safe_dump(kwargs))
+        given = str(tmp_path / "cluster.yaml")
+    else:
+        given = json.dumps(kwargs)
+    proc = start_cli(workdir, prefect_api_url, "--cluster-class", cluster_class, "--cluster-kwargs", given,
+                     "--adapt", "1:3", "--data-dir", str(data_dir), "--trials", "9", *ADAPT_TRIALS)
+    db = workdir / "mlflow.db"
+    # grows: trials run in more than one worker process (the cluster started with one) ...
+    def grown() -> bool:
+        return len({p for ps in workers_of(db, True).values() for p in ps}) >= 2 or proc.poll() is not None
+
+    wait_for(grown, 180, "trials on a worker the cluster added", interval=0.05)
+    assert proc.poll() is None, "the search ended before the cluster grew"
+    # ... then, once at most two trials are left, one of them stops with its worker: the tail,
+    # while the other workers have nothing left to run
+    wait_for(lambda: len(finished_trials(db)) >= 7, 300, "seven finished trials", interval=0.02)
+    tail, stopped = freeze_running_trial(db, timeout=180)
+    with frozen(stopped):
+        counts = []
+
+        def shrunk() -> bool:
+            counts.append(len(worker_processes(proc)))
+            return max(counts) >= 2 and counts[-1] < max(counts)
+
+        wait_for(shrunk, 180, "the cluster to retire an idle worker while the tail runs", interval=0.05)
+        assert tail not in finished_trials(db)
     summary = finish(proc)
     assert (summary["trials_done"], summary["trials_failed"]) == (9, 0)
-    finished_once(workdir / "mlflow.db", 9)
+    finished_once(db, 9)
     slots = [n for _, n in summary["slots_seen"]]
+    peak = slots.index(max(slots))
     assert slots[0] == 1 and max(slots) >= 2, summary["slots_seen"]  # grew while trials were queued
-    assert len({pid for pids in workers_of(workdir / "mlflow.db").values() for pid in pids}) >= 2
+    assert min(slots[peak:]) < max(slots), summary["slots_seen"]     # and shrank in the tail
+    assert len({pid for pids in workers_of(db).values() for pid in pids}) >= 2
 
 
 def test_workers_of_a_created_cluster_are_checked_before_the_search(data_dir, workdir, prefect_api_url):
@@ -162,20 +181,7 @@ def test_workers_of_a_created_cluster_are_checked_before_the_search(data_dir, wo
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("taxi-hpo: error: --tracking-uri sqlite:"), err[-2000:]
     assert "cannot open" in lines[0]
-    assert [r for r in trial_runs(workdir / "mlflow.db")] == []
-
-
-def test_with_adapt_the_cluster_shrinks_as_the_tail_leaves_workers_idle(data_dir, workdir, prefect_api_url, monkeypatch):
-    """The search queues trials for MAX workers, so the cluster grows; once no trial is left to
-    queue, the workers the tail leaves idle are retired by Dask's Adaptive (told here to act after
-    one idle 200 ms interval instead of three 1 s ones, so a short test sees it)."""
-    monkeypatch.setenv("DASK_DISTRIBUTED__ADAPTIVE__INTERVAL", "200ms")
-    monkeypatch.setenv("DASK_DISTRIBUTED__ADAPTIVE__WAIT_COUNT", "1")
-    kwargs = {"n_workers": 1, "threads_per_worker": 1, "processes": True, "dashboard_address": ":0"}
-    proc = start_cli(workdir, prefect_api_url, "--cluster-class", "distributed.LocalCluster", "--cluster-kwargs",
-                     json.dumps(kwargs), "--adapt", "1:3", "--data-dir", str(data_dir), "--trials", "7", *TRIALS)
-    summary = finish(proc)
-    assert summary["trials_done"] == 7
-    slots = [n for _, n in summary["slots_seen"]]
-    peak = slots.index(max(slots))
-    assert max(slots) >= 2 and min(slots[peak:]) < max(slots), summary["slots_seen"]
+    db = workdir / "mlflow.db"
+    if db.exists():   # refused before the search's parent run (or any other) exists
+        with sqlite3.connect(db) as conn:
+            assert conn.execute("select count(*) from runs").fetchone()[0] == 0

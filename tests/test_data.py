@@ -189,6 +189,7 @@ def _pytest_in_a_clone(tmp_path, url: str) -> subprocess.CompletedProcess:
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.integration   # a nested pytest
 def test_a_clone_without_shared_data_fetches_the_months_once(data_dir, tmp_path):
     handler = type("Handler", (_CountingHandler,), {"fetched": []})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(data_dir)))
@@ -207,6 +208,7 @@ def test_a_clone_without_shared_data_fetches_the_months_once(data_dir, tmp_path)
         server.shutdown()
 
 
+@pytest.mark.integration   # a nested pytest
 def test_a_clone_that_cannot_fetch_says_how_to_provide_the_months(tmp_path):
     proc = _pytest_in_a_clone(tmp_path, "http://127.0.0.1:9/{name}")
     out = proc.stdout + proc.stderr

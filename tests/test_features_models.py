@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import uuid
 
 import numpy as np
 import pandas as pd
@@ -12,13 +14,7 @@ from taxi_hpo.core import data, features, models
 from taxi_hpo.search import reference_space, xgb_params
 
 
-@pytest.fixture(scope="module")
-def prepared(data_dir):
-    train = data.load(data_dir / "green_tripdata_2021-01.parquet")
-    valid = data.load(data_dir / "green_tripdata_2021-02.parquet")
-    return features.prepare_data(train, valid, "a", "b")
-
-
+@pytest.mark.integration   # on the real months
 def test_preprocessor_fitted_on_train_only(prepared, data_dir):
     assert prepared.preprocessor.n_features == 13221
     assert prepared.X_train.shape == (73908, 13221) and prepared.X_valid.shape == (61921, 13221)
@@ -29,6 +25,7 @@ def test_preprocessor_fitted_on_train_only(prepared, data_dir):
     assert unseen, "the validation month has pairs the training month lacks"
 
 
+@pytest.mark.integration   # on the real months
 def test_preprocessor_hash_is_content_based(prepared, data_dir):
     again = features.Preprocessor.fit(data.load(data_dir / "green_tripdata_2021-01.parquet"))
     assert features.preprocessor_sha256(again) == features.preprocessor_sha256(prepared.preprocessor)
@@ -36,11 +33,15 @@ def test_preprocessor_hash_is_content_based(prepared, data_dir):
     assert features.preprocessor_sha256(other) != features.preprocessor_sha256(prepared.preprocessor)
 
 
+@pytest.mark.integration   # on the real months
 def test_linear_baseline_matches_reference(prepared):
     assert models.linear_baseline(prepared) == pytest.approx(7.7587, abs=5e-5)
 
 
+@pytest.mark.integration   # on the real months
 def test_xgboost_trial_and_matrix_cache(prepared):
+    # data no earlier test can have built matrices for (the session shares `prepared`)
+    prepared = dataclasses.replace(prepared, train_sha256=f"{prepared.train_sha256}-{uuid.uuid4().hex}")
     before = models.matrix_builds()
     params = xgb_params({"max_depth": 6, "learning_rate": 0.3, "reg_alpha": 0.02, "reg_lambda": 0.01,
                          "min_child_weight": 1.0, "objective": "reg:squarederror", "seed": 42}, nthread=1)
@@ -52,6 +53,7 @@ def test_xgboost_trial_and_matrix_cache(prepared):
     assert first.best_iteration <= 4
 
 
+@pytest.mark.integration   # on the real months
 def test_xgboost_trial_fits_what_the_reference_fits(prepared):
     # The reference: xgb.train watching the validation month only, then predict() on each month.
     import xgboost as xgb
@@ -73,6 +75,7 @@ def test_xgboost_trial_fits_what_the_reference_fits(prepared):
     assert 0 < fit.inference_time < 1e-3
 
 
+@pytest.mark.integration   # on the real months
 def test_a_trial_stops_at_the_first_checkpoint_it_fails(prepared):
     params = xgb_params({"max_depth": 8, "learning_rate": 0.05, "reg_alpha": 0.02, "reg_lambda": 0.01,
                          "min_child_weight": 1.0, "objective": "reg:squarederror", "seed": 42}, nthread=1)
@@ -87,6 +90,7 @@ def test_a_trial_stops_at_the_first_checkpoint_it_fails(prepared):
     assert models.fit_xgboost(params, prepared, rounds=12).curve == {}  # no pruning: no checkpoints
 
 
+@pytest.mark.integration   # on the real months
 def test_xgboost_rejects_bad_params(prepared):
     import xgboost
 
@@ -94,6 +98,7 @@ def test_xgboost_rejects_bad_params(prepared):
         models.fit_xgboost({"max_depth": -3, "objective": "reg:squarederror", "nthread": 1}, prepared, 2)
 
 
+@pytest.mark.integration   # on the real months
 def test_predictor_on_raw_rows(prepared, data_dir):
     params = xgb_params({"max_depth": 4, "learning_rate": 0.5, "reg_alpha": 0.02, "reg_lambda": 0.01,
                          "min_child_weight": 1.0, "objective": "reg:squarederror", "seed": 42}, nthread=1)
@@ -111,6 +116,7 @@ def test_space_bounds():
         reference_space(3)
 
 
+@pytest.mark.integration   # on the real months
 def test_two_datasets_in_one_process_never_share_cached_matrices(data_dir):
     """Found by the warm-start study: two months prepared in one process without file hashes
     got one key, so the second search trained on the first one's cached matrices."""

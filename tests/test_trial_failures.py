@@ -10,7 +10,7 @@ from prefect.context import FlowRunContext
 from prefect_dask import DaskTaskRunner
 
 from taxi_hpo import flows, tracking
-from taxi_hpo.core import data, features
+from taxi_hpo.cluster import worker_data
 from taxi_hpo.cluster.runner import DaskTrialRunner
 from taxi_hpo.search import TPESearcher, reference_space, run_search
 
@@ -32,12 +32,6 @@ class ScriptedSearcher(TPESearcher):
         return BAD.get(trial_id, params)
 
 
-@pytest.fixture(scope="module")
-def prepared(data_dir):
-    return features.prepare_data(data.load(data_dir / "green_tripdata_2021-01.parquet"),
-                                 data.load(data_dir / "green_tripdata_2021-02.parquet"), "t", "v")
-
-
 def test_failing_trials_are_retried_then_recorded_as_failed(prefect_api_url, prepared, workdir, tracking_uri):
     experiment_id = tracking.prepare_store(tracking_uri, "failures", workdir / "mlartifacts")
     parent = tracking.start_parent_run(tracking_uri, experiment_id, {}, {"taxi_hpo.role": "search"})
@@ -48,10 +42,14 @@ def test_failing_trials_are_retried_then_recorded_as_failed(prefect_api_url, pre
                                                      "processes": False, "dashboard_address": ":0"}))
     def search_with_failures():
         client = FlowRunContext.get().task_runner.client
-        runner = DaskTrialRunner(flows.trial.submit, client.scatter(prepared, broadcast=True), ctx, rounds=3,
-                                 nthread=1, on_failed=functools.partial(tracking.mark_trial_failed, ctx))
-        with client.as_current():
-            return run_search(searcher, runner, 4, mode="async", in_flight=2)
+        data = worker_data.share(client, prepared)   # as the flow sends it: a worker plugin
+        try:
+            runner = DaskTrialRunner(flows.trial.submit, data, ctx, rounds=3, nthread=1,
+                                     on_failed=functools.partial(tracking.mark_trial_failed, ctx))
+            with client.as_current():
+                return run_search(searcher, runner, 4, mode="async", in_flight=2)
+        finally:
+            worker_data.unshare(client, data)
 
     outcomes = search_with_failures()
     assert [o.ok for o in outcomes] == [False, False, True, True]
