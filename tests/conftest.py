@@ -68,6 +68,29 @@ def prefect_api_url():
         yield url
 
 
+@pytest.fixture(scope="session")
+def prepared(data_dir):
+    """The 2021-01 -> 2021-02 data every trial trains on, prepared once for the session, named by
+    the files' sha256 as the flow names it (the names only key the per-process matrix cache)."""
+    from taxi_hpo.core import data, features
+
+    train, valid = (data_dir / f"green_tripdata_{m}.parquet" for m in ("2021-01", "2021-02"))
+    return features.prepare_data(data.load(train), data.load(valid), data.file_sha256(train),
+                                 data.file_sha256(valid))
+
+
+@pytest.fixture
+def dask_processes(tmp_path, prefect_api_url):
+    """A real ``dask scheduler`` and the ``dask worker`` processes a test starts (helpers.DaskProcesses)."""
+    from helpers import DaskProcesses
+
+    cluster = DaskProcesses(tmp_path, prefect_api_url)
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
 @pytest.fixture
 def workdir(tmp_path, monkeypatch) -> Path:
     """A fresh working folder: the default sqlite store and artifacts land here."""

@@ -5,69 +5,18 @@ leaving during a search, and clusters created by a cluster manager given by dott
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-import distributed
 import pytest
 
-from test_faults import finish, finished_once, start_cli, trial_runs, wait_for
+from helpers import finish, finished_once, finished_trials, running_trials, start_cli, trial_runs, wait_for
 
 pytestmark = pytest.mark.integration
 
 BIN = Path(sys.executable).parent
 TRIALS = ["--rounds", "60", "--max-depth", "14", "--no-register", "--no-report"]
-
-
-class DaskProcesses:
-    """A ``dask scheduler`` on loopback and ``dask worker`` processes that come and go."""
-
-    def __init__(self, tmp: Path, api_url: str):
-        self.tmp, self.procs = tmp, {}
-        self.env = {**os.environ, "PREFECT_API_URL": api_url, "OMP_NUM_THREADS": "1"}
-        info = tmp / "scheduler.json"
-        self.procs["scheduler"] = subprocess.Popen(
-            [str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0", "--dashboard-address", ":0",
-             "--scheduler-file", str(info)], env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(lambda: info.exists() and info.stat().st_size > 0, 60, "the scheduler file")
-        self.address = json.loads(info.read_text())["address"]
-        self.client = distributed.Client(self.address, set_as_default=False, timeout=30)
-
-    def worker(self, name: str) -> str:
-        """Start a worker named ``name``; returns its address once the scheduler knows it."""
-        self.procs[name] = subprocess.Popen(
-            [str(BIN / "dask"), "worker", self.address, "--name", name, "--nthreads", "1", "--no-dashboard",
-             "--local-directory", str(self.tmp / name)], env=self.env, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL)
-        return wait_for(lambda: next((a for a, w in self.client.scheduler_info(n_workers=-1)["workers"].items()
-                                      if w.get("name") == name), None), 60, f"worker {name}")
-
-    def pid(self, name: str) -> int:
-        """The worker process's pid (the nanny's child), as trial runs' worker tags carry it."""
-        addr = next(a for a, w in self.client.scheduler_info(n_workers=-1)["workers"].items() if w.get("name") == name)
-        return self.client.run(os.getpid, workers=[addr])[addr]
-
-    def close(self) -> None:
-        self.client.close()
-        for proc in reversed(list(self.procs.values())):
-            proc.terminate()
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
-
-@pytest.fixture
-def dask_processes(tmp_path, prefect_api_url):
-    cluster = DaskProcesses(tmp_path, prefect_api_url)
-    try:
-        yield cluster
-    finally:
-        cluster.close()
 
 
 def workers_of(db: Path) -> dict[int, set[str]]:
@@ -83,7 +32,7 @@ def test_a_worker_that_joins_mid_search_gets_trials(dask_processes, data_dir, wo
     proc = start_cli(workdir, prefect_api_url, "--address", dask_processes.address, "--data-dir", str(data_dir),
                      "--trials", "8", *TRIALS)
     db = workdir / "mlflow.db"
-    wait_for(lambda: [r for r in trial_runs(db) if r[1] == "RUNNING"], 120, "the first trial")
+    wait_for(lambda: running_trials(db), 120, "the first trial")
     dask_processes.worker("w2")  # joins while the search runs on one worker
     joined_pid = dask_processes.pid("w2")
     summary = finish(proc)
@@ -102,7 +51,7 @@ def test_a_worker_that_leaves_takes_its_slot_and_loses_no_trial(dask_processes, 
     proc = start_cli(workdir, prefect_api_url, "--address", dask_processes.address, "--data-dir", str(data_dir),
                      "--trials", "8", *TRIALS)
     db = workdir / "mlflow.db"
-    wait_for(lambda: len([r for r in trial_runs(db) if r[1] == "FINISHED"]) >= 2, 180, "two finished trials")
+    wait_for(lambda: len(finished_trials(db)) >= 2, 180, "two finished trials")
     dask_processes.client.retire_workers([leaving], close_workers=True)  # scaled down
     gone = time.time()
     summary = finish(proc)

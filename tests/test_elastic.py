@@ -10,17 +10,11 @@ import textwrap
 
 import pytest
 
-from taxi_hpo.core import data, features, models
+from taxi_hpo.core import models
 from taxi_hpo.search import xgb_params
 
 POINT = {"max_depth": 10, "learning_rate": 0.05, "reg_alpha": 0.02, "reg_lambda": 0.01,
          "min_child_weight": 1.0, "objective": "reg:squarederror", "seed": 42}
-
-
-@pytest.fixture(scope="module")
-def prepared(data_dir):
-    return features.prepare_data(data.load(data_dir / "green_tripdata_2021-01.parquet"),
-                                 data.load(data_dir / "green_tripdata_2021-02.parquet"), "elastic-a", "elastic-b")
 
 
 def scripted(schedule: dict[int, int]):

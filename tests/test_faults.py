@@ -2,59 +2,29 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import psutil
 import pytest
 
+from helpers import (  # noqa: F401
+    finish,
+    finished_once,
+    finished_trials,
+    running_trials,
+    search_run,
+    start_cli,
+    trial_runs,
+    wait_for,
+)
 from taxi_hpo import tracking
 
 pytestmark = pytest.mark.integration
 
 SMALL = ["--rounds", "8", "--max-depth", "8", "--no-register"]
-
-
-def trial_runs(db: Path) -> list[tuple[str, str, str]]:
-    """(trial id, status, worker tag) of every trial run in the store."""
-    if not db.exists():
-        return []
-    query = """select t.value, r.status, coalesce(w.value, '') from runs r
-               join tags t on t.run_uuid = r.run_uuid and t.key = 'trial_id'
-               left join tags w on w.run_uuid = r.run_uuid and w.key = 'worker'"""
-    try:
-        with sqlite3.connect(db, timeout=5) as conn:
-            return [tuple(row) for row in conn.execute(query)]
-    except sqlite3.OperationalError:  # the store is still being created
-        return []
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def start_cli(workdir: Path, api_url: str, *args: str) -> subprocess.Popen:
-    env = {**os.environ, "PREFECT_API_URL": api_url, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "taxi_hpo.cli", "run", *args, "--json"], cwd=workdir,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def finish(proc: subprocess.Popen, timeout: float = 300) -> dict:
-    out, err = proc.communicate(timeout=timeout)
-    assert proc.returncode == 0, err[-3000:]
-    return json.loads(out.strip().splitlines()[-1])
 
 
 def assert_gone(pids: list[int], within: float = 10.0) -> None:
@@ -66,18 +36,6 @@ def assert_gone(pids: list[int], within: float = 10.0) -> None:
             return
         time.sleep(0.02)
     raise AssertionError(f"processes still alive: {alive}")
-
-
-def finished_once(db: Path, n: int) -> None:
-    rows = trial_runs(db)
-    finished = sorted(int(t) for t, status, _ in rows if status == "FINISHED")
-    assert finished == list(range(n)), rows
-    assert not [r for r in rows if r[1] == "RUNNING"], rows
-
-
-def running_trials(db: Path) -> list[tuple[str, int]]:
-    """(trial id, worker pid) of the trial runs open right now."""
-    return [(t, int(w.split(":")[1])) for t, status, w in trial_runs(db) if status == "RUNNING" and w]
 
 
 def freeze_a_running_worker(db: Path, timeout: float = 120) -> int:
@@ -131,7 +89,7 @@ def test_a_trial_that_kills_its_worker_every_time_is_a_failed_trial(prefect_api_
     for trial, status, _ in trial_runs(db):
         statuses.setdefault(int(trial), []).append(status)
     assert set(statuses[0]) == {"KILLED"} and all(statuses[t] == ["FINISHED"] for t in (1, 2, 3)), statuses
-    parent = _only_parent(db)
+    parent = search_run(db)
     record = tracking.load_search(f"sqlite:///{db}", parent)
     assert set(record.failed) == {0} and "KilledWorker" in record.failed[0]["error"]
     assert tracking.run_status(f"sqlite:///{db}", parent) == "FINISHED"
@@ -146,7 +104,7 @@ def test_killed_flow_resumes_with_the_same_batch_suggestions(prefect_api_url, da
 
     proc = start_cli(workdir, prefect_api_url, *args)
     db = workdir / "mlflow.db"
-    wait_for(lambda: len([r for r in trial_runs(db) if r[1] == "FINISHED"]) >= 3, 180, "three finished trials")
+    wait_for(lambda: len(finished_trials(db)) >= 3, 180, "three finished trials")
     children = psutil.Process(proc.pid).children(recursive=True)
     workers = [c.pid for c in children if "spawn_main" in " ".join(c.cmdline())]
     assert len(workers) == 2, [c.cmdline() for c in children]
@@ -154,7 +112,7 @@ def test_killed_flow_resumes_with_the_same_batch_suggestions(prefect_api_url, da
     proc.wait()
     assert_gone(workers, within=1.0)  # the worker watchdog, as the README says: no orphans left to write runs
     assert_gone([c.pid for c in children])
-    parent = _only_parent(db)
+    parent = search_run(db)
     resumed = finish(start_cli(workdir, prefect_api_url, "--resume", parent, "--workers", "1"))
     assert resumed["parent_run_id"] == parent
     assert resumed["trial_params"] == reference["trial_params"]
@@ -167,7 +125,7 @@ def test_ctrl_c_kills_run_cleans_up_and_resumes(prefect_api_url, data_dir, workd
     proc = start_cli(workdir, prefect_api_url, "--data-dir", str(data_dir), "--trials", "8", "--workers", "2",
                      "--rounds", "30", "--max-depth", "10", "--no-register")
     db = workdir / "mlflow.db"
-    wait_for(lambda: [r for r in trial_runs(db) if r[1] == "FINISHED"], 180, "a finished trial")
+    wait_for(lambda: finished_trials(db), 180, "a finished trial")
     children = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
     sent = time.time()
     proc.send_signal(signal.SIGINT)
@@ -175,18 +133,10 @@ def test_ctrl_c_kills_run_cleans_up_and_resumes(prefect_api_url, data_dir, workd
     assert proc.returncode == 130, err[-2000:]
     assert time.time() - sent < 20
     assert_gone(children, within=5)
-    parent = _only_parent(db)
+    parent = search_run(db)
     uri = f"sqlite:///{db}"
     assert tracking.run_status(uri, parent) == "KILLED"
     assert not [r for r in trial_runs(db) if r[1] == "RUNNING"]
     resumed = finish(start_cli(workdir, prefect_api_url, "--resume", parent))
     assert resumed["trials_done"] == 8
     finished_once(db, 8)
-
-
-def _only_parent(db: Path) -> str:
-    with sqlite3.connect(db) as conn:
-        rows = conn.execute("""select r.run_uuid from runs r join tags t on t.run_uuid = r.run_uuid
-                               where t.key = 'taxi_hpo.role' and t.value = 'search'""").fetchall()
-    assert len(rows) == 1, rows
-    return rows[0][0]

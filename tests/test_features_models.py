@@ -12,13 +12,6 @@ from taxi_hpo.core import data, features, models
 from taxi_hpo.search import reference_space, xgb_params
 
 
-@pytest.fixture(scope="module")
-def prepared(data_dir):
-    train = data.load(data_dir / "green_tripdata_2021-01.parquet")
-    valid = data.load(data_dir / "green_tripdata_2021-02.parquet")
-    return features.prepare_data(train, valid, "a", "b")
-
-
 def test_preprocessor_fitted_on_train_only(prepared, data_dir):
     assert prepared.preprocessor.n_features == 13221
     assert prepared.X_train.shape == (73908, 13221) and prepared.X_valid.shape == (61921, 13221)

@@ -11,8 +11,7 @@ import sys
 import cloudpickle
 import pytest
 
-from test_cluster_growth import dask_processes  # noqa: F401 - the fixture
-from test_faults import finish, start_cli, wait_for
+from helpers import finish, start_cli, wait_for
 
 pytestmark = pytest.mark.integration
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import tests/

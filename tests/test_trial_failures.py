@@ -10,7 +10,6 @@ from prefect.context import FlowRunContext
 from prefect_dask import DaskTaskRunner
 
 from taxi_hpo import flows, tracking
-from taxi_hpo.core import data, features
 from taxi_hpo.cluster.runner import DaskTrialRunner
 from taxi_hpo.search import TPESearcher, reference_space, run_search
 
@@ -30,12 +29,6 @@ class ScriptedSearcher(TPESearcher):
     def suggest(self, trial_id):
         params = super().suggest(trial_id)
         return BAD.get(trial_id, params)
-
-
-@pytest.fixture(scope="module")
-def prepared(data_dir):
-    return features.prepare_data(data.load(data_dir / "green_tripdata_2021-01.parquet"),
-                                 data.load(data_dir / "green_tripdata_2021-02.parquet"), "t", "v")
 
 
 def test_failing_trials_are_retried_then_recorded_as_failed(prefect_api_url, prepared, workdir, tracking_uri):

@@ -1,0 +1,157 @@
+"""Helpers the tests share (import them with ``from helpers import ...``; tests/ is on sys.path).
+
+Real processes only: a free port, waiting for an event, the ``taxi-hpo run`` CLI as a
+subprocess, the trial runs of a sqlite MLflow store, and real ``dask scheduler`` / ``dask worker``
+processes that come and go.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now at ``host``."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
+    """Poll ``predicate`` until it returns something true (returned), or fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+
+
+# -- the CLI as a real process ----------------------------------------------------------------
+
+def start_cli(workdir: Path, api_url: str, *args: str) -> subprocess.Popen:
+    """``taxi-hpo run ARGS --json`` in ``workdir``, talking to the Prefect API at ``api_url``."""
+    env = {**os.environ, "PREFECT_API_URL": api_url, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "taxi_hpo.cli", "run", *args, "--json"], cwd=workdir,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 300) -> dict:
+    """Wait for a :func:`start_cli` process; it must exit 0. Its ``--json`` summary."""
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err[-3000:]
+    return json.loads(out.strip().splitlines()[-1])
+
+
+# -- what a sqlite MLflow store holds ---------------------------------------------------------
+
+_TRIAL_RUNS = """select t.value, r.status, coalesce(w.value, '') from runs r
+                 join tags t on t.run_uuid = r.run_uuid and t.key = 'trial_id'
+                 left join tags w on w.run_uuid = r.run_uuid and w.key = 'worker'"""
+
+
+def trial_runs(db: Path, missing_ok: bool = False) -> list[tuple[str, str, str]]:
+    """(trial id, status, worker tag) of every trial run in the store.
+
+    A store that does not exist fails (an empty list would pass a test looking for "no trial
+    run" whatever the search did), unless ``missing_ok``: polling a search that has not yet made
+    its store. A store still being created (no ``runs`` table yet) is empty when polled."""
+    if not Path(db).is_file():
+        if missing_ok:
+            return []
+        raise AssertionError(f"no MLflow store at {db}")
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
+            return [tuple(row) for row in conn.execute(_TRIAL_RUNS)]
+    except sqlite3.OperationalError:
+        if missing_ok:   # the store is still being created
+            return []
+        raise
+
+
+def running_trials(db: Path) -> list[tuple[str, int]]:
+    """(trial id, worker pid) of the trial runs open right now (polling: a missing store is empty)."""
+    return [(t, int(w.split(":")[1])) for t, status, w in trial_runs(db, missing_ok=True)
+            if status == "RUNNING" and w]
+
+
+def finished_trials(db: Path) -> list[str]:
+    """Trial ids with a FINISHED run (polling: a missing store is empty)."""
+    return [t for t, status, _ in trial_runs(db, missing_ok=True) if status == "FINISHED"]
+
+
+def finished_once(db: Path, n: int) -> None:
+    """Trials 0..n-1 each have exactly one FINISHED run, and no run is left RUNNING."""
+    rows = trial_runs(db)
+    finished = sorted(int(t) for t, status, _ in rows if status == "FINISHED")
+    assert finished == list(range(n)), rows
+    assert not [r for r in rows if r[1] == "RUNNING"], rows
+
+
+def search_run(db: Path) -> str:
+    """The run id of the one search (parent) run in the store."""
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("""select r.run_uuid from runs r join tags t on t.run_uuid = r.run_uuid
+                               where t.key = 'taxi_hpo.role' and t.value = 'search'""").fetchall()
+    assert len(rows) == 1, rows
+    return rows[0][0]
+
+
+# -- real dask scheduler and worker processes -------------------------------------------------
+
+class DaskProcesses:
+    """A ``dask scheduler`` on loopback and ``dask worker`` processes that come and go."""
+
+    def __init__(self, tmp: Path, api_url: str):
+        self.tmp, self.procs = tmp, {}
+        self.env = {**os.environ, "PREFECT_API_URL": api_url, "OMP_NUM_THREADS": "1"}
+        info = tmp / "scheduler.json"
+        self.procs["scheduler"] = subprocess.Popen(
+            [str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0",
+             "--dashboard-address", ":0", "--scheduler-file", str(info)],
+            env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: info.exists() and info.stat().st_size > 0, 60, "the scheduler file")
+        self.address = json.loads(info.read_text())["address"]
+        import distributed
+
+        self.client = distributed.Client(self.address, set_as_default=False, timeout=30)
+
+    def _workers(self) -> dict:
+        return self.client.scheduler_info(n_workers=-1)["workers"]
+
+    def address_of(self, name: str) -> str | None:
+        return next((a for a, w in self._workers().items() if w.get("name") == name), None)
+
+    def worker(self, name: str) -> str:
+        """Start a worker named ``name``; returns its address once the scheduler knows it."""
+        self.procs[name] = subprocess.Popen(
+            [str(BIN / "dask"), "worker", self.address, "--name", name, "--nthreads", "1", "--no-dashboard",
+             "--local-directory", str(self.tmp / name)], env=self.env, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL)
+        return wait_for(lambda: self.address_of(name), 60, f"worker {name}")
+
+    def pid(self, name: str) -> int:
+        """The worker process's pid (the nanny's child), as trial runs' worker tags carry it."""
+        addr = self.address_of(name)
+        return self.client.run(os.getpid, workers=[addr])[addr]
+
+    def close(self) -> None:
+        self.client.close()
+        for proc in reversed(list(self.procs.values())):
+            proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
