@@ -46,7 +46,7 @@ class MemorySampler:
     def __init__(self, every: int):
         self.every, self.done, self.samples = every, 0, []
 
-    def start(self, total, dashboard):
+    def start(self, total, dashboard, layout=None):
         self.total = total
 
     def update(self, outcome):

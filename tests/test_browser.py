@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import free_port
+
 pytestmark = pytest.mark.integration
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -31,12 +32,6 @@ FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "-
          "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
 BIN = Path(sys.executable).parent
 SHOTS = os.environ.get("TAXI_HPO_SCREENSHOTS")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_http(url: str, proc: subprocess.Popen, seconds: float = 90) -> None:
@@ -76,7 +71,7 @@ def chromium_path() -> str:
 @pytest.fixture
 def services(tmp_path, chromium_path):
     """A Prefect server with its UI and an MLflow tracking server, on free loopback ports."""
-    prefect_port, mlflow_port = _free_port(), _free_port()
+    prefect_port, mlflow_port = free_port(), free_port()
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "PREFECT_UI_API_URL": f"http://127.0.0.1:{prefect_port}/api", "PATH": f"{BIN}:{os.environ['PATH']}"}
     env.pop("PREFECT_API_URL", None)

@@ -80,6 +80,7 @@ def test_old_module_paths_import_the_module_that_holds_the_code(old):
     assert module.__name__ == new  # the real module, its own spec untouched
 
 
+@pytest.mark.integration  # a fresh Python process that imports MLflow
 def test_old_model_serves_in_a_fresh_process():
     """What `mlflow models serve` does: a process that has not imported taxi_hpo loads the model."""
     rows, predictions = _old_rows()

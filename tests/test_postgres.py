@@ -19,7 +19,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,8 @@ from pathlib import Path
 
 import psutil
 import pytest
+
+from helpers import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -47,12 +48,6 @@ def postgres_bin() -> Path | None:
         if (folder / "pg_ctl").is_file():
             return folder
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -193,7 +188,7 @@ def test_a_search_on_mlflow_and_prefect_backed_by_postgresql(postgres, servers, 
     env = {**os.environ, "PREFECT_API_URL": servers["api_url"], "PREFECT_HOME": str(client_dir / "prefect")}
     proc = subprocess.run([str(VENV_BIN / "taxi-hpo"), "run", "--data-dir", str(data_dir), "--workers", "2",
                            "--trials", str(TRIALS), "--rounds", "5", "--max-depth", "6", "--max-rmse", "10",
-                           "--tracking-uri", servers["tracking_uri"], "--json"],
+                           "--no-report", "--tracking-uri", servers["tracking_uri"], "--json"],
                           cwd=client_dir, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     s = json.loads(proc.stdout)

@@ -31,6 +31,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId, FlowRunFilter, FlowRunFilterId
 from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
+from helpers import free_port
 from taxi_hpo import cli, cluster, tracking
 from taxi_hpo.cluster import credentials
 from taxi_hpo.preflight import remote
@@ -40,7 +41,7 @@ from taxi_hpo.errors import ClusterError, TrackingError
 REPO = Path(__file__).resolve().parents[1]
 LOCAL = REPO / "cluster" / "local"
 VENV_BIN = Path(sys.executable).parent
-SMALL = ["--rounds", "3", "--max-depth", "5", "--no-register"]
+SMALL = ["--rounds", "3", "--max-depth", "5", "--no-register", "--no-report"]
 THREADS = "2"  # XGBoost threads per trial: the workers' OMP_NUM_THREADS must follow it
 
 
@@ -261,12 +262,6 @@ def wait_all(procs: dict[str, subprocess.Popen], timeout: float = 150) -> None:
         assert proc.returncode == 0, f"{name} did not start:\n{out}"
 
 
-def free_port(ip: str) -> int:
-    with socket.socket() as s:
-        s.bind((ip, 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def net(tmp_path_factory):
     require_namespaces()
@@ -303,16 +298,36 @@ def server_credentials(run_dir: Path) -> dict[str, str]:
     return {**read_env_file(run_dir / "mlflow-auth.env"), **read_env_file(run_dir / "prefect-auth.env")}
 
 
-def start_cluster(net: Net, tls_dir: Path | None = None) -> dict[str, subprocess.Popen]:
+def start_cluster(net: Net, tls_dir: Path | None = None, port: int = 8786,
+                  run_subdir: str | None = None) -> dict[str, subprocess.Popen]:
     """The scheduler and one worker process on each worker host, all at once; without
-    ``tls_dir``, plain TCP through the scripts' explicit opt-out."""
+    ``tls_dir``, plain TCP through the scripts' explicit opt-out. ``port`` and ``run_subdir``
+    (the services' run folder under each host's): a second cluster beside the first."""
     env = {"TLS_DIR": str(tls_dir)} if tls_dir else {"ALLOW_PLAINTEXT": "1"}
+    if port != 8786:
+        env.update(SCHEDULER_PORT=str(port), DASHBOARD_PORT=str(port + 1))
     scheme = "tls" if tls_dir else "tcp"
-    address = f"{scheme}://{net.hosts['sched'].ip}:8786"
+    address = f"{scheme}://{net.hosts['sched'].ip}:{port}"
+
+    def host_env(host: str) -> dict:
+        if run_subdir is None:
+            return env
+        return {**env, "TAXI_HPO_RUN_DIR": str(net.hosts[host].run_dir / run_subdir)}
+
     return {
-        "scheduler": net.script("sched", "start-scheduler.sh", env=env),
-        **{f"workers on {w}": net.script(w, "start-workers.sh", address, "1", env=env) for w in ("w1", "w2")},
+        "scheduler": net.script("sched", "start-scheduler.sh", env=host_env("sched")),
+        **{f"workers on {w}": net.script(w, "start-workers.sh", address, "1", env=host_env(w))
+           for w in ("w1", "w2")},
     }
+
+
+def stop_cluster(net: Net, run_subdir: str) -> None:
+    """Stop what :func:`start_cluster` started under ``run_subdir``, by its pid files."""
+    for host in ("w1", "w2", "sched"):
+        run_dir = net.hosts[host].run_dir / run_subdir
+        if run_dir.is_dir():
+            env = {**os.environ, "TAXI_HPO_RUN_DIR": str(run_dir), "STOP_WAIT_S": "5"}
+            subprocess.run([str(LOCAL / "stop.sh")], env=env, capture_output=True, timeout=120)
 
 
 @pytest.fixture(scope="module")
@@ -389,9 +404,17 @@ def test_preflight_probes_the_workers(stack, tmp_path):
         assert f"cannot reach the MLflow tracking server {unused}" in one_line(exc)
 
 
+@pytest.fixture(scope="module")
+def remote_search(stack, data_dir, tmp_path_factory) -> dict:
+    """A 3-trial search on the worker hosts: what test_search_on_remote_workers checks, and the
+    search the warm start of the pruning test starts from."""
+    return summary_of(run_search(stack, stack.address, data_dir, tmp_path_factory.mktemp("remote-search"),
+                                 "--trials", "3"))
+
+
 @pytest.mark.integration
-def test_search_on_remote_workers(stack, data_dir, tmp_path):
-    s = summary_of(run_search(stack, stack.address, data_dir, tmp_path, "--trials", "3"))
+def test_search_on_remote_workers(stack, remote_search):
+    s = remote_search
     assert s["slots"] == 2
     assert_ran_remotely(s, stack, 3)
     # The trials are task runs of the search's flow run in the shared Prefect API (the UI's view).
@@ -410,31 +433,62 @@ def test_search_on_remote_workers(stack, data_dir, tmp_path):
 
 
 @pytest.mark.integration
-def test_pruning_a_budget_and_a_warm_start_on_remote_workers(stack, data_dir, tmp_path):
-    first = summary_of(run_search(stack, stack.address, data_dir, tmp_path, "--trials", "2"))
+def test_pruning_and_a_warm_start_on_remote_workers(stack, remote_search, data_dir, tmp_path):
+    first = remote_search
     s = summary_of(run_search(stack, stack.address, data_dir, tmp_path, "--trials", "8", "--mode", "batch",
-                              "--batch-size", "2", "--prune", "asha", "--warm-start", "latest",
+                              "--batch-size", "2", "--prune", "asha", "--warm-start", first["parent_run_id"],
                               "--warm-start-trials", "2", "--timeout", "10m"))
     assert_ran_remotely(s, stack, 8)
-    assert s["prune"] == "asha" and not s["ended_on_timeout"]
-    # 3 rounds: one checkpoint (round 2), so pruning is possible from the second batch on
-    assert all(t["pruned_at"] in (None, 2) for t in s["trials"])
-    assert s["warm_start"] and all(w.startswith(f"{first['parent_run_id']}:") for w in s["warm_start"])
+    # a budget that does not run out changes nothing
+    assert s["prune"] == "asha" and not s["ended_on_timeout"] and s["trials_not_started"] == 0
+    # 3 rounds: one checkpoint (round 2), so pruning is possible from the second batch on; batch
+    # mode is reproducible, and these 8 trials prune some
+    pruned = [t for t in s["trials"] if t["pruned_at"] is not None]
+    assert pruned and all(t["pruned_at"] == 2 and t["trial_id"] >= 2 for t in pruned)
+    assert s["trials_pruned"] == len(pruned)
+    assert s["warm_start"] == [f"{first['parent_run_id']}:{t['trial_id']}"
+                               for t in sorted(first["trials"], key=lambda t: t["loss"])[:2]]
+
+
+@pytest.mark.integration
+def test_a_killing_budget_stops_trials_on_remote_workers(stack, data_dir, tmp_path):
+    """The budget's stop reaches trials running on other hosts: they end KILLED between two
+    rounds, and the trial after them never starts."""
+    s = summary_of(run_search(stack, stack.address, data_dir, tmp_path, "--trials", "3", "--rounds", "400",
+                              "--max-depth", "40", "--seed", "7", "--timeout", "1s", "--timeout-kill"))
+    cancelled = [t for t in s["trials"] if t["error"] and "time budget" in t["error"]]
+    assert s["ended_on_timeout"] and s["trials_cancelled"] == len(cancelled) >= 1
+    assert {t["worker"].split(":")[0] for t in cancelled} <= {"thpo-w1", "thpo-w2"}
+    client = MlflowClient(stack.tracking_uri)
+    assert {client.get_run(t["run_id"]).info.status for t in cancelled} == {"KILLED"}
+    for t in cancelled:
+        stopped_after = int(re.search(r"stopped after round (\d+)", t["error"]).group(1))
+        assert 1 <= stopped_after < 400, t["error"]
 
 
 # -- integration: tls:// ---------------------------------------------------------------------
 
-@pytest.mark.integration
-def test_search_over_tls(net, stack, data_dir, tmp_path):
-    for host in ("w1", "w2", "sched"):  # this host pair now speaks TLS only
-        subprocess.run([str(LOCAL / "stop.sh")], env={**os.environ, "TAXI_HPO_RUN_DIR": str(net.hosts[host].run_dir)},
-                       capture_output=True, timeout=120, check=True)
+TLS_PORT = 8796  # beside the module's tcp:// scheduler on 8786 (same hosts, its own run folders)
+
+
+@pytest.fixture
+def tls_cluster(net, tmp_path):
+    """A tls:// scheduler and workers on the same hosts as the module's tcp:// cluster, which
+    keeps running (no test depends on the order they run in); stopped at the end."""
     certs, stranger = tmp_path / "certs", tmp_path / "other-ca"
     for out in (certs, stranger):
         subprocess.run([str(REPO / "cluster" / "tls" / "make-certs.sh"), str(out), net.hosts["sched"].ip],
                        check=True, capture_output=True)
-    wait_all(start_cluster(net, tls_dir=certs))
-    address = f"tls://{net.hosts['sched'].ip}:8786"
+    try:
+        wait_all(start_cluster(net, tls_dir=certs, port=TLS_PORT, run_subdir="tls"))
+        yield f"tls://{net.hosts['sched'].ip}:{TLS_PORT}", certs, stranger
+    finally:
+        stop_cluster(net, "tls")
+
+
+@pytest.mark.integration
+def test_search_over_tls(stack, tls_cluster, data_dir, tmp_path):
+    address, certs, stranger = tls_cluster
 
     # Refused: no certificates at all, and certificates of another CA.
     proc = run_search(stack, address, data_dir, tmp_path, "--trials", "2")

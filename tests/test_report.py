@@ -97,12 +97,23 @@ def test_a_search_reports_on_its_parent_run_and_report_redoes_it(prefect_api_url
     assert f"{s['best_rmse']:.4f}" in (out / "report.html").read_text()
 
 
-@pytest.mark.parametrize("args, said", [(["nope"], "no search run nope"),
-                                        (["x", "--tracking-uri", "sqlite:////nonexistent/m.db"], "no tracking store")])
-def test_report_of_no_search_is_one_line(args, said, workdir, tracking_uri, capsys):
+@pytest.fixture(scope="module")
+def store_without_searches(tmp_path_factory):
+    """A real sqlite store with the experiment and no run, made once (MLflow's schema migration
+    takes seconds) and copied into each test's folder."""
     from taxi_hpo import tracking
 
-    tracking.prepare_store(tracking_uri, "nyc-taxi-hpo", workdir / "mlartifacts")  # a store, without that run
+    folder = tmp_path_factory.mktemp("store")
+    tracking.prepare_store(f"sqlite:///{folder / 'mlflow.db'}", "nyc-taxi-hpo", folder / "mlartifacts")
+    return folder / "mlflow.db"
+
+
+@pytest.mark.parametrize("args, said", [(["nope"], "no search run nope"),
+                                        (["x", "--tracking-uri", "sqlite:////nonexistent/m.db"], "no tracking store")])
+def test_report_of_no_search_is_one_line(args, said, workdir, store_without_searches, capsys):
+    import shutil
+
+    shutil.copyfile(store_without_searches, workdir / "mlflow.db")  # a store, without that run
     assert cli.main(["report", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert said in err and "\n" not in err and err.startswith("taxi-hpo: error:")

@@ -17,8 +17,6 @@ import os
 import socket
 import ssl
 import subprocess
-import threading
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -32,11 +30,12 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
 from prefect.settings import PREFECT_API_AUTH_STRING, temporary_settings
 
+from helpers import free_port, wait_for
 from taxi_hpo.cluster import credentials
 from taxi_hpo.preflight import remote
 from taxi_hpo.errors import ClusterError, TrackingError
-from test_remote import (LOCAL, REPO, VENV_BIN, Net, Stack, assert_ran_remotely, free_port, read_env_file, require_namespaces,
-                         search_command, server_credentials, start_cluster, summary_of)
+from test_remote import (LOCAL, REPO, VENV_BIN, Net, Stack, assert_ran_remotely, read_env_file,
+                         require_namespaces, search_command, server_credentials, start_cluster, summary_of)
 
 MLFLOW_PROBE = remote.MLFLOW_PROBE_PATH
 PREFECT_PROBE = "/admin/version"
@@ -306,6 +305,21 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
+def _all_pids() -> list[int]:
+    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
+
+
+def _environ(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return b""
+
+
+def _is_trial(run) -> bool:
+    return "trial_id" in run.data.tags
+
+
 @pytest.mark.integration
 def test_search_with_credentials_runs_on_workers_and_leaks_no_secret(secure, data_dir, tmp_path, monkeypatch):
     s, c = secure.stack, secure.stack.credentials
@@ -318,41 +332,61 @@ def test_search_with_credentials_runs_on_workers_and_leaks_no_secret(secure, dat
         environ = Path(f"/proc/{pid}/environ").read_bytes().decode("utf-8", "replace")
         assert not [name for name in credentials.ENV_NAMES if f"\0{name}=" in "\0" + environ], pid
 
-    # The search, while the process list is watched.
+    # The search; every process's command line (and the worker hosts' environments) is read at
+    # each step of it: started, its parent run made, its trials begun, all trials ended, exited.
     argv, env = search_command(s, s.address, data_dir, "--trials", "3",
                                env={"DASK_CONFIG": str(secure.certs / "client.yaml")})
-    ps_seen: list[str] = []
-    done = threading.Event()
-
-    def watch_ps():
-        while not done.is_set():
-            ps_seen.append(subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout)
-            ps_seen.append("\n".join(_cmdline(pid) for pid in _namespace_pids(secure.net)))
-            time.sleep(0.5)
-
-    watcher = threading.Thread(target=watch_ps, daemon=True)
-    watcher.start()
-    try:
-        proc = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
-    finally:
-        done.set()
-        watcher.join()
-    summary = summary_of(proc)
     for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
-        monkeypatch.setenv(name, c[name])
+        monkeypatch.setenv(name, c[name])  # this process reads the server from here on
+    mlflow = MlflowClient(s.tracking_uri)
+    snapshots: dict[str, str] = {}
+
+    def snapshot(step: str) -> None:
+        snapshots[step] = "\n".join(_cmdline(pid) for pid in _all_pids())
+        for pid in _namespace_pids(secure.net):
+            assert not [x for x in secrets if x.encode() in _environ(pid)], (step, pid)
+
+    def search_runs(trials: bool) -> list:
+        experiment = mlflow.get_experiment_by_name("nyc-taxi-hpo")
+        if experiment is None:
+            return []
+        runs = mlflow.search_runs([experiment.experiment_id])
+        return [r for r in runs if (_is_trial(r) if trials else r.data.tags.get("taxi_hpo.role") == "search")]
+
+    with open(tmp_path / "stdout", "w+") as out, open(tmp_path / "stderr", "w+") as err:
+        search = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=out, stderr=err, text=True)
+        try:
+            snapshot("started")
+            def trials_ended() -> bool:
+                return sum(r.info.status == "FINISHED" for r in search_runs(True)) == 3
+
+            steps = [("parent run made", lambda: search_runs(False)),
+                     ("trials begun", lambda: search_runs(True)), ("trials ended", trials_ended)]
+            for step, happened in steps:
+                wait_for(lambda: happened() or search.poll() is not None, 240, step)
+                snapshot(step)
+            search.wait(timeout=240)
+        finally:
+            if search.poll() is None:
+                search.kill()
+                search.wait()
+        snapshot("exited")
+        out.seek(0), err.seek(0)
+        proc = subprocess.CompletedProcess(argv, search.returncode, out.read(), err.read())
+    summary = summary_of(proc)
     assert_ran_remotely(summary, s, 3)
 
     # Nothing in the command's output (--json on stdout, the rest on stderr).
     assert not [x for x in secrets if x in proc.stdout or x in proc.stderr]
     assert json.loads(proc.stdout)["parent_run_id"] == summary["parent_run_id"]
 
-    # Nothing on a command line, during the search (ps) or in the worker processes (/proc).
-    assert len(ps_seen) >= 4 and any("taxi-hpo" in snapshot for snapshot in ps_seen)
-    assert not [x for x in secrets if any(x in snapshot for snapshot in ps_seen)]
-    assert not [x for x in secrets for pid in _namespace_pids(secure.net) if x in _cmdline(pid)]
+    # Nothing on a command line of any process on the machine, at any step of the search.
+    assert list(snapshots) == ["started", "parent run made", "trials begun", "trials ended", "exited"]
+    during = [seen for step, seen in snapshots.items() if step != "exited"]
+    assert all("taxi-hpo" in seen and "dask worker" in seen for seen in during)
+    assert not [(x, step) for x in secrets for step, seen in snapshots.items() if x in seen]
 
     # Nothing in MLflow: params and tags of every run of every experiment on the server.
-    mlflow = MlflowClient(s.tracking_uri)
     experiments = mlflow.search_experiments(view_type=ViewType.ALL)
     runs = mlflow.search_runs([e.experiment_id for e in experiments], run_view_type=ViewType.ALL, max_results=1000)
     assert len(runs) >= 5  # the search, the baseline, 3 trials

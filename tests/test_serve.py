@@ -54,7 +54,8 @@ def test_deployment_runs_once_with_months_of_its_date(prefect_api_url, data_dir,
     proc = subprocess.Popen(
         [str(VENV_BIN / "taxi-hpo"), "serve", "--cron", "0 3 * * 1", "--name", "test-weekly",
          "--train", "prev-2", "--valid", "prev-1", "--data-dir", str(data_dir), "--tracking-uri", tracking_uri,
-         "--trials", "2", "--workers", "1", "--rounds", "3", "--max-depth", "5", "--no-register"],
+         "--trials", "2", "--workers", "1", "--rounds", "3", "--max-depth", "5", "--no-register",
+         "--no-report"],
         cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
         env={**os.environ, "PREFECT_API_URL": prefect_api_url, "PREFECT_RUNNER_POLL_FREQUENCY": "1"})
     try:

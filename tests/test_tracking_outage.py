@@ -13,7 +13,6 @@ import json
 import os
 import threading
 import signal
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -21,15 +20,9 @@ import urllib.request
 import pytest
 from mlflow.tracking import MlflowClient
 
-from test_faults import finish, start_cli, wait_for
+from helpers import finish, free_port, start_cli, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class MlflowServer:
@@ -111,9 +104,10 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def mlflow_server(workdir):
-    server = MlflowServer(workdir)
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """One server for the module; each test searches in an experiment of its own name."""
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
     server.start()
     yield server
     server.stop()
@@ -122,14 +116,15 @@ def mlflow_server(workdir):
 def test_tracking_server_outage_loses_no_trial(prefect_api_url, data_dir, workdir, mlflow_server):
     outage = Outage(mlflow_server.port)
     proc = start_cli(workdir, prefect_api_url, "--data-dir", str(data_dir), "--trials", "6", "--workers", "2",
-                     "--rounds", "30", "--max-depth", "10", "--no-register", "--tracking-uri", outage.uri)
+                     "--rounds", "30", "--max-depth", "10", "--no-register", "--no-report",
+                     "--experiment", "outage", "--tracking-uri", outage.uri)
     client = MlflowClient(mlflow_server.uri)   # the test itself reads the server directly
 
     def finished_trials():
-        try:
-            runs = client.search_runs(["1"], "attributes.status = 'FINISHED'")
-        except Exception:  # noqa: BLE001 - not created yet
+        experiment = client.get_experiment_by_name("outage")
+        if experiment is None:  # not created yet
             return []
+        runs = client.search_runs([experiment.experiment_id], "attributes.status = 'FINISHED'")
         return [r for r in runs if "trial_id" in r.data.tags]
 
     wait_for(finished_trials, 180, "a finished trial")
@@ -140,6 +135,7 @@ def test_tracking_server_outage_loses_no_trial(prefect_api_url, data_dir, workdi
     outage.down.clear()
     summary = finish(proc)
     outage.shutdown()
+    assert summary["experiment_id"] == client.get_experiment_by_name("outage").experiment_id
     assert (summary["trials_done"], summary["trials_failed"]) == (6, 0)
     finished = sorted(int(r.data.tags["trial_id"]) for r in finished_trials())
     assert finished == list(range(6))
@@ -156,8 +152,9 @@ def test_json_is_all_of_stdout_with_a_tracking_server(prefect_api_url, data_dir,
     left on here, so what keeps stdout clean is the redirection, not MLflow's switch."""
     env = {**os.environ, "PREFECT_API_URL": prefect_api_url, "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "false"}
     proc = subprocess.run([sys.executable, "-m", "taxi_hpo.cli", "run", "--data-dir", str(data_dir), "--trials", "2",
-                           "--rounds", "3", "--max-depth", "5", "--no-register", "--tracking-uri", mlflow_server.uri,
-                           "--json"], cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
+                           "--rounds", "3", "--max-depth", "5", "--no-register", "--no-report",
+                           "--experiment", "json-stdout", "--tracking-uri", mlflow_server.uri, "--json"],
+                          cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads(proc.stdout)  # the whole of it
     assert summary["trials_done"] == 2 and summary["mlflow_ui"].startswith(mlflow_server.uri)
