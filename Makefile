@@ -4,6 +4,9 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 ARGS   ?= --trials 8 --rounds 30 --max-depth 30
 PYTEST_ARGS ?=
+# Test files run in TEST_JOBS processes (pytest-xdist, a file's tests together): on 2 cores the
+# suite took 16.7 min with 2 against 24.5 min in one (same machine, same afternoon); 1: no xdist.
+TEST_JOBS ?= 2
 
 .PHONY: run test lint format bench serve-model screenshots install clean
 
@@ -19,7 +22,7 @@ run: install
 	$(BIN)/taxi-hpo run $(ARGS)
 
 test: install
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(if $(filter-out 1,$(TEST_JOBS)),-n $(TEST_JOBS) --dist loadfile) $(PYTEST_ARGS)
 
 # Style and layers: ruff (format and lint, configured in pyproject.toml) and import-linter's
 # contracts (the layers of README's Architecture). CI runs it before the tests.

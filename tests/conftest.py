@@ -23,7 +23,9 @@ os.environ.pop("PREFECT_API_URL", None)
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("TAXI_HPO_SHARED_DATA", REPO.parent / "shared" / "data"))
 # Where a clone without ../shared keeps the months it fetched from the TLC (or TAXI_HPO_TLC_URL).
-FETCH_CACHE = Path(os.environ.get("TAXI_HPO_TEST_DATA_CACHE", Path.home() / ".cache" / "taxi-hpo" / "test-data"))
+FETCH_CACHE = Path(
+    os.environ.get("TAXI_HPO_TEST_DATA_CACHE", Path.home() / ".cache" / "taxi-hpo" / "test-data")
+)
 MONTHS = ("2021-01", "2021-02", "2023-01", "2023-02", "2023-03")
 
 
@@ -41,9 +43,13 @@ def _source(month: str) -> Path:
     try:
         return data.resolve(month, FETCH_CACHE).path
     except DataError as exc:
-        pytest.exit(f"test data: {data.month_filename(month)} is not in {SHARED_DATA} and could not be fetched "
-                    f"({getattr(exc.__cause__, 'reason', None) or exc.__cause__ or exc}): set TAXI_HPO_SHARED_DATA to a folder holding the months "
-                    f"{', '.join(MONTHS)}", returncode=2)
+        pytest.exit(
+            f"test data: {data.month_filename(month)} is not in {SHARED_DATA} and could not be fetched "
+            f"({getattr(exc.__cause__, 'reason', None) or exc.__cause__ or exc}): "
+            f"set TAXI_HPO_SHARED_DATA to a folder holding the months "
+            f"{', '.join(MONTHS)}",
+            returncode=2,
+        )
 
 
 @pytest.fixture(scope="session")
@@ -75,8 +81,9 @@ def prepared(data_dir):
     from taxi_hpo.core import data, features
 
     train, valid = (data_dir / f"green_tripdata_{m}.parquet" for m in ("2021-01", "2021-02"))
-    return features.prepare_data(data.load(train), data.load(valid), data.file_sha256(train),
-                                 data.file_sha256(valid))
+    return features.prepare_data(
+        data.load(train), data.load(valid), data.file_sha256(train), data.file_sha256(valid)
+    )
 
 
 @pytest.fixture

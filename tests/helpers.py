@@ -40,11 +40,18 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
 
 # -- the CLI as a real process ----------------------------------------------------------------
 
+
 def start_cli(workdir: Path, api_url: str, *args: str) -> subprocess.Popen:
     """``taxi-hpo run ARGS --json`` in ``workdir``, talking to the Prefect API at ``api_url``."""
     env = {**os.environ, "PREFECT_API_URL": api_url, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "taxi_hpo.cli", "run", *args, "--json"], cwd=workdir,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "taxi_hpo.cli", "run", *args, "--json"],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def finish(proc: subprocess.Popen, timeout: float = 300) -> dict:
@@ -75,15 +82,18 @@ def trial_runs(db: Path, missing_ok: bool = False) -> list[tuple[str, str, str]]
         with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
             return [tuple(row) for row in conn.execute(_TRIAL_RUNS)]
     except sqlite3.OperationalError:
-        if missing_ok:   # the store is still being created
+        if missing_ok:  # the store is still being created
             return []
         raise
 
 
 def running_trials(db: Path) -> list[tuple[str, int]]:
     """(trial id, worker pid) of the trial runs open right now (polling: a missing store is empty)."""
-    return [(t, int(w.split(":")[1])) for t, status, w in trial_runs(db, missing_ok=True)
-            if status == "RUNNING" and w]
+    return [
+        (t, int(w.split(":")[1]))
+        for t, status, w in trial_runs(db, missing_ok=True)
+        if status == "RUNNING" and w
+    ]
 
 
 def finished_trials(db: Path) -> list[str]:
@@ -110,6 +120,7 @@ def search_run(db: Path) -> str:
 
 # -- real dask scheduler and worker processes -------------------------------------------------
 
+
 class DaskProcesses:
     """A ``dask scheduler`` on loopback and ``dask worker`` processes that come and go."""
 
@@ -118,9 +129,22 @@ class DaskProcesses:
         self.env = {**os.environ, "PREFECT_API_URL": api_url, "OMP_NUM_THREADS": "1"}
         info = tmp / "scheduler.json"
         self.procs["scheduler"] = subprocess.Popen(
-            [str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0",
-             "--dashboard-address", ":0", "--scheduler-file", str(info)],
-            env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                str(BIN / "dask"),
+                "scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--dashboard-address",
+                ":0",
+                "--scheduler-file",
+                str(info),
+            ],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         wait_for(lambda: info.exists() and info.stat().st_size > 0, 60, "the scheduler file")
         self.address = json.loads(info.read_text())["address"]
         import distributed
@@ -137,9 +161,22 @@ class DaskProcesses:
     def worker(self, name: str) -> str:
         """Start a worker named ``name``; returns its address once the scheduler knows it."""
         self.procs[name] = subprocess.Popen(
-            [str(BIN / "dask"), "worker", self.address, "--name", name, "--nthreads", "1", "--no-dashboard",
-             "--local-directory", str(self.tmp / name)], env=self.env, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL)
+            [
+                str(BIN / "dask"),
+                "worker",
+                self.address,
+                "--name",
+                name,
+                "--nthreads",
+                "1",
+                "--no-dashboard",
+                "--local-directory",
+                str(self.tmp / name),
+            ],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         return wait_for(lambda: self.address_of(name), 60, f"worker {name}")
 
     def pid(self, name: str) -> int:
@@ -159,6 +196,7 @@ class DaskProcesses:
 
 
 # -- processes ----------------------------------------------------------------------------------
+
 
 def alive(pids) -> list[int]:
     """Those of ``pids`` still running (a zombie is not)."""
@@ -206,8 +244,12 @@ def freeze_running_trial(db: Path, timeout: float = 120, where=lambda trial, pid
     deadline = time.monotonic() + timeout
     while True:
         left = deadline - time.monotonic()
-        candidates = wait_for(lambda: [(t, p) for t, p in running_trials(db) if where(t, p)], max(left, 0),
-                              "a running trial to freeze", interval=0.02)
+        candidates = wait_for(
+            lambda: [(t, p) for t, p in running_trials(db) if where(t, p)],
+            max(left, 0),
+            "a running trial to freeze",
+            interval=0.02,
+        )
         for trial, pid in candidates:
             os.kill(pid, signal.SIGSTOP)
             if (trial, pid) in running_trials(db):

@@ -9,31 +9,53 @@ import numpy as np
 import pytest
 
 from taxi_hpo import bench
-from taxi_hpo.bench import metrics
-from taxi_hpo.bench import BenchConfig, Layout
+from taxi_hpo.bench import BenchConfig, Layout, metrics
 from taxi_hpo.errors import ConfigError
 from taxi_hpo.search import TPESearcher, TrialOutcome, reference_space, run_search
 from taxi_hpo.search.baseline import run_reference
 
 
 def trial(trial_id, started, finished, fit_s, worker="w0", loss=1.0, error=None):
-    return {"trial_id": trial_id, "started": started, "finished": finished, "fit_s": fit_s,
-            "worker": worker, "loss": loss, "error": error, "params": {}}
+    return {
+        "trial_id": trial_id,
+        "started": started,
+        "finished": finished,
+        "fit_s": fit_s,
+        "worker": worker,
+        "loss": loss,
+        "error": error,
+        "params": {},
+    }
 
 
 def run(layout, repeat, wall_s, trials, slots=2, first_trial_s=None):
-    return {"layout": layout, "repeat": repeat, "wall_s": wall_s, "slots": slots, "trials": trials,
-            "first_trial_s": first_trial_s, "cores": 2}
+    return {
+        "layout": layout,
+        "repeat": repeat,
+        "wall_s": wall_s,
+        "slots": slots,
+        "trials": trials,
+        "first_trial_s": first_trial_s,
+        "cores": 2,
+    }
 
 
 # -- layouts -------------------------------------------------------------------------------------
 
+
 def test_parse_layouts_reads_the_references_and_w_x_t():
     layouts = bench.parse_layouts(" script, seq, 2x1 ,1X2,4x3-fixed", cores=2)
-    assert layouts == (Layout("script", 1, 2), Layout("seq", 1, 2), Layout("2x1", 2, 1), Layout("1x2", 1, 2),
-                       Layout("4x3-fixed", 4, 3, elastic=False))
+    assert layouts == (
+        Layout("script", 1, 2),
+        Layout("seq", 1, 2),
+        Layout("2x1", 2, 1),
+        Layout("1x2", 1, 2),
+        Layout("4x3-fixed", 4, 3, elastic=False),
+    )
     assert [layout.cores for layout in layouts] == [2, 2, 2, 2, 12]
-    assert layouts[0].is_script and layouts[1].is_seq and layouts[2].is_parallel and not layouts[0].is_parallel
+    assert (
+        layouts[0].is_script and layouts[1].is_seq and layouts[2].is_parallel and not layouts[0].is_parallel
+    )
 
 
 def test_default_stands_for_what_taxi_hpo_run_picks():
@@ -42,13 +64,20 @@ def test_default_stands_for_what_taxi_hpo_run_picks():
     cores = usable_cores()
     (default,) = bench.parse_layouts("default", cores)
     assert (default.name, default.workers, default.threads, default.elastic, default.default) == (
-        f"{cores}x1", cores, 1, True, True)
+        f"{cores}x1",
+        cores,
+        1,
+        True,
+        True,
+    )
     # named both ways: one layout, marked default
     assert bench.parse_layouts(f"default,{cores}x1", cores) == (default,)
 
 
-@pytest.mark.parametrize("text", ["2y1", "0x1", "2x0", "x2", "seq,", "", "2x1,2x1", "seq,SEQ", "-1x2", "2x1-elastic",
-                                  "script,script"])
+@pytest.mark.parametrize(
+    "text",
+    ["2y1", "0x1", "2x0", "x2", "seq,", "", "2x1,2x1", "seq,SEQ", "-1x2", "2x1-elastic", "script,script"],
+)
 def test_parse_layouts_rejects_bad_items(text):
     with pytest.raises(ConfigError):
         bench.parse_layouts(text, cores=2)
@@ -62,8 +91,13 @@ def test_default_layouts_cover_the_cores():
 
 # -- arithmetic ----------------------------------------------------------------------------------
 
+
 def test_utilisation_is_busy_over_available_slot_seconds():
-    trials = [trial(0, 100.0, 104.0, 3.0, "a"), trial(1, 100.0, 106.0, 5.5, "b"), trial(2, 104.0, 109.0, 4.0, "a")]
+    trials = [
+        trial(0, 100.0, 104.0, 3.0, "a"),
+        trial(1, 100.0, 106.0, 5.5, "b"),
+        trial(2, 104.0, 109.0, 4.0, "a"),
+    ]
     assert metrics.utilisation(trials, slots=2, wall_s=10.0) == pytest.approx(15.0 / 20.0)
     assert metrics.utilisation(trials, slots=1, wall_s=15.0) == pytest.approx(1.0)
     assert metrics.utilisation(trials, slots=2, wall_s=0.0) is None
@@ -76,8 +110,12 @@ def test_busy_time_never_negative():
 
 
 def test_overheads_are_busy_minus_fit_for_finished_trials_only():
-    trials = [trial(0, 0.0, 4.0, 3.5), trial(1, 0.0, 2.0, 1.0), trial(2, 0.0, 0.0, 0.0, loss=None, error="boom"),
-              trial(3, 1.0, 3.0, 0.0, loss=None)]
+    trials = [
+        trial(0, 0.0, 4.0, 3.5),
+        trial(1, 0.0, 2.0, 1.0),
+        trial(2, 0.0, 0.0, 0.0, loss=None, error="boom"),
+        trial(3, 1.0, 3.0, 0.0, loss=None),
+    ]
     assert metrics.overheads(trials) == pytest.approx([0.5, 1.0])
 
 
@@ -100,8 +138,11 @@ def test_trials_per_min_and_speedup():
 
 
 def test_run_metrics_of_one_run():
-    trials = [trial(0, 0.0, 4.0, 3.0, "a", loss=6.5), trial(1, 0.0, 6.0, 5.0, "b", loss=6.2),
-              trial(2, 4.0, 8.0, 0.0, "a", loss=None, error="KilledWorker")]
+    trials = [
+        trial(0, 0.0, 4.0, 3.0, "a", loss=6.5),
+        trial(1, 0.0, 6.0, 5.0, "b", loss=6.2),
+        trial(2, 4.0, 8.0, 0.0, "a", loss=None, error="KilledWorker"),
+    ]
     figures = metrics.run_metrics(run("2x1", 0, 8.0, trials, first_trial_s=3.5))
     assert figures["wall_s"] == 8.0
     assert figures["trials_per_min"] == pytest.approx(22.5)
@@ -143,18 +184,32 @@ def test_summarise_without_seq_has_no_speedup():
 
 
 def _row(layout, speedup, script=1.0, utilisation=0.98, overhead=0.1, rmse=6.3, default=False):
-    return {"layout": layout, "speedup_vs_seq": speedup, "speedup_vs_script": script, "core_utilisation": utilisation,
-            "overhead_p50_s": overhead, "best_rmse": rmse, "default": default}
+    return {
+        "layout": layout,
+        "speedup_vs_seq": speedup,
+        "speedup_vs_script": script,
+        "core_utilisation": utilisation,
+        "overhead_p50_s": overhead,
+        "best_rmse": rmse,
+        "default": default,
+    }
 
 
 def test_goal_checks_judge_the_default_layout_and_give_the_gap():
-    rows = [_row("seq", 1.0, rmse=6.35), _row("2x1", 0.97, script=0.93, utilisation=0.95, overhead=0.4, rmse=6.30,
-                                              default=True), _row("1x2", 1.1)]
+    rows = [
+        _row("seq", 1.0, rmse=6.35),
+        _row("2x1", 0.97, script=0.93, utilisation=0.95, overhead=0.4, rmse=6.30, default=True),
+        _row("1x2", 1.1),
+    ]
     goals = {g["goal"]: g for g in metrics.goal_checks(rows, cores=2, mode="async")}
     assert {g["layout"] for g in goals.values()} == {"2x1"}  # the default, though 1x2 is faster
     assert goals["speedup_vs_seq"]["met"] is False and goals["speedup_vs_seq"]["gap"] == pytest.approx(-0.03)
-    assert goals["speedup_vs_script"]["met"] is False and goals["speedup_vs_script"]["gap"] == pytest.approx(-0.02)
-    assert goals["core_utilisation"]["met"] is False and goals["core_utilisation"]["gap"] == pytest.approx(-0.02)
+    assert goals["speedup_vs_script"]["met"] is False and goals["speedup_vs_script"]["gap"] == pytest.approx(
+        -0.02
+    )
+    assert goals["core_utilisation"]["met"] is False and goals["core_utilisation"]["gap"] == pytest.approx(
+        -0.02
+    )
     assert goals["overhead_p50_s"]["met"] is False and goals["overhead_p50_s"]["gap"] == pytest.approx(0.15)
     assert goals["best_rmse_minus_seq"]["met"] is True
     assert goals["best_rmse_minus_seq"]["measured"] == pytest.approx(-0.05)
@@ -176,8 +231,10 @@ def test_core_utilisation_counts_the_cores_a_trial_took():
 
 
 def test_summarise_pairs_the_script_and_whole_commands():
-    runs = [run("script", 0, 10.0, [trial(0, 0.0, 10.0, 9.0)], slots=1) | {"command_s": 12.0},
-            run("2x1", 0, 8.0, [trial(0, 0.0, 8.0, 7.0)]) | {"command_s": 15.0}]
+    runs = [
+        run("script", 0, 10.0, [trial(0, 0.0, 10.0, 9.0)], slots=1) | {"command_s": 12.0},
+        run("2x1", 0, 8.0, [trial(0, 0.0, 8.0, 7.0)]) | {"command_s": 15.0},
+    ]
     (script, par) = metrics.summarise(runs, (Layout("script", 1, 2), Layout("2x1", 2, 1)))
     assert par["speedup_vs_script"] == pytest.approx(1.25) and par["speedup_vs_seq"] is None
     assert par["command_speedup_vs_script"] == pytest.approx(0.8) and par["command_s"] == 15.0
@@ -186,8 +243,9 @@ def test_summarise_pairs_the_script_and_whole_commands():
 
 def test_cpu_beside_the_trials():
     cpu = {"trials": 90.0, "flow": 6.0, "prefect_server": 4.0, "other": 0.0}
-    assert metrics.run_metrics(run("2x1", 0, 50.0, [trial(0, 0, 1, 1)]) | {"cpu_s": cpu})["cpu_beside_trials"] \
-        == pytest.approx(0.1)
+    assert metrics.run_metrics(run("2x1", 0, 50.0, [trial(0, 0, 1, 1)]) | {"cpu_s": cpu})[
+        "cpu_beside_trials"
+    ] == pytest.approx(0.1)
     # seq's trials run in the benchmark's own process
     seq = run("seq", 0, 50.0, [trial(0, 0, 1, 1)], slots=1) | {"cpu_s": {**cpu, "trials": 0.0, "flow": 96.0}}
     assert metrics.run_metrics(seq)["cpu_beside_trials"] == pytest.approx(0.04)
@@ -198,7 +256,10 @@ def test_process_roles():
 
     assert process_role(10, ["python", "taxi-hpo", "bench"], root_pid=10) == "flow"
     assert process_role(11, ["/v/bin/python", "/v/bin/taxi-hpo", "run", "--json"], root_pid=10) == "flow"
-    assert process_role(12, ["python", "-c", "import runpy", "uvicorn", "--factory"], root_pid=10) == "prefect_server"
+    assert (
+        process_role(12, ["python", "-c", "import runpy", "uvicorn", "--factory"], root_pid=10)
+        == "prefect_server"
+    )
     assert process_role(13, ["python", "-c", "from multiprocessing.spawn import spawn_main"], 10) == "trials"
     assert process_role(14, ["python", "/x/reference_script.py", "--train"], 10) == "trials"
     assert process_role(15, ["sh"], 10) == "other"
@@ -206,9 +267,21 @@ def test_process_roles():
 
 # -- flags ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("changes", [{"trials": 0}, {"trials": -3}, {"repeats": 0}, {"rounds": 0},
-                                     {"mode": "eager"}, {"max_depth": 3}, {"layouts": ()},
-                                     {"prune": "asha", "prune_trials": 0}, {"prune_trials": 16}])
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"trials": 0},
+        {"trials": -3},
+        {"repeats": 0},
+        {"rounds": 0},
+        {"mode": "eager"},
+        {"max_depth": 3},
+        {"layouts": ()},
+        {"prune": "asha", "prune_trials": 0},
+        {"prune_trials": 16},
+    ],
+)
 def test_bench_config_rejects_bad_settings(changes):
     settings = {"layouts": (Layout("seq", 1, 2), Layout("2x1", 2, 1)), **changes}
     with pytest.raises(ConfigError):
@@ -223,8 +296,10 @@ def test_prune_trials_size_the_pruned_searches_only():
     assert BenchConfig(layouts=layouts, trials=8, prune="asha").run_config(layouts[0]).trials == 8
 
 
-@pytest.mark.parametrize("flags", [["--layouts", "2by1"], ["--trials", "0"], ["--layouts", "seq,2x1,seq"],
-                                   ["--layouts", "2x1-elastic"]])
+@pytest.mark.parametrize(
+    "flags",
+    [["--layouts", "2by1"], ["--trials", "0"], ["--layouts", "seq,2x1,seq"], ["--layouts", "2x1-elastic"]],
+)
 def test_cli_bad_flags_print_one_line_and_exit_2(flags, capsys, tmp_path):
     from taxi_hpo import cli
 
@@ -235,6 +310,7 @@ def test_cli_bad_flags_print_one_line_and_exit_2(flags, capsys, tmp_path):
 
 
 # -- the baseline --------------------------------------------------------------------------------
+
 
 def _quadratic(params: dict) -> float:
     return (params["learning_rate"] - 0.3) ** 2 + params["max_depth"] / 100.0
@@ -280,16 +356,28 @@ def test_reference_rejects_an_empty_budget():
 
 # -- pictures and table --------------------------------------------------------------------------
 
+
 def _synthetic_result():
     runs = [
-        run("seq", 0, 10.0, [trial(0, 0.0, 5.0, 4.5, "p:1", 6.4), trial(1, 5.0, 10.0, 4.5, "p:1", 6.3)], slots=1),
+        run(
+            "seq",
+            0,
+            10.0,
+            [trial(0, 0.0, 5.0, 4.5, "p:1", 6.4), trial(1, 5.0, 10.0, 4.5, "p:1", 6.3)],
+            slots=1,
+        ),
         run("2x1", 0, 6.0, [trial(0, 1.0, 6.0, 4.0, "a", 6.4), trial(1, 1.0, 4.0, 0.0, "b", None, "boom")]),
         run("4x1", 0, 6.0, [trial(0, 1.0, 6.0, 4.0, "a", 6.4)], slots=4),
     ]
     layouts = (Layout("seq", 1, 2), Layout("2x1", 2, 1), Layout("4x1", 4, 1))
     rows = metrics.summarise(runs, layouts)
-    return {"machine": {"cores": 2}, "runs": runs, "layouts": rows, "goals": metrics.goal_checks(rows, 2, "async"),
-            "settings": {"trials": 2, "rounds": 3, "max_depth": 5, "mode": "async", "seed": 1, "repeats": 1}}
+    return {
+        "machine": {"cores": 2},
+        "runs": runs,
+        "layouts": rows,
+        "goals": metrics.goal_checks(rows, 2, "async"),
+        "settings": {"trials": 2, "rounds": 3, "max_depth": 5, "mode": "async", "seed": 1, "repeats": 1},
+    }
 
 
 def test_pictures_are_written(tmp_path):
@@ -313,13 +401,30 @@ def test_table_lists_every_layout_and_the_missed_goals():
 
 # -- one real run --------------------------------------------------------------------------------
 
+
 @pytest.mark.integration
 def test_bench_runs_seq_and_a_parallel_layout(data_dir, prefect_api_url, workdir, capsys):
     from taxi_hpo import cli, tracking
 
     out = workdir / "bench-out"
-    code = cli.main(["bench", "--layouts", "script,seq,2x1", "--trials", "2", "--rounds", "3", "--max-depth", "5",
-                     "--data-dir", str(data_dir), "--out", str(out), "--json"])
+    code = cli.main(
+        [
+            "bench",
+            "--layouts",
+            "script,seq,2x1",
+            "--trials",
+            "2",
+            "--rounds",
+            "3",
+            "--max-depth",
+            "5",
+            "--data-dir",
+            str(data_dir),
+            "--out",
+            str(out),
+            "--json",
+        ]
+    )
     assert code == 0
     printed = json.loads(capsys.readouterr().out)
     for name in ("bench.json", "speedup.png", "timeline.png"):
@@ -334,14 +439,26 @@ def test_bench_runs_seq_and_a_parallel_layout(data_dir, prefect_api_url, workdir
     # The reference script, a command of its own: the same points and the same models as seq.
     script = runs.pop("script")
     assert script["command_s"] > script["wall_s"] > 0
-    assert [t["params"]["max_depth"] for t in script["trials"]] == [t["params"]["max_depth"] for t in runs["seq"]["trials"]]
-    assert [t["loss"] for t in script["trials"]] == pytest.approx([t["loss"] for t in runs["seq"]["trials"]], rel=1e-9)
-    assert rows["2x1"]["speedup_vs_script"] == pytest.approx(script["wall_s"] / runs["2x1"]["wall_s"], rel=1e-3)
+    assert [t["params"]["max_depth"] for t in script["trials"]] == [
+        t["params"]["max_depth"] for t in runs["seq"]["trials"]
+    ]
+    assert [t["loss"] for t in script["trials"]] == pytest.approx(
+        [t["loss"] for t in runs["seq"]["trials"]], rel=1e-9
+    )
+    assert rows["2x1"]["speedup_vs_script"] == pytest.approx(
+        script["wall_s"] / runs["2x1"]["wall_s"], rel=1e-3
+    )
     # Where the CPU went during each search, by role.
-    assert runs["2x1"]["cpu_s"]["trials"] > 0 and set(runs["2x1"]["cpu_s"]) == {"trials", "flow", "prefect_server",
-                                                                                "other"}
+    assert runs["2x1"]["cpu_s"]["trials"] > 0 and set(runs["2x1"]["cpu_s"]) == {
+        "trials",
+        "flow",
+        "prefect_server",
+        "other",
+    }
     rows.pop("script")
-    assert rows["2x1"]["speedup_vs_seq"] == pytest.approx(runs["seq"]["wall_s"] / runs["2x1"]["wall_s"], rel=1e-3)
+    assert rows["2x1"]["speedup_vs_seq"] == pytest.approx(
+        runs["seq"]["wall_s"] / runs["2x1"]["wall_s"], rel=1e-3
+    )
     for name, row in rows.items():
         trials = runs[name]["trials"]
         assert len(trials) == 2 and all(t["loss"] is not None and t["fit_s"] > 0 for t in trials)
@@ -363,8 +480,28 @@ def test_bench_prunes_every_layout_but_the_script(data_dir, prefect_api_url, wor
     from taxi_hpo import cli
 
     out = workdir / "bench-prune"
-    code = cli.main(["bench", "--layouts", "script,seq", "--trials", "2", "--prune", "asha", "--prune-trials", "6",
-                     "--rounds", "4", "--max-depth", "5", "--data-dir", str(data_dir), "--out", str(out), "--json"])
+    code = cli.main(
+        [
+            "bench",
+            "--layouts",
+            "script,seq",
+            "--trials",
+            "2",
+            "--prune",
+            "asha",
+            "--prune-trials",
+            "6",
+            "--rounds",
+            "4",
+            "--max-depth",
+            "5",
+            "--data-dir",
+            str(data_dir),
+            "--out",
+            str(out),
+            "--json",
+        ]
+    )
     assert code == 0
     printed = json.loads(capsys.readouterr().out)
     runs = {r["layout"]: r for r in json.loads((out / "bench.json").read_text())["runs"]}
@@ -384,18 +521,37 @@ def test_bench_times_whole_commands(data_dir, workdir, capsys):
     from taxi_hpo import cli
 
     out = workdir / "bench-whole"
-    code = cli.main(["bench", "--layouts", "script,2x1", "--whole", "--trials", "2", "--rounds", "3",
-                     "--max-depth", "5", "--data-dir", str(data_dir), "--out", str(out), "--json"])
+    code = cli.main(
+        [
+            "bench",
+            "--layouts",
+            "script,2x1",
+            "--whole",
+            "--trials",
+            "2",
+            "--rounds",
+            "3",
+            "--max-depth",
+            "5",
+            "--data-dir",
+            str(data_dir),
+            "--out",
+            str(out),
+            "--json",
+        ]
+    )
     assert code == 0
     rows = {row["layout"]: row for row in json.loads(capsys.readouterr().out)["layouts"]}
     run = next(r for r in json.loads((out / "bench.json").read_text())["runs"] if r["layout"] == "2x1")
     # the whole `taxi-hpo run`: its own Prefect server and cluster, the baseline, registration
     assert run["command_s"] > run["flow_wall_s"] > run["wall_s"] > 0
-    assert rows["2x1"]["command_speedup_vs_script"] == pytest.approx(rows["script"]["command_s"] / run["command_s"],
-                                                                     rel=1e-3)
+    assert rows["2x1"]["command_speedup_vs_script"] == pytest.approx(
+        rows["script"]["command_s"] / run["command_s"], rel=1e-3
+    )
 
 
 # -- the sample-efficiency study's pure parts -----------------------------------------------------
+
 
 def _study():
     import importlib.util
@@ -434,7 +590,10 @@ def test_study_best_so_far_checkpoints_and_table():
     study = _study()
     assert study.best_so_far([None, 3.0, 4.0, None, 2.0]) == [None, 3.0, 3.0, 3.0, 2.0]
     assert study.checkpoints(32) == [4, 8, 16, 32] and study.checkpoints(6) == [4, 6]
-    curves = {1: [[5.0, 4.0, 4.0, 4.0], [6.0, 6.0, 5.0, 2.0]], 4: [[5.0, 5.0, 5.0, 3.3], [6.0, 6.0, 6.0, 3.3]]}
+    curves = {
+        1: [[5.0, 4.0, 4.0, 4.0], [6.0, 6.0, 5.0, 2.0]],
+        4: [[5.0, 5.0, 5.0, 3.3], [6.0, 6.0, 6.0, 3.3]],
+    }
     table = study.markdown_table(curves, 4)
     rows = [line for line in table.splitlines() if line.startswith("| 1 ") or line.startswith("| 4 ")]
     assert rows[0] == "| 1 | 3.0000 ± 1.4142 | +0.00 % |"
@@ -444,7 +603,13 @@ def test_study_best_so_far_checkpoints_and_table():
 def test_study_replays_a_pruning_decision_on_a_fitted_curve():
     study = _study()
     params = {"max_depth": 9, "learning_rate": 0.1}
-    cache = {json.dumps(params, sort_keys=True): {"loss": 6.0, "curve": {"3": 7.0, "9": 6.5, "27": 6.1}, "rounds": 30}}
+    cache = {
+        json.dumps(params, sort_keys=True): {
+            "loss": 6.0,
+            "curve": {"3": 7.0, "9": 6.5, "27": 6.1},
+            "rounds": 30,
+        }
+    }
     spent: list[int] = []
     evaluate = study.xgboost_evaluator(None, 30, 1, cache, spent)  # cached: nothing is fitted
     pruned = evaluate(0, params, {3: math.inf, 9: 6.4, 27: math.inf})
@@ -455,10 +620,16 @@ def test_study_replays_a_pruning_decision_on_a_fitted_curve():
     from taxi_hpo.search.pruning import Pruner
 
     def synthetic(trial_id, params, thresholds):
-        curve = {3: 8.0 + params["learning_rate"], 9: 7.0 + params["learning_rate"], 27: 6.0 + params["learning_rate"]}
+        curve = {
+            3: 8.0 + params["learning_rate"],
+            9: 7.0 + params["learning_rate"],
+            27: 6.0 + params["learning_rate"],
+        }
         for r in sorted(curve):
             if curve[r] > thresholds.get(r, math.inf):
-                return TrialOutcome(trial_id, params, curve[r], curve={k: v for k, v in curve.items() if k <= r}, pruned_at=r)
+                return TrialOutcome(
+                    trial_id, params, curve[r], curve={k: v for k, v in curve.items() if k <= r}, pruned_at=r
+                )
         return TrialOutcome(trial_id, params, curve[27], curve=curve)
 
     losses = study.losses_in_flight(synthetic, 2, 12, 3, 20, pruner=Pruner("asha", 30))
@@ -467,20 +638,25 @@ def test_study_replays_a_pruning_decision_on_a_fitted_curve():
 
 def test_time_to_target_follows_the_best_so_far_and_ignores_pruned_trials():
     start = 100.0
-    trials = [{**trial(0, 100.0, 104.0, 4.0, loss=6.6), "pruned_at": None},
-              {**trial(1, 100.0, 103.0, 2.0, loss=6.0), "pruned_at": 9},   # pruned: an unfinished model
-              {**trial(2, 104.0, 110.0, 6.0, loss=6.4), "pruned_at": None},
-              {**trial(3, 103.0, 112.0, 9.0, loss=6.5), "pruned_at": None}]
+    trials = [
+        {**trial(0, 100.0, 104.0, 4.0, loss=6.6), "pruned_at": None},
+        {**trial(1, 100.0, 103.0, 2.0, loss=6.0), "pruned_at": 9},  # pruned: an unfinished model
+        {**trial(2, 104.0, 110.0, 6.0, loss=6.4), "pruned_at": None},
+        {**trial(3, 103.0, 112.0, 9.0, loss=6.5), "pruned_at": None},
+    ]
     run_ = run("2x1", 0, 12.0, trials) | {"search_started": start}
     assert metrics.best_so_far(run_) == [(4.0, 6.6), (10.0, 6.4)]
     assert metrics.time_to_target(run_, 6.45) == 10.0 and metrics.time_to_target(run_, 6.0) is None
-    script = run("script", 0, 20.0, [{**trial(0, 100.0, 118.0, 18.0, loss=6.4), "pruned_at": None}], slots=1) \
-        | {"search_started": start}
+    script = run(
+        "script", 0, 20.0, [{**trial(0, 100.0, 118.0, 18.0, loss=6.4), "pruned_at": None}], slots=1
+    ) | {"search_started": start}
     (ref, par) = metrics.summarise([script, run_], (Layout("script", 1, 2), Layout("2x1", 2, 1)))
     # the target is the script's final best, 6.4: reached after 18 s there, 10 s here
     assert par["time_to_target_s"] == 10.0 and par["speedup_to_target"] == pytest.approx(1.8)
     assert par["trials_pruned"] == 1 and par["target_reached"] == 1
-    assert metrics.summarise([script, run_], (Layout("2x1", 2, 1),), target=6.0)[0]["time_to_target_s"] is None
+    assert (
+        metrics.summarise([script, run_], (Layout("2x1", 2, 1),), target=6.0)[0]["time_to_target_s"] is None
+    )
 
 
 def test_warm_start_study_counts_trials_to_the_cold_final_best():

@@ -22,8 +22,14 @@ BENCHMARKS = REPO / "benchmarks"
 
 def bench(script: str, *args: str, cwd: Path, env: dict | None = None, timeout: float = 400) -> list[dict]:
     """Run ``benchmarks/SCRIPT ARGS``; it must exit 0. The JSON objects it printed, one a line."""
-    proc = subprocess.run([sys.executable, str(BENCHMARKS / script), *args], cwd=cwd,
-                          env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), *args],
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert proc.returncode == 0, f"{script} exited {proc.returncode}:\n{proc.stderr[-3000:]}"
     objects = []
     for line in proc.stdout.splitlines():
@@ -35,8 +41,20 @@ def bench(script: str, *args: str, cwd: Path, env: dict | None = None, timeout: 
 
 
 def test_rungs(data_dir, tmp_path):
-    bench("rungs.py", "--points", "4", "--rounds", "4", "--max-depth", "5", "--data-dir", str(data_dir),
-          "--out", str(tmp_path / "out"), cwd=tmp_path)
+    bench(
+        "rungs.py",
+        "--points",
+        "4",
+        "--rounds",
+        "4",
+        "--max-depth",
+        "5",
+        "--data-dir",
+        str(data_dir),
+        "--out",
+        str(tmp_path / "out"),
+        cwd=tmp_path,
+    )
     saved = json.loads((tmp_path / "out" / "rungs.json").read_text())
     assert len(saved["fits"]) == 4
     assert all(f["rmse"] and len(f["cpu_s"]) == len(f["rmse"]) for f in saved["fits"])
@@ -46,9 +64,30 @@ def test_rungs(data_dir, tmp_path):
 
 def test_sample_efficiency(data_dir, tmp_path):
     out = tmp_path / "out"
-    bench("sample_efficiency.py", "--seeds", "1", "--trials", "3", "--rounds", "3", "--max-depth", "5",
-          "--in-flight", "1,2", "--startup", "2", "--prune", "none,asha", "--nthread", "1",
-          "--data-dir", str(data_dir), "--out", str(out), cwd=tmp_path)
+    bench(
+        "sample_efficiency.py",
+        "--seeds",
+        "1",
+        "--trials",
+        "3",
+        "--rounds",
+        "3",
+        "--max-depth",
+        "5",
+        "--in-flight",
+        "1,2",
+        "--startup",
+        "2",
+        "--prune",
+        "none,asha",
+        "--nthread",
+        "1",
+        "--data-dir",
+        str(data_dir),
+        "--out",
+        str(out),
+        cwd=tmp_path,
+    )
     results = json.loads((out / "results.json").read_text())
     assert results and (out / "sample_efficiency.md").stat().st_size > 0
     assert (out / "sample_efficiency.png").stat().st_size > 1000
@@ -56,8 +95,26 @@ def test_sample_efficiency(data_dir, tmp_path):
 
 def test_warm_start(data_dir, tmp_path):
     out = tmp_path / "out"
-    bench("warm_start.py", "--seeds", "1", "--trials", "3", "--k", "1", "--rounds", "3", "--max-depth", "5",
-          "--nthread", "1", "--data-dir", str(data_dir), "--out", str(out), cwd=tmp_path)
+    bench(
+        "warm_start.py",
+        "--seeds",
+        "1",
+        "--trials",
+        "3",
+        "--k",
+        "1",
+        "--rounds",
+        "3",
+        "--max-depth",
+        "5",
+        "--nthread",
+        "1",
+        "--data-dir",
+        str(data_dir),
+        "--out",
+        str(out),
+        cwd=tmp_path,
+    )
     results = json.loads((out / "results.json").read_text())
     assert results["rows"] and results["curves"]
     assert (out / "warm_start.md").stat().st_size > 0 and (out / "warm_start.png").stat().st_size > 1000
@@ -66,15 +123,38 @@ def test_warm_start(data_dir, tmp_path):
 def test_tpe_scaling_both_measurements(prefect_api_url, tmp_path):
     tpe = bench("tpe_scaling.py", "tpe", "--sizes", "10,30", "--repeats", "1", cwd=tmp_path)
     assert len(tpe) == 3 and "machine" in tpe[0]
-    orchestration = bench("tpe_scaling.py", "orchestration", "--trials", "4", "--workers", "1",
-                          "--layers", "dask,prefect", cwd=tmp_path, env={"PREFECT_API_URL": prefect_api_url})
+    orchestration = bench(
+        "tpe_scaling.py",
+        "orchestration",
+        "--trials",
+        "4",
+        "--workers",
+        "1",
+        "--layers",
+        "dask,prefect",
+        cwd=tmp_path,
+        env={"PREFECT_API_URL": prefect_api_url},
+    )
     assert len(orchestration) == 3 and all(isinstance(o, dict) for o in orchestration[1:])
 
 
 def test_soak(data_dir, prefect_api_url, tmp_path):
     out = tmp_path / "soak.json"
-    bench("soak.py", "--data-dir", str(data_dir), "--trials", "3", "--rounds", "2", "--every", "2",
-          "--out", str(out), cwd=tmp_path, env={"PREFECT_API_URL": prefect_api_url})
+    bench(
+        "soak.py",
+        "--data-dir",
+        str(data_dir),
+        "--trials",
+        "3",
+        "--rounds",
+        "2",
+        "--every",
+        "2",
+        "--out",
+        str(out),
+        cwd=tmp_path,
+        env={"PREFECT_API_URL": prefect_api_url},
+    )
     saved = json.loads(out.read_text())
     # the trials and the linear baseline, each a FINISHED child run of the search
     assert (saved["trials_done"], saved["trials_failed"], saved["finished_child_runs"]) == (3, 0, 4)
@@ -82,8 +162,9 @@ def test_soak(data_dir, prefect_api_url, tmp_path):
 
 
 def test_first_trial(data_dir, tmp_path):
-    printed = bench("first_trial.py", "--data-dir", str(data_dir), "--repeats", "1", "--workers", "1",
-                    cwd=tmp_path)
+    printed = bench(
+        "first_trial.py", "--data-dir", str(data_dir), "--repeats", "1", "--workers", "1", cwd=tmp_path
+    )
     once, summary = printed
     assert once["to_exit_s"] >= once["to_first_trial_s"] > 0
     assert summary["repeats"] == 1 and summary["workers"] == 1

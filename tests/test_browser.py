@@ -28,8 +28,16 @@ pytestmark = pytest.mark.integration
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # As root in a sandbox without a network: no sandbox, no GPU, no calls home.
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
 BIN = Path(sys.executable).parent
 SHOTS = os.environ.get("TAXI_HPO_SCREENSHOTS")
 
@@ -72,21 +80,51 @@ def chromium_path() -> str:
 def services(tmp_path, chromium_path):
     """A Prefect server with its UI and an MLflow tracking server, on free loopback ports."""
     prefect_port, mlflow_port = free_port(), free_port()
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_UI_API_URL": f"http://127.0.0.1:{prefect_port}/api", "PATH": f"{BIN}:{os.environ['PATH']}"}
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path / "prefect"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_API_URL": f"http://127.0.0.1:{prefect_port}/api",
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+    }
     env.pop("PREFECT_API_URL", None)
     db = tmp_path / "mlflow.db"
-    procs = [subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
-                               str(prefect_port)], env=env, cwd=tmp_path, start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
-             subprocess.Popen([str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{db}", "--host",
-                               "127.0.0.1", "--port", str(mlflow_port)], env=env, cwd=tmp_path,
-                              start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    procs = [
+        subprocess.Popen(
+            [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)],
+            env=env,
+            cwd=tmp_path,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        ),
+        subprocess.Popen(
+            [
+                str(BIN / "mlflow"),
+                "server",
+                "--backend-store-uri",
+                f"sqlite:///{db}",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(mlflow_port),
+            ],
+            env=env,
+            cwd=tmp_path,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        ),
+    ]
     try:
         _wait_http(f"http://127.0.0.1:{prefect_port}/api/health", procs[0])
         _wait_http(f"http://127.0.0.1:{mlflow_port}/health", procs[1])
-        yield {"prefect": f"http://127.0.0.1:{prefect_port}", "mlflow": f"http://127.0.0.1:{mlflow_port}",
-               "db": f"sqlite:///{db}", "env": env}
+        yield {
+            "prefect": f"http://127.0.0.1:{prefect_port}",
+            "mlflow": f"http://127.0.0.1:{mlflow_port}",
+            "db": f"sqlite:///{db}",
+            "env": env,
+        }
     finally:
         for proc in procs:
             _stop(proc)
@@ -102,10 +140,32 @@ def test_the_search_in_the_mlflow_and_prefect_uis(services, data_dir, tmp_path, 
     from playwright.sync_api import sync_playwright
 
     env = {**services["env"], "PREFECT_API_URL": f"{services['prefect']}/api"}
-    proc = subprocess.run([str(BIN / "taxi-hpo"), "run", "--data-dir", str(data_dir), "--trials", "6", "--rounds", "8",
-                           "--max-depth", "8", "--prune", "asha", "--tracking-uri", services["mlflow"],
-                           "--max-rmse", "10", "--json"], env=env, cwd=tmp_path, capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run(
+        [
+            str(BIN / "taxi-hpo"),
+            "run",
+            "--data-dir",
+            str(data_dir),
+            "--trials",
+            "6",
+            "--rounds",
+            "8",
+            "--max-depth",
+            "8",
+            "--prune",
+            "asha",
+            "--tracking-uri",
+            services["mlflow"],
+            "--max-rmse",
+            "10",
+            "--json",
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     s = json.loads(proc.stdout)
     from mlflow.tracking import MlflowClient

@@ -18,7 +18,7 @@ import pytest
 
 from taxi_hpo import cli as taxi_cli
 
-DEAD_API = "http://127.0.0.1:9/api"   # never reached: the checks come first
+DEAD_API = "http://127.0.0.1:9/api"  # never reached: the checks come first
 
 
 @pytest.fixture(scope="module")
@@ -27,30 +27,46 @@ def bad_files(data_dir, tmp_path_factory) -> dict[str, Path]:
     corrupt = root / "corrupt.parquet"
     corrupt.write_bytes(b"PAR1 not really parquet")
     columns = root / "columns.parquet"
-    pd.read_parquet(data_dir / "green_tripdata_2023-01.parquet").drop(columns=["PULocationID"]).to_parquet(columns)
+    pd.read_parquet(data_dir / "green_tripdata_2023-01.parquet").drop(columns=["PULocationID"]).to_parquet(
+        columns
+    )
     empty = root / "empty.parquet"
     raw = pd.read_parquet(data_dir / "green_tripdata_2023-01.parquet").head(100)
     raw["lpep_dropoff_datetime"] = raw["lpep_pickup_datetime"]
     raw.to_parquet(empty)
-    folder = root / "green_tripdata_2023-01.parquet"   # a folder named like a month's file
+    folder = root / "green_tripdata_2023-01.parquet"  # a folder named like a month's file
     folder.mkdir()
     typed = {}
-    for name, column, cast in (("text_times", "lpep_pickup_datetime", lambda c: c.astype(str)),
-                               ("text_distance", "trip_distance", lambda c: c.astype(str) + " mi"),
-                               ("fractional_ids", "PULocationID", lambda c: c + 0.5)):
+    for name, column, cast in (
+        ("text_times", "lpep_pickup_datetime", lambda c: c.astype(str)),
+        ("text_distance", "trip_distance", lambda c: c.astype(str) + " mi"),
+        ("fractional_ids", "PULocationID", lambda c: c + 0.5),
+    ):
         frame = pd.read_parquet(data_dir / "green_tripdata_2023-01.parquet").head(500)
         frame[column] = cast(frame[column])
         typed[name] = root / f"{name}.parquet"
         frame.to_parquet(typed[name])
-    return {"corrupt": corrupt, "columns": columns, "empty": empty, "missing": root / "missing.parquet",
-            "folder": folder, **typed}
+    return {
+        "corrupt": corrupt,
+        "columns": columns,
+        "empty": empty,
+        "missing": root / "missing.parquet",
+        "folder": folder,
+        **typed,
+    }
 
 
 def cli(workdir: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     """The real command in a fresh process."""
     env = {**os.environ, "PREFECT_API_URL": DEAD_API}
-    return subprocess.run([sys.executable, "-m", "taxi_hpo.cli", "run", *args], cwd=workdir, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "taxi_hpo.cli", "run", *args],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture
@@ -69,7 +85,7 @@ def main_here(monkeypatch, capfd):
         with temporary_settings(updates={PREFECT_API_URL: DEAD_API}):
             try:
                 code = taxi_cli.main(["run", *args])
-            except SystemExit as exc:   # argparse's errors
+            except SystemExit as exc:  # argparse's errors
                 code = exc.code
         out, err = capfd.readouterr()
         return code, out, err
@@ -92,11 +108,20 @@ CASES = {
     "nothing after filter": (["--train", "{empty}"], "no trips of 1–60 minutes"),
     "bad month": (["--train", "2021-13"], "is not a month"),
     "a folder as the month": (["--train", "{folder}"], "is a folder, not a file"),
-    "timestamps as text": (["--train", "{text_times}"], "lpep_pickup_datetime is large_string, not a timestamp"),
+    "timestamps as text": (
+        ["--train", "{text_times}"],
+        "lpep_pickup_datetime is large_string, not a timestamp",
+    ),
     "distance as text": (["--valid", "{text_distance}"], "trip_distance is large_string, not a number"),
-    "fractional location ids": (["--train", "{fractional_ids}"], "PULocationID holds numbers that are not whole"),
+    "fractional location ids": (
+        ["--train", "{fractional_ids}"],
+        "PULocationID holds numbers that are not whole",
+    ),
     "max inference time 0": (["--max-inference-time", "0"], "--max-inference-time must be a positive number"),
-    "max inference time < 0": (["--max-inference-time=-1e-6"], "--max-inference-time must be a positive number"),
+    "max inference time < 0": (
+        ["--max-inference-time=-1e-6"],
+        "--max-inference-time must be a positive number",
+    ),
     "max rmse not finite": (["--max-rmse", "nan"], "--max-rmse must be a positive number"),
     "unknown tracking scheme": (["--tracking-uri", "ftp://example.org/mlflow"], "unknown scheme 'ftp'"),
     "trials <= 0": (["--trials", "0"], "--trials must be a positive"),
@@ -107,23 +132,44 @@ CASES = {
     "unknown pruning rule": (["--prune", "hyperband"], "invalid choice: 'hyperband'"),
     "warm start from no search": (["--warm-start", "0123456789abcdef"], "no search run 0123456789abcdef"),
     "batch size <= 0": (["--mode", "batch", "--batch-size", "0"], "--batch-size must be a positive"),
-    "unreachable scheduler": (["--address", "tcp://127.0.0.1:9"], "Dask scheduler tcp://127.0.0.1:9 is unreachable"),
-    "unreachable tracking": (["--tracking-uri", "http://127.0.0.1:9"], "tracking server http://127.0.0.1:9 is unreachable"),
+    "unreachable scheduler": (
+        ["--address", "tcp://127.0.0.1:9"],
+        "Dask scheduler tcp://127.0.0.1:9 is unreachable",
+    ),
+    "unreachable tracking": (
+        ["--tracking-uri", "http://127.0.0.1:9"],
+        "tracking server http://127.0.0.1:9 is unreachable",
+    ),
     "unknown resume id": (["--resume", "0123456789abcdef"], "no search run 0123456789abcdef"),
     "max depth below bound": (["--max-depth", "3"], "below the space's lower bound 4"),
     "not a number": (["--trials", "many"], "invalid int value"),
     "unknown cluster class": (["--cluster-class", "nosuch_pkg.Cluster"], "cannot import nosuch_pkg"),
-    "not a cluster class": (["--cluster-class", "distributed.NoSuchCluster"], "has no cluster class 'NoSuchCluster'"),
-    "cluster kwargs without a class": (["--cluster-kwargs", "{{}}"], "--cluster-kwargs needs --cluster-class"),
-    "cluster kwargs not a mapping": (["--cluster-class", "distributed.LocalCluster", "--cluster-kwargs", "[1, 2]"],
-                                     "must be a mapping"),
-    "cluster kwargs not JSON": (["--cluster-class", "distributed.LocalCluster", "--cluster-kwargs", "{{n_workers"],
-                                "is not valid JSON/YAML"),
+    "not a cluster class": (
+        ["--cluster-class", "distributed.NoSuchCluster"],
+        "has no cluster class 'NoSuchCluster'",
+    ),
+    "cluster kwargs without a class": (
+        ["--cluster-kwargs", "{{}}"],
+        "--cluster-kwargs needs --cluster-class",
+    ),
+    "cluster kwargs not a mapping": (
+        ["--cluster-class", "distributed.LocalCluster", "--cluster-kwargs", "[1, 2]"],
+        "must be a mapping",
+    ),
+    "cluster kwargs not JSON": (
+        ["--cluster-class", "distributed.LocalCluster", "--cluster-kwargs", "{{n_workers"],
+        "is not valid JSON/YAML",
+    ),
     "adapt without a class": (["--adapt", "1:3"], "--adapt needs --cluster-class"),
     "adapt backwards": (["--cluster-class", "distributed.LocalCluster", "--adapt", "3:1"], "0 <= MIN <= MAX"),
-    "adapt not a range": (["--cluster-class", "distributed.LocalCluster", "--adapt", "three"], "give MIN:MAX"),
-    "address and cluster class": (["--address", "tcp://127.0.0.1:9", "--cluster-class", "distributed.LocalCluster"],
-                                  "give one of them"),
+    "adapt not a range": (
+        ["--cluster-class", "distributed.LocalCluster", "--adapt", "three"],
+        "give MIN:MAX",
+    ),
+    "address and cluster class": (
+        ["--address", "tcp://127.0.0.1:9", "--cluster-class", "distributed.LocalCluster"],
+        "give one of them",
+    ),
 }
 
 
@@ -142,9 +188,14 @@ def _args(case: str, bad_files: dict[str, Path]) -> tuple[list[str], str]:
 AGAINST_SERVICES = ("unreachable scheduler", "unknown resume id", "warm start from no search")
 
 
-@pytest.mark.parametrize("case", [
-    pytest.param(c, marks=[pytest.mark.integration] if c in AGAINST_SERVICES else [])
-    for c in CASES if c not in IN_A_FRESH_PROCESS])
+@pytest.mark.parametrize(
+    "case",
+    [
+        pytest.param(c, marks=[pytest.mark.integration] if c in AGAINST_SERVICES else [])
+        for c in CASES
+        if c not in IN_A_FRESH_PROCESS
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(case, bad_files, data_dir, tmp_path, main_here):
     args, expected = _args(case, bad_files)
     code, out, err = main_here(tmp_path, "--data-dir", str(data_dir), *args)
@@ -175,6 +226,7 @@ def assert_nothing_created(workdir: Path) -> None:
 
 # --- the disk: a read-only data folder, a full artifact folder (real tmpfs mounts) --------------
 
+
 @pytest.fixture
 def tmpfs(tmp_path):
     """Mount small tmpfs folders (root only: elsewhere the test skips with one line)."""
@@ -183,8 +235,11 @@ def tmpfs(tmp_path):
     def mount(name: str, *options: str) -> Path:
         where = tmp_path / name
         where.mkdir()
-        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join(options), "tmpfs", str(where)],
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", ",".join(options), "tmpfs", str(where)],
+            capture_output=True,
+            text=True,
+        )
         if proc.returncode != 0:
             pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip() or proc.returncode}): needs root")
         mounted.append(where)
@@ -209,14 +264,32 @@ def _search(cwd: Path, api_url: str | None, *args: str) -> subprocess.CompletedP
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     if api_url:
         env["PREFECT_API_URL"] = api_url
-    return subprocess.run([sys.executable, "-m", "taxi_hpo.cli", "run", "--trials", "2", "--rounds", "3",
-                           "--max-depth", "5", "--no-report", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "taxi_hpo.cli",
+            "run",
+            "--trials",
+            "2",
+            "--rounds",
+            "3",
+            "--max-depth",
+            "5",
+            "--no-report",
+            *args,
+        ],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.mark.integration
 def test_a_full_disk_under_the_store_and_artifacts(tmpfs, data_dir):
-    full = tmpfs("work", "size=1m")   # the sqlite store fits, the preprocessor artifact does not
+    full = tmpfs("work", "size=1m")  # the sqlite store fits, the preprocessor artifact does not
     # Its own Prefect server, as before: on the session's (already up) the flow fails so early
     # that the workers' warm-up tasks run after the data is withdrawn and log a traceback (a
     # flows bug, reported to the lead).
@@ -232,6 +305,7 @@ def test_a_full_disk_under_the_store_and_artifacts(tmpfs, data_dir):
 
 
 # --- --resume of what is not a search to go on with ---------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def finished_search(data_dir, tmp_path_factory, prefect_api_url) -> dict:
@@ -252,8 +326,9 @@ def _runs(work: Path) -> list[tuple]:
 @pytest.mark.integration
 def test_resume_of_a_trial_run_is_refused(finished_search, data_dir, main_here):
     before = _runs(finished_search["work"])
-    code, _, err = main_here(finished_search["work"], "--data-dir", str(data_dir), "--resume",
-                             finished_search["trial"])
+    code, _, err = main_here(
+        finished_search["work"], "--data-dir", str(data_dir), "--resume", finished_search["trial"]
+    )
     line = assert_one_line(code, err, "is not a taxi-hpo search")
     assert "parent run id" in line
     assert _runs(finished_search["work"]) == before
@@ -262,11 +337,12 @@ def test_resume_of_a_trial_run_is_refused(finished_search, data_dir, main_here):
 @pytest.mark.integration
 def test_resume_of_a_complete_search_runs_nothing(finished_search, data_dir, main_here):
     before = _runs(finished_search["work"])
-    code, out, err = main_here(finished_search["work"], "--data-dir", str(data_dir), "--resume",
-                               finished_search["parent"], "--json")
+    code, out, err = main_here(
+        finished_search["work"], "--data-dir", str(data_dir), "--resume", finished_search["parent"], "--json"
+    )
     assert code == 0, err
     said = json.loads(out)
     assert said["already_complete"] is True and said["trials_done"] == 2
     assert said["parent_run_id"] == finished_search["parent"]
     assert "is already complete (2 of 2 trials ended" in err and "nothing to run" in err
-    assert _runs(finished_search["work"]) == before   # no run added, none reopened or re-ended
+    assert _runs(finished_search["work"]) == before  # no run added, none reopened or re-ended

@@ -31,14 +31,15 @@ def defaults() -> dict[str, str]:
 
 
 def thread_environ_keys() -> set[str]:
-    line = next(l for l in (LOCAL / "common.sh").read_text().splitlines() if l.startswith("THREAD_ENVIRON="))
+    lines = (LOCAL / "common.sh").read_text().splitlines()
+    line = next(text for text in lines if text.startswith("THREAD_ENVIRON="))
     return set(re.findall(r"'(\w+)':", line))
 
 
 def script_command(script: str) -> tuple[str, set[str]]:
     """The program (e.g. ``dask worker``) and flags of a start script's ``start_daemon`` line."""
     text = (LOCAL / script).read_text().replace("\\\n", " ")
-    line = next(l for l in text.splitlines() if l.lstrip().startswith("start_daemon "))
+    line = next(row for row in text.splitlines() if row.lstrip().startswith("start_daemon "))
     words = line.split()[2:]
     program = " ".join(w for w in words[:3] if not w.startswith(("-", '"', "$")))
     return program, set(re.findall(r"(?<![\w-])--[a-z][\w-]*", line))
@@ -50,7 +51,11 @@ SERVICES = {  # local script -> compose service / Kubernetes workload
     "start-mlflow.sh": ("mlflow", "mlflow"),
     "start-prefect.sh": ("prefect", "prefect"),
 }
-PORT_OF = {"start-scheduler.sh": "SCHEDULER_PORT", "start-mlflow.sh": "MLFLOW_PORT", "start-prefect.sh": "PREFECT_PORT"}
+PORT_OF = {
+    "start-scheduler.sh": "SCHEDULER_PORT",
+    "start-mlflow.sh": "MLFLOW_PORT",
+    "start-prefect.sh": "PREFECT_PORT",
+}
 
 
 def test_scripts_parse():
@@ -69,9 +74,13 @@ def test_thread_variables_match_the_local_cluster():
 def test_remote_workers_get_the_quiet_dask_settings_of_the_local_cluster():
     import dask
 
-    exported = dict(re.findall(r'^export (DASK_\w+)="\$\{\1:-([^}]*)\}"', (LOCAL / "common.sh").read_text(), re.M))
-    expected = {"DASK_" + key.upper().replace(".", "__").replace("-", "_"): str(value)
-                for key, value in cluster.QUIET_DASK.items()}
+    exported = dict(
+        re.findall(r'^export (DASK_\w+)="\$\{\1:-([^}]*)\}"', (LOCAL / "common.sh").read_text(), re.M)
+    )
+    expected = {
+        "DASK_" + key.upper().replace(".", "__").replace("-", "_"): str(value)
+        for key, value in cluster.QUIET_DASK.items()
+    }
     assert exported == expected
     # dask reads each variable back as the setting it stands for
     for name, value in exported.items():
@@ -79,6 +88,7 @@ def test_remote_workers_get_the_quiet_dask_settings_of_the_local_cluster():
 
 
 # -- docker compose ----------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def compose() -> dict:
@@ -103,7 +113,9 @@ def test_compose_wiring(compose):
     scheduler = services["scheduler"]["command"].split()
     assert scheduler[scheduler.index("--dashboard-address") + 1].endswith(f":{d['DASHBOARD_PORT']}")
     assert f"tcp://scheduler:{d['SCHEDULER_PORT']}" in services["worker"]["command"].split()
-    environ = ast.literal_eval(services["worker"]["environment"]["DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON"])
+    environ = ast.literal_eval(
+        services["worker"]["environment"]["DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON"]
+    )
     assert set(environ) == thread_environ_keys() and len(set(environ.values())) == 1
     assert services["mlflow"]["environment"]["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
     assert services["client"]["environment"]["PREFECT_API_URL"] == f"http://prefect:{d['PREFECT_PORT']}/api"
@@ -112,6 +124,7 @@ def test_compose_wiring(compose):
 
 
 # -- Kubernetes --------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def k8s() -> dict[str, dict]:
@@ -163,9 +176,15 @@ def test_kubernetes_wiring(k8s):
     argv = _argv(client)
     assert argv[argv.index("--address") + 1] == f"tcp://taxi-hpo-scheduler:{d['SCHEDULER_PORT']}"
     assert argv[argv.index("--tracking-uri") + 1] == f"http://mlflow:{d['MLFLOW_PORT']}"
-    assert {e["name"]: e["value"] for e in client["env"]}["PREFECT_API_URL"] == f"http://prefect:{d['PREFECT_PORT']}/api"
-    services = {doc["metadata"]["name"]: doc for path in (CLUSTER / "kubernetes").glob("*.yaml")
-                for doc in yaml.safe_load_all(path.read_text()) if doc["kind"] == "Service"}
+    assert {e["name"]: e["value"] for e in client["env"]}[
+        "PREFECT_API_URL"
+    ] == f"http://prefect:{d['PREFECT_PORT']}/api"
+    services = {
+        doc["metadata"]["name"]: doc
+        for path in (CLUSTER / "kubernetes").glob("*.yaml")
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc["kind"] == "Service"
+    }
     assert services["mlflow"]["spec"]["ports"][0]["port"] == int(d["MLFLOW_PORT"])
     assert services["prefect"]["spec"]["ports"][0]["port"] == int(d["PREFECT_PORT"])
 
@@ -183,9 +202,11 @@ def _dotted(tree: dict, prefix: str = "") -> dict:
 
 # -- TLS ---------------------------------------------------------------------------------------
 
+
 def test_tls_configs_are_distributed_configs(tmp_path):
-    subprocess.run([str(CLUSTER / "tls" / "make-certs.sh"), str(tmp_path), "10.213.0.2"], check=True,
-                   capture_output=True)
+    subprocess.run(
+        [str(CLUSTER / "tls" / "make-certs.sh"), str(tmp_path), "10.213.0.2"], check=True, capture_output=True
+    )
     for role in ("scheduler", "worker", "client"):
         config = list(dask.config.collect_yaml([str(tmp_path / f"{role}.yaml")]))[0]
         with dask.config.set(_dotted(config)):
@@ -196,7 +217,10 @@ def test_tls_configs_are_distributed_configs(tmp_path):
             assert getattr(security, f"tls_{role}_key") == str(tmp_path / f"{role}-key.pem")
             if role == "client":
                 assert cluster.tls_client_files()["cert"] == str(tmp_path / "client.pem")
-        verify = subprocess.run(["openssl", "verify", "-CAfile", str(tmp_path / "ca.pem"), str(tmp_path / f"{role}.pem")],
-                                capture_output=True, text=True)
+        verify = subprocess.run(
+            ["openssl", "verify", "-CAfile", str(tmp_path / "ca.pem"), str(tmp_path / f"{role}.pem")],
+            capture_output=True,
+            text=True,
+        )
         assert verify.returncode == 0, verify.stderr
     assert oct((tmp_path / "worker-key.pem").stat().st_mode & 0o777) == "0o600"

@@ -46,8 +46,11 @@ def workers_of(db: Path, missing_ok: bool = False) -> dict[int, set[str]]:
 def runs_on(db: Path, pid: int) -> set[str]:
     """Run ids of the trial runs the worker process ``pid`` opened."""
     with sqlite3.connect(db) as conn:
-        rows = conn.execute("""select r.run_uuid from runs r join tags w on w.run_uuid = r.run_uuid
-                               and w.key = 'worker' where w.value like ?""", (f"%:{pid}:%",)).fetchall()
+        rows = conn.execute(
+            """select r.run_uuid from runs r join tags w on w.run_uuid = r.run_uuid
+                               and w.key = 'worker' where w.value like ?""",
+            (f"%:{pid}:%",),
+        ).fetchall()
     return {run for (run,) in rows}
 
 
@@ -63,16 +66,28 @@ def frozen(pid: int):
 
 def test_a_worker_that_joins_mid_search_gets_trials(dask_processes, data_dir, workdir, prefect_api_url):
     dask_processes.worker("w1")
-    proc = start_cli(workdir, prefect_api_url, "--address", dask_processes.address,
-                     "--data-dir", str(data_dir), "--trials", "8", *TRIALS)
+    proc = start_cli(
+        workdir,
+        prefect_api_url,
+        "--address",
+        dask_processes.address,
+        "--data-dir",
+        str(data_dir),
+        "--trials",
+        "8",
+        *TRIALS,
+    )
     db = workdir / "mlflow.db"
     # w1 stopped while it runs a trial: the search cannot end, or go on, without the new worker
     _, w1 = freeze_running_trial(db)
     with frozen(w1):
         dask_processes.worker("w2")  # joins while the search runs on one worker
         joined = dask_processes.pid("w2")
-        wait_for(lambda: str(joined) in {p for ps in workers_of(db, True).values() for p in ps}, 120,
-                 "a trial on the worker that joined")
+        wait_for(
+            lambda: str(joined) in {p for ps in workers_of(db, True).values() for p in ps},
+            120,
+            "a trial on the worker that joined",
+        )
     summary = finish(proc)
     assert (summary["trials_done"], summary["trials_failed"]) == (8, 0)
     finished_once(db, 8)
@@ -80,21 +95,36 @@ def test_a_worker_that_joins_mid_search_gets_trials(dask_processes, data_dir, wo
     assert [n for _, n in summary["slots_seen"]][:2] == [1, 2]
 
 
-def test_a_worker_that_leaves_takes_its_slot_and_loses_no_trial(dask_processes, data_dir, workdir, prefect_api_url):
+def test_a_worker_that_leaves_takes_its_slot_and_loses_no_trial(
+    dask_processes, data_dir, workdir, prefect_api_url
+):
     dask_processes.worker("w1")
     leaving = dask_processes.worker("w2")
     leaving_pid = dask_processes.pid("w2")
-    proc = start_cli(workdir, prefect_api_url, "--address", dask_processes.address,
-                     "--data-dir", str(data_dir), "--trials", "8", *TRIALS)
+    proc = start_cli(
+        workdir,
+        prefect_api_url,
+        "--address",
+        dask_processes.address,
+        "--data-dir",
+        str(data_dir),
+        "--trials",
+        "8",
+        *TRIALS,
+    )
     db = workdir / "mlflow.db"
     # the leaving worker provably holds a running trial when it is told to go
     held, _ = freeze_running_trial(db, where=lambda trial, pid: pid == leaving_pid)
     with frozen(leaving_pid):
-        retire = threading.Thread(target=dask_processes.client.retire_workers, args=([leaving],),
-                                  kwargs={"close_workers": True})
-        retire.start()   # scaled down
-        wait_for(lambda: dask_processes.workers().get(leaving, {}).get("status", "gone") != "running", 60,
-                 "the scheduler to retire the worker")
+        retire = threading.Thread(
+            target=dask_processes.client.retire_workers, args=([leaving],), kwargs={"close_workers": True}
+        )
+        retire.start()  # scaled down
+        wait_for(
+            lambda: dask_processes.workers().get(leaving, {}).get("status", "gone") != "running",
+            60,
+            "the scheduler to retire the worker",
+        )
     retire.join(120)
     assert not retire.is_alive()
     wait_for(lambda: dask_processes.address_of("w2") is None, 60, "the retired worker to leave")
@@ -104,36 +134,64 @@ def test_a_worker_that_leaves_takes_its_slot_and_loses_no_trial(dask_processes, 
     assert (summary["trials_done"], summary["trials_failed"]) == (8, 0)
     finished_once(db, 8)  # each trial exactly one FINISHED run, none left RUNNING: the held one too
     assert summary["slots_seen"][-1][1] == 1
-    assert runs_on(db, leaving_pid) == ran_there   # nothing started on the retired worker after it left
+    assert runs_on(db, leaving_pid) == ran_there  # nothing started on the retired worker after it left
 
 
-@pytest.mark.parametrize("cluster_class, kwargs", [
-    ("distributed.LocalCluster", {"n_workers": 1, "threads_per_worker": 1, "processes": True,
-                                  "dashboard_address": ":0"}),
-    ("distributed.SpecCluster", {"scheduler": {"cls": "distributed.Scheduler",
-                                               "options": {"dashboard_address": ":0", "host": "127.0.0.1"}},
-                                 "workers": {"w0": {"cls": "distributed.Nanny",
-                                                    "options": {"nthreads": 1, "host": "127.0.0.1"}}},
-                                 "worker": {"cls": "distributed.Nanny", "options": {"nthreads": 1, "host": "127.0.0.1"}}}),
-])
+@pytest.mark.parametrize(
+    "cluster_class, kwargs",
+    [
+        (
+            "distributed.LocalCluster",
+            {"n_workers": 1, "threads_per_worker": 1, "processes": True, "dashboard_address": ":0"},
+        ),
+        (
+            "distributed.SpecCluster",
+            {
+                "scheduler": {
+                    "cls": "distributed.Scheduler",
+                    "options": {"dashboard_address": ":0", "host": "127.0.0.1"},
+                },
+                "workers": {
+                    "w0": {"cls": "distributed.Nanny", "options": {"nthreads": 1, "host": "127.0.0.1"}}
+                },
+                "worker": {"cls": "distributed.Nanny", "options": {"nthreads": 1, "host": "127.0.0.1"}},
+            },
+        ),
+    ],
+)
 def test_a_cluster_manager_by_dotted_path_grows_and_shrinks_between_1_and_3_workers(
-        cluster_class, kwargs, data_dir, workdir, prefect_api_url, tmp_path, monkeypatch):
+    cluster_class, kwargs, data_dir, workdir, prefect_api_url, tmp_path, monkeypatch
+):
     """The search queues trials for MAX workers, so the cluster grows; once no trial is left to
     queue, the workers the tail leaves idle are retired by Dask's Adaptive (told here to act after
     one idle 200 ms interval instead of three 1 s ones). The tail: a trial whose worker is stopped
     (once the cluster has grown) until the cluster has shrunk."""
     monkeypatch.setenv("DASK_DISTRIBUTED__ADAPTIVE__INTERVAL", "200ms")
     monkeypatch.setenv("DASK_DISTRIBUTED__ADAPTIVE__WAIT_COUNT", "1")
-    if cluster_class == "distributed.SpecCluster":   # the YAML file form of --cluster-kwargs
+    if cluster_class == "distributed.SpecCluster":  # the YAML file form of --cluster-kwargs
         import yaml
 
         (tmp_path / "cluster.yaml").write_text(yaml.safe_dump(kwargs))
         given = str(tmp_path / "cluster.yaml")
     else:
         given = json.dumps(kwargs)
-    proc = start_cli(workdir, prefect_api_url, "--cluster-class", cluster_class, "--cluster-kwargs", given,
-                     "--adapt", "1:3", "--data-dir", str(data_dir), "--trials", "9", *ADAPT_TRIALS)
+    proc = start_cli(
+        workdir,
+        prefect_api_url,
+        "--cluster-class",
+        cluster_class,
+        "--cluster-kwargs",
+        given,
+        "--adapt",
+        "1:3",
+        "--data-dir",
+        str(data_dir),
+        "--trials",
+        "9",
+        *ADAPT_TRIALS,
+    )
     db = workdir / "mlflow.db"
+
     # grows: trials run in more than one worker process (the cluster started with one) ...
     def grown() -> bool:
         return len({p for ps in workers_of(db, True).values() for p in ps}) >= 2 or proc.poll() is not None
@@ -159,7 +217,7 @@ def test_a_cluster_manager_by_dotted_path_grows_and_shrinks_between_1_and_3_work
     slots = [n for _, n in summary["slots_seen"]]
     peak = slots.index(max(slots))
     assert slots[0] == 1 and max(slots) >= 2, summary["slots_seen"]  # grew while trials were queued
-    assert min(slots[peak:]) < max(slots), summary["slots_seen"]     # and shrank in the tail
+    assert min(slots[peak:]) < max(slots), summary["slots_seen"]  # and shrank in the tail
     assert len({pid for pids in workers_of(db).values() for pid in pids}) >= 2
 
 
@@ -168,20 +226,37 @@ def test_workers_of_a_created_cluster_are_checked_before_the_search(data_dir, wo
     a sqlite store is refused in one line, before the search's parent run exists."""
     import psutil
 
-    addresses = [a.address for nic in psutil.net_if_addrs().values() for a in nic
-                 if a.family.name == "AF_INET" and not a.address.startswith("127.")]
+    addresses = [
+        a.address
+        for nic in psutil.net_if_addrs().values()
+        for a in nic
+        if a.family.name == "AF_INET" and not a.address.startswith("127.")
+    ]
     if not addresses:
         pytest.skip("this machine has no network address besides loopback to put a worker on")
-    kwargs = {"scheduler": {"cls": "distributed.Scheduler", "options": {"dashboard_address": ":0"}},
-              "workers": {"w0": {"cls": "distributed.Nanny", "options": {"nthreads": 1, "host": addresses[0]}}}}
-    proc = start_cli(workdir, prefect_api_url, "--cluster-class", "distributed.SpecCluster", "--cluster-kwargs",
-                     json.dumps(kwargs), "--data-dir", str(data_dir), "--trials", "2", *TRIALS)
+    kwargs = {
+        "scheduler": {"cls": "distributed.Scheduler", "options": {"dashboard_address": ":0"}},
+        "workers": {"w0": {"cls": "distributed.Nanny", "options": {"nthreads": 1, "host": addresses[0]}}},
+    }
+    proc = start_cli(
+        workdir,
+        prefect_api_url,
+        "--cluster-class",
+        "distributed.SpecCluster",
+        "--cluster-kwargs",
+        json.dumps(kwargs),
+        "--data-dir",
+        str(data_dir),
+        "--trials",
+        "2",
+        *TRIALS,
+    )
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("taxi-hpo: error: --tracking-uri sqlite:"), err[-2000:]
     assert "cannot open" in lines[0]
     db = workdir / "mlflow.db"
-    if db.exists():   # refused before the search's parent run (or any other) exists
+    if db.exists():  # refused before the search's parent run (or any other) exists
         with sqlite3.connect(db) as conn:
             assert conn.execute("select count(*) from runs").fetchone()[0] == 0

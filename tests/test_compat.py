@@ -65,12 +65,27 @@ def test_old_cached_preprocessing_result_loads_as_todays_class():
     assert prepared.X_train.shape[0] == 300 and prepared.X_valid.shape[1] == prepared.X_train.shape[1]
 
 
-@pytest.mark.parametrize("old", ["taxi_hpo.features", "taxi_hpo.models", "taxi_hpo.data",
-                                 "taxi_hpo.worker_watchdog", "taxi_hpo.worker_imports", "taxi_hpo.dask_runner",
-                                 "taxi_hpo.worker_data", "taxi_hpo.credentials", "taxi_hpo.remote",
-                                 "taxi_hpo.registry", "taxi_hpo.trials", "taxi_hpo.preflight",
-                                 "taxi_hpo.progress", "taxi_hpo.bench_runs", "taxi_hpo.bench_metrics",
-                                 "taxi_hpo.bench_plots"])
+@pytest.mark.parametrize(
+    "old",
+    [
+        "taxi_hpo.features",
+        "taxi_hpo.models",
+        "taxi_hpo.data",
+        "taxi_hpo.worker_watchdog",
+        "taxi_hpo.worker_imports",
+        "taxi_hpo.dask_runner",
+        "taxi_hpo.worker_data",
+        "taxi_hpo.credentials",
+        "taxi_hpo.remote",
+        "taxi_hpo.registry",
+        "taxi_hpo.trials",
+        "taxi_hpo.preflight",
+        "taxi_hpo.progress",
+        "taxi_hpo.bench_runs",
+        "taxi_hpo.bench_metrics",
+        "taxi_hpo.bench_plots",
+    ],
+)
 def test_old_module_paths_import_the_module_that_holds_the_code(old):
     from taxi_hpo import _compat
 
@@ -84,8 +99,12 @@ def test_old_module_paths_import_the_module_that_holds_the_code(old):
 def test_old_model_serves_in_a_fresh_process():
     """What `mlflow models serve` does: a process that has not imported taxi_hpo loads the model."""
     rows, predictions = _old_rows()
-    code = ("import sys, json, pandas as pd, mlflow.pyfunc\n"
-            f"m = mlflow.pyfunc.load_model({str(OLD_MODEL)!r})\n"
-            f"print(json.dumps([float(x) for x in m.predict(pd.DataFrame({rows.to_dict(orient='list')!r}))]))\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    code = (
+        "import sys, json, pandas as pd, mlflow.pyfunc\n"
+        f"m = mlflow.pyfunc.load_model({str(OLD_MODEL)!r})\n"
+        f"print(json.dumps([float(x) for x in m.predict(pd.DataFrame({rows.to_dict(orient='list')!r}))]))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
     np.testing.assert_allclose(json.loads(out.stdout.strip().splitlines()[-1]), predictions, rtol=1e-6)

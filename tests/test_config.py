@@ -29,7 +29,10 @@ def test_default_workers_fill_the_usable_cores():
 
 @pytest.mark.skipif(shutil.which("taskset") is None, reason="needs taskset (util-linux)")
 def test_default_workers_follow_the_affinity_mask():
-    probe = "from taxi_hpo.config import RunConfig; print(RunConfig().workers, RunConfig(threads_per_worker=2).workers)"
+    probe = (
+        "from taxi_hpo.config import RunConfig; "
+        "print(RunConfig().workers, RunConfig(threads_per_worker=2).workers)"
+    )
     out = subprocess.run(
         ["taskset", "-c", "0", sys.executable, "-c", probe], capture_output=True, text=True, check=True
     ).stdout.split()

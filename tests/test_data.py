@@ -12,10 +12,9 @@ import threading
 import pandas as pd
 import pytest
 
+from conftest import MONTHS, REPO
 from taxi_hpo.core import data
 from taxi_hpo.errors import DataError
-
-from conftest import MONTHS, REPO
 
 
 @pytest.fixture
@@ -23,7 +22,9 @@ def tlc_server(data_dir, tmp_path):
     """A real HTTP server on loopback serving parquet files, in place of the TLC's address."""
     root = tmp_path / "served"
     root.mkdir()
-    (root / "green_tripdata_2023-02.parquet").write_bytes((data_dir / "green_tripdata_2023-02.parquet").read_bytes())
+    (root / "green_tripdata_2023-02.parquet").write_bytes(
+        (data_dir / "green_tripdata_2023-02.parquet").read_bytes()
+    )
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -78,8 +79,9 @@ def test_resolve_uses_cached_month_without_network(data_dir):
 
 def test_download_missing_month_atomically(tlc_server, tmp_path):
     seen = []
-    month = data.resolve("2023-02", tmp_path / "cache", progress=lambda d, t: seen.append((d, t)),
-                         url_template=tlc_server)
+    month = data.resolve(
+        "2023-02", tmp_path / "cache", progress=lambda d, t: seen.append((d, t)), url_template=tlc_server
+    )
     assert month.path.is_file() and len(data.load(month.path)) > 0
     assert seen and seen[-1][0] == seen[-1][1] == month.path.stat().st_size
     assert [p.name for p in month.path.parent.iterdir()] == ["green_tripdata_2023-02.parquet"]
@@ -115,7 +117,9 @@ class _Truncating(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def truncating_server(data_dir):
-    handler = type("Handler", (_Truncating,), {"body": (data_dir / "green_tripdata_2023-02.parquet").read_bytes()})
+    handler = type(
+        "Handler", (_Truncating,), {"body": (data_dir / "green_tripdata_2023-02.parquet").read_bytes()}
+    )
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
@@ -153,7 +157,9 @@ def test_bad_files(tmp_path, data_dir):
     with pytest.raises(DataError, match="not a readable parquet"):
         data.load(corrupt)
     missing_cols = tmp_path / "cols.parquet"
-    pd.read_parquet(data_dir / "green_tripdata_2023-01.parquet").drop(columns=["trip_distance"]).to_parquet(missing_cols)
+    pd.read_parquet(data_dir / "green_tripdata_2023-01.parquet").drop(columns=["trip_distance"]).to_parquet(
+        missing_cols
+    )
     with pytest.raises(DataError, match="lacks column.*trip_distance"):
         data.load(missing_cols)
     empty = tmp_path / "short.parquet"
@@ -167,6 +173,7 @@ def test_bad_files(tmp_path, data_dir):
 
 
 # --- make test in a user's clone: no ../shared/data -------------------------------------------
+
 
 class _CountingHandler(http.server.SimpleHTTPRequestHandler):
     fetched: list = []
@@ -182,17 +189,36 @@ class _CountingHandler(http.server.SimpleHTTPRequestHandler):
 def _pytest_in_a_clone(tmp_path, url: str) -> subprocess.CompletedProcess:
     """This repository's own tests/test_data.py::test_bad_files (it needs the months), run as in
     a clone that has no ../shared/data: TAXI_HPO_SHARED_DATA names an empty folder."""
-    env = {**os.environ, "TAXI_HPO_SHARED_DATA": str(tmp_path / "no-shared"),
-           "TAXI_HPO_TEST_DATA_CACHE": str(tmp_path / "cache"), "TAXI_HPO_TLC_URL": url}
-    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                           f"{REPO}/tests/test_data.py::test_bad_files"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    env = {
+        **os.environ,
+        "TAXI_HPO_SHARED_DATA": str(tmp_path / "no-shared"),
+        "TAXI_HPO_TEST_DATA_CACHE": str(tmp_path / "cache"),
+        "TAXI_HPO_TLC_URL": url,
+    }
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            f"{REPO}/tests/test_data.py::test_bad_files",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
-@pytest.mark.integration   # a nested pytest
+@pytest.mark.integration  # a nested pytest
 def test_a_clone_without_shared_data_fetches_the_months_once(data_dir, tmp_path):
     handler = type("Handler", (_CountingHandler,), {"fetched": []})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(data_dir)))
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(handler, directory=str(data_dir))
+    )
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/{{name}}"
     try:
@@ -200,15 +226,16 @@ def test_a_clone_without_shared_data_fetches_the_months_once(data_dir, tmp_path)
         assert first.returncode == 0, first.stdout[-2000:]
         assert sorted(handler.fetched) == sorted(f"/green_tripdata_{m}.parquet" for m in MONTHS)
         assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == sorted(
-            f"green_tripdata_{m}.parquet" for m in MONTHS)
-        second = _pytest_in_a_clone(tmp_path, url)   # the cache serves the next run: nothing fetched
+            f"green_tripdata_{m}.parquet" for m in MONTHS
+        )
+        second = _pytest_in_a_clone(tmp_path, url)  # the cache serves the next run: nothing fetched
         assert second.returncode == 0, second.stdout[-2000:]
         assert len(handler.fetched) == len(MONTHS)
     finally:
         server.shutdown()
 
 
-@pytest.mark.integration   # a nested pytest
+@pytest.mark.integration  # a nested pytest
 def test_a_clone_that_cannot_fetch_says_how_to_provide_the_months(tmp_path):
     proc = _pytest_in_a_clone(tmp_path, "http://127.0.0.1:9/{name}")
     out = proc.stdout + proc.stderr

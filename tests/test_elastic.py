@@ -13,13 +13,20 @@ import pytest
 from taxi_hpo.core import models
 from taxi_hpo.search import xgb_params
 
-pytestmark = pytest.mark.integration   # every test fits on the real months
+pytestmark = pytest.mark.integration  # every test fits on the real months
 
 #: Rounds of the Dask test: enough for the long trial to outlast the short one by far.
 ROUNDS = 30
 
-POINT = {"max_depth": 10, "learning_rate": 0.05, "reg_alpha": 0.02, "reg_lambda": 0.01,
-         "min_child_weight": 1.0, "objective": "reg:squarederror", "seed": 42}
+POINT = {
+    "max_depth": 10,
+    "learning_rate": 0.05,
+    "reg_alpha": 0.02,
+    "reg_lambda": 0.01,
+    "min_child_weight": 1.0,
+    "objective": "reg:squarederror",
+    "seed": 42,
+}
 
 
 def scripted(schedule: dict[int, int]):
@@ -37,22 +44,38 @@ def test_a_trial_gives_the_same_model_whatever_its_thread_schedule(prepared):
     # 9 rounds: the last change (after round 8) still has a round to act on
     one = models.fit_xgboost(xgb_params(POINT, 1), prepared, rounds=9)
     two = models.fit_xgboost(xgb_params(POINT, 2), prepared, rounds=9)
-    up = models.fit_xgboost(xgb_params(POINT, 1), prepared, rounds=9, threads=scripted({4: 2}),
-                            start_threads=1, max_threads=2)
-    zigzag = models.fit_xgboost(xgb_params(POINT, 1), prepared, rounds=9,
-                                threads=scripted({2: 2, 5: 1, 8: 2}), start_threads=2, max_threads=2)
+    up = models.fit_xgboost(
+        xgb_params(POINT, 1), prepared, rounds=9, threads=scripted({4: 2}), start_threads=1, max_threads=2
+    )
+    zigzag = models.fit_xgboost(
+        xgb_params(POINT, 1),
+        prepared,
+        rounds=9,
+        threads=scripted({2: 2, 5: 1, 8: 2}),
+        start_threads=2,
+        max_threads=2,
+    )
     assert up.thread_changes == [(4, 2)]
     assert zigzag.thread_changes == [(5, 1), (8, 2)]  # round 2 asked for 2: it had 2 already
     assert one.rmse_valid == two.rmse_valid == up.rmse_valid == zigzag.rmse_valid
     assert one.rmse_train == up.rmse_train == zigzag.rmse_train
-    assert one.booster.get_dump(dump_format="json") == up.booster.get_dump(dump_format="json") \
-        == zigzag.booster.get_dump(dump_format="json")  # the same trees
+    assert (
+        one.booster.get_dump(dump_format="json")
+        == up.booster.get_dump(dump_format="json")
+        == zigzag.booster.get_dump(dump_format="json")
+    )  # the same trees
     assert 1.0 < up.threads_mean < 2.0
 
 
 def test_a_thread_source_is_capped_at_the_limit_and_never_below_one(prepared):
-    fit = models.fit_xgboost(xgb_params(POINT, 1), prepared, rounds=4, threads=scripted({1: 64, 2: 0, 3: -5}),
-                             start_threads=1, max_threads=2)
+    fit = models.fit_xgboost(
+        xgb_params(POINT, 1),
+        prepared,
+        rounds=4,
+        threads=scripted({1: 64, 2: 0, 3: -5}),
+        start_threads=1,
+        max_threads=2,
+    )
     assert fit.thread_changes == [(1, 2), (2, 1)]
 
 
@@ -103,8 +126,13 @@ _PROBE = textwrap.dedent("""
 @pytest.fixture(scope="module")
 def probed(data_dir) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-c", _PROBE, str(data_dir), "plain,elastic", json.dumps(POINT)],
-                          env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", _PROBE, str(data_dir), "plain,elastic", json.dumps(POINT)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     by_mode = json.loads(proc.stdout.strip().splitlines()[-1])
     return {mode: {int(k): v for k, v in seen.items()} for mode, seen in by_mode.items()}
@@ -155,8 +183,9 @@ def long_alone(prepared):
 
 
 @pytest.mark.parametrize("mode", ["async", "batch"])  # a batch reads its outcomes only at its end
-def test_through_dask_the_long_trial_takes_the_core_the_short_one_left(two_workers, long_alone, prepared,
-                                                                     workdir, tracking_uri, mode):
+def test_through_dask_the_long_trial_takes_the_core_the_short_one_left(
+    two_workers, long_alone, prepared, workdir, tracking_uri, mode
+):
     from prefect import flow
     from prefect.context import FlowRunContext
     from prefect_dask import DaskTaskRunner
@@ -177,10 +206,11 @@ def test_through_dask_the_long_trial_takes_the_core_the_short_one_left(two_worke
         workers = sorted(client.nthreads())
         # Two cores whatever this machine has: the allocation, not the hardware, is under test.
         plan = ThreadPlan({w: ("pool", 1) for w in workers}, {"pool": 2}, base=1)
-        data = worker_data.share(client, prepared)   # as the flow sends it: a worker plugin
+        data = worker_data.share(client, prepared)  # as the flow sends it: a worker plugin
         try:
-            runner = DaskTrialRunner(flows.trial.submit, data, ctx, rounds=ROUNDS, nthread=1,
-                                     client=client, plan=plan)
+            runner = DaskTrialRunner(
+                flows.trial.submit, data, ctx, rounds=ROUNDS, nthread=1, client=client, plan=plan
+            )
             with client.as_current():
                 outcomes = run_search(TwoPoints(), runner, 2, mode=mode, in_flight=2)
         finally:

@@ -32,8 +32,9 @@ SMALL = ["--rounds", "10", "--max-depth", "8", "--no-register", "--no-report"]
 
 
 def test_killed_worker_reruns_trial_once(prefect_api_url, data_dir, workdir):
-    proc = start_cli(workdir, prefect_api_url, "--data-dir", str(data_dir), "--trials", "6", "--workers", "2",
-                     *SMALL)
+    proc = start_cli(
+        workdir, prefect_api_url, "--data-dir", str(data_dir), "--trials", "6", "--workers", "2", *SMALL
+    )
     db = workdir / "mlflow.db"
     _, victim = freeze_running_trial(db)
     os.kill(victim, signal.SIGKILL)
@@ -41,18 +42,21 @@ def test_killed_worker_reruns_trial_once(prefect_api_url, data_dir, workdir):
     assert (summary["trials_done"], summary["trials_failed"]) == (6, 0)
     finished_once(db, 6)
     not_finished = [r for r in trial_runs(db) if r[1] != "FINISHED"]
-    assert len(not_finished) == 1 and not_finished[0][1] == "KILLED", not_finished   # as the README says
+    assert len(not_finished) == 1 and not_finished[0][1] == "KILLED", not_finished  # as the README says
     assert int(not_finished[0][2].split(":")[1]) == victim
     assert summary["preprocessor_artifacts"] == 1
 
 
-def test_a_trial_that_kills_its_worker_every_time_is_a_failed_trial(prefect_api_url, data_dir, workdir, monkeypatch):
+def test_a_trial_that_kills_its_worker_every_time_is_a_failed_trial(
+    prefect_api_url, data_dir, workdir, monkeypatch
+):
     """A poison trial (a segfault, the OOM killer): Dask gives up on it after
     ``distributed.scheduler.allowed-failures`` dead workers (0 here, 3 by default) and the
     search counts it as failed and goes on."""
     monkeypatch.setenv("DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES", "0")
-    proc = start_cli(workdir, prefect_api_url, "--data-dir", str(data_dir), "--trials", "4", "--workers", "2",
-                     *SMALL)
+    proc = start_cli(
+        workdir, prefect_api_url, "--data-dir", str(data_dir), "--trials", "4", "--workers", "2", *SMALL
+    )
     db = workdir / "mlflow.db"
     # trial 0's worker, stopped while trial 0 provably runs there, then killed; so is any later
     # attempt at it (there is none with allowed-failures 0)
@@ -80,8 +84,19 @@ def test_a_trial_that_kills_its_worker_every_time_is_a_failed_trial(prefect_api_
 
 
 def test_killed_flow_resumes_with_the_same_batch_suggestions(prefect_api_url, data_dir, workdir, tmp_path):
-    args = ["--data-dir", str(data_dir), "--trials", "6", "--workers", "2", "--mode", "batch",
-            "--batch-size", "2", *SMALL]
+    args = [
+        "--data-dir",
+        str(data_dir),
+        "--trials",
+        "6",
+        "--workers",
+        "2",
+        "--mode",
+        "batch",
+        "--batch-size",
+        "2",
+        *SMALL,
+    ]
     reference_dir = tmp_path / "reference"
     reference_dir.mkdir()
     reference = finish(start_cli(reference_dir, prefect_api_url, *args))
@@ -112,8 +127,9 @@ def test_killed_flow_resumes_with_the_same_batch_suggestions(prefect_api_url, da
 
 
 def test_ctrl_c_kills_run_cleans_up_and_resumes(prefect_api_url, data_dir, workdir):
-    proc = start_cli(workdir, prefect_api_url, "--data-dir", str(data_dir), "--trials", "8", "--workers", "2",
-                     *SMALL)
+    proc = start_cli(
+        workdir, prefect_api_url, "--data-dir", str(data_dir), "--trials", "8", "--workers", "2", *SMALL
+    )
     db = workdir / "mlflow.db"
     wait_for(lambda: finished_trials(db), 180, "a finished trial")
     children = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
@@ -126,7 +142,7 @@ def test_ctrl_c_kills_run_cleans_up_and_resumes(prefect_api_url, data_dir, workd
     uri = f"sqlite:///{db}"
     assert tracking.run_status(uri, parent) == "KILLED"
     assert not [r for r in trial_runs(db) if r[1] == "RUNNING"]
-    assert len(finished_trials(db)) < 8   # something was left for --resume to run
+    assert len(finished_trials(db)) < 8  # something was left for --resume to run
     resumed = finish(start_cli(workdir, prefect_api_url, "--resume", parent))
     assert resumed["trials_done"] == 8
     finished_once(db, 8)

@@ -77,8 +77,21 @@ def first_search(prefect_api_url, data_dir, tmp_path_factory):
         mp.chdir(workdir)
         mp.delenv("OMP_NUM_THREADS", raising=False)
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = cli.main(["run", "--data-dir", str(data_dir), "--trials", "6", "--workers", "2", *SMALL,
-                             "--max-rmse", "10", "--json"])
+            code = cli.main(
+                [
+                    "run",
+                    "--data-dir",
+                    str(data_dir),
+                    "--trials",
+                    "6",
+                    "--workers",
+                    "2",
+                    *SMALL,
+                    "--max-rmse",
+                    "10",
+                    "--json",
+                ]
+            )
         omp_left = os.environ.get("OMP_NUM_THREADS")
     assert code == 0, err.getvalue()[-3000:]
     summary = json.loads(out.getvalue().strip().splitlines()[-1])
@@ -96,14 +109,34 @@ def test_search_end_to_end(first_search, data_dir):
     assert 0 < s["utilisation"] <= 1 and s["search_wall_s"] <= s["wall_s"]
     assert s["tracking_uri"] == f"sqlite:///{workdir / 'mlflow.db'}"
     said = " ".join(s["stderr"].split())  # the console wraps long lines
-    assert "Dask: 2 workers x 1 XGBoost thread, 2 trials at a time (local cluster); elastic threads: a trial " \
-           "takes idle cores, up to" in said
+    assert (
+        "Dask: 2 workers x 1 XGBoost thread, 2 trials at a time (local cluster); elastic threads: a trial "
+        "takes idle cores, up to" in said
+    )
     # A quiet terminal: no MLflow progress bars or registry chatter around the run's own summary.
     assert "Downloading artifacts" not in s["stderr"] and "Successfully registered" not in s["stderr"]
     # The nanny writes OMP_NUM_THREADS into the process that starts it; it must not stay there
     # (it would cap XGBoost in this process, e.g. the benchmark's sequential baseline).
     assert s["omp_left"] is None
     assert s["report"] is None  # --no-report: nothing drawn
+    # Where the command's time went: its steps, in the order a search takes them, from its start.
+    steps = s["timeline"]
+    order = [
+        "checks_done",
+        "flow_started",
+        "data_prepared",
+        "cluster_connected",
+        "workers_warm",
+        "first_trial_started",
+        "last_trial_ended",
+        "workers_flushed",
+        "registered",
+        "closed",
+    ]
+    assert [step for step in steps if step in order] == order, steps
+    assert steps["cluster_ready"] < steps["cluster_connected"]
+    assert "prefect_api_ready" not in steps  # the session's API was given (PREFECT_API_URL): none started
+    assert steps["baseline_done"] < steps["first_trial_started"] and steps["closed"] >= s["wall_s"]
 
     # Sharing: each worker built its XGBoost matrices once; no trial shipped the data itself.
     builds = defaultdict(list)
@@ -123,9 +156,19 @@ def test_search_end_to_end(first_search, data_dir):
     trial_runs = [r for r in children if tracking.TRIAL_TAG in r.data.tags]
     assert len(trial_runs) == 6
     for run in trial_runs:
-        assert {"rmse_train", "rmse_valid", "inference_time", "best_iteration", "trial_wall_s", "threads_mean",
-                "thread_changes", "train_s"} <= set(run.data.metrics)
-        assert {"max_depth", "learning_rate", "reg_alpha", "reg_lambda", "min_child_weight"} <= set(run.data.params)
+        assert {
+            "rmse_train",
+            "rmse_valid",
+            "inference_time",
+            "best_iteration",
+            "trial_wall_s",
+            "threads_mean",
+            "thread_changes",
+            "train_s",
+        } <= set(run.data.metrics)
+        assert {"max_depth", "learning_rate", "reg_alpha", "reg_lambda", "min_child_weight"} <= set(
+            run.data.params
+        )
         assert run.data.tags[tracking.PREPROCESSOR_TAG] == sha
         assert [a.path for a in client.list_artifacts(run.info.run_id, "model")] == ["model/booster.ubj"]
     assert s["submit_bytes_max"] < s["data_bytes"] / 100
@@ -135,8 +178,12 @@ def test_search_end_to_end(first_search, data_dir):
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
     with get_client(sync_client=True) as api:
-        logs = api.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[parent.data.tags["flow_run_id"]])))
-    trial_lines = [log.message for log in logs if log.message.startswith("trial ") and "rmse_valid" in log.message]
+        logs = api.read_logs(
+            LogFilter(flow_run_id=LogFilterFlowRunId(any_=[parent.data.tags["flow_run_id"]]))
+        )
+    trial_lines = [
+        log.message for log in logs if log.message.startswith("trial ") and "rmse_valid" in log.message
+    ]
     assert len(trial_lines) == 6, [log.message for log in logs]
 
     # The registered pyfunc predicts minutes from raw TLC rows (2023 layout: int ids).
@@ -165,9 +212,23 @@ def test_the_registered_model_serves_raw_rows_over_rest(first_search, data_dir):
     port = free_port()
     repo = Path(__file__).resolve().parents[1]
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    server = subprocess.Popen(["make", "-s", "-C", str(repo), "serve-model", f"VENV={sys.prefix}",
-                               f"MLFLOW_TRACKING_URI={s['tracking_uri']}", f"PORT={port}"],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    server = subprocess.Popen(
+        [
+            "make",
+            "-s",
+            "-C",
+            str(repo),
+            "serve-model",
+            f"VENV={sys.prefix}",
+            f"MLFLOW_TRACKING_URI={s['tracking_uri']}",
+            f"PORT={port}",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
     def answers() -> bool:
         assert server.poll() is None, server.stdout.read().decode()[-2000:]
         try:
@@ -180,8 +241,11 @@ def test_the_registered_model_serves_raw_rows_over_rest(first_search, data_dir):
         wait_for(answers, 180, "the model server's /ping", interval=0.5)
         raw = pd.read_parquet(data_dir / "green_tripdata_2023-03.parquet").head(5)
         body = json.dumps({"dataframe_split": json.loads(raw.to_json(orient="split", date_format="iso"))})
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body.encode(),
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            data=body.encode(),
+            headers={"Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(request, timeout=60) as r:
             minutes = json.loads(r.read())["predictions"]
         mlflow.set_tracking_uri(s["tracking_uri"])
@@ -199,7 +263,8 @@ def test_the_registered_model_serves_raw_rows_over_rest(first_search, data_dir):
 
 @pytest.mark.integration
 def test_batch_mode_is_reproducible_preprocessing_reused_and_registering_needs_a_qualifying_trial(
-        prefect_api_url, data_dir, workdir, capsys, one_worker, two_workers):
+    prefect_api_url, data_dir, workdir, capsys, one_worker, two_workers
+):
     common = ["--data-dir", str(data_dir), "--trials", "4", "--mode", "batch", "--batch-size", "2", *SMALL]
     one = run_cli(capsys, *common, *one_worker, "--no-register")
     # registering on: no trial is below an RMSE of 1.0, so nothing qualifies
@@ -232,11 +297,29 @@ def test_preprocessor_guard_under_retries_and_threads(workdir, tracking_uri):
 
 @pytest.mark.integration
 def test_pruning_is_reproducible_in_batch_mode_and_never_registers_a_pruned_trial(
-        prefect_api_url, data_dir, workdir, capsys, one_worker, two_workers):
+    prefect_api_url, data_dir, workdir, capsys, one_worker, two_workers
+):
     # 18 rounds: checkpoints at rounds 2 and 6; batches of 3, so from the second batch on every
     # trial is judged against the earlier ones (ASHA: the best third at each checkpoint goes on).
-    common = ["--data-dir", str(data_dir), "--trials", "9", "--mode", "batch", "--batch-size", "3",
-              "--rounds", "18", "--max-depth", "10", "--prune", "asha", "--max-rmse", "100", "--no-report"]
+    common = [
+        "--data-dir",
+        str(data_dir),
+        "--trials",
+        "9",
+        "--mode",
+        "batch",
+        "--batch-size",
+        "3",
+        "--rounds",
+        "18",
+        "--max-depth",
+        "10",
+        "--prune",
+        "asha",
+        "--max-rmse",
+        "100",
+        "--no-report",
+    ]
     one = run_cli(capsys, *common, *one_worker, "--no-register")
     two = run_cli(capsys, *common, *two_workers)
     assert one["trial_params"] == two["trial_params"] and one["trial_rmse"] == two["trial_rmse"]
@@ -258,8 +341,9 @@ def test_pruning_is_reproducible_in_batch_mode_and_never_registers_a_pruned_tria
 
 
 @pytest.mark.integration
-def test_the_time_budget_starts_nothing_after_it_and_resume_runs_the_rest(prefect_api_url, data_dir, workdir,
-                                                                         capsys, two_workers):
+def test_the_time_budget_starts_nothing_after_it_and_resume_runs_the_rest(
+    prefect_api_url, data_dir, workdir, capsys, two_workers
+):
     # When the budget runs out against a fake clock is tests/test_search.py's; here: the flow
     # ends on it with trials not started, none stopped, and --resume runs exactly those.
     common = ["--data-dir", str(data_dir), "--no-register", *SMALL, *two_workers]
@@ -270,22 +354,47 @@ def test_the_time_budget_starts_nothing_after_it_and_resume_runs_the_rest(prefec
     assert started == list(range(len(started))) and all(t["error"] is None for t in s["trials"])
     client = MlflowClient(s["tracking_uri"])
     assert client.get_run(s["parent_run_id"]).data.tags["ended_on_timeout"] == "true"
-    rest = run_cli(capsys, "--data-dir", str(data_dir), "--resume", s["parent_run_id"], "--no-register",
-                   "--no-report", *two_workers)
+    rest = run_cli(
+        capsys,
+        "--data-dir",
+        str(data_dir),
+        "--resume",
+        s["parent_run_id"],
+        "--no-register",
+        "--no-report",
+        *two_workers,
+    )
     assert rest["trials_done"] == 10 and not rest["ended_on_timeout"]
     assert rest["parent_run_id"] == s["parent_run_id"]
     # the trials of the first part are not run again: their runs are the ones it made
-    assert [t["run_id"] for t in rest["trials"][:len(started)]] == [t["run_id"] for t in s["trials"]]
+    assert [t["run_id"] for t in rest["trials"][: len(started)]] == [t["run_id"] for t in s["trials"]]
 
 
 @pytest.mark.integration
-def test_a_killing_budget_stops_running_trials_and_ends_their_runs_killed(prefect_api_url, data_dir, workdir,
-                                                                          capsys, two_workers):
+def test_a_killing_budget_stops_running_trials_and_ends_their_runs_killed(
+    prefect_api_url, data_dir, workdir, capsys, two_workers
+):
     # deep trees, many rounds, a slow learning rate at seed 7's first points: running when the
     # budget ends
-    s = run_cli(capsys, "--data-dir", str(data_dir), "--no-register", "--no-report", "--trials", "4",
-                *two_workers, "--rounds", "400", "--max-depth", "40", "--seed", "7", "--timeout", "1s",
-                "--timeout-kill")
+    s = run_cli(
+        capsys,
+        "--data-dir",
+        str(data_dir),
+        "--no-register",
+        "--no-report",
+        "--trials",
+        "4",
+        *two_workers,
+        "--rounds",
+        "400",
+        "--max-depth",
+        "40",
+        "--seed",
+        "7",
+        "--timeout",
+        "1s",
+        "--timeout-kill",
+    )
     cancelled = [t for t in s["trials"] if t["error"] and "time budget" in t["error"]]
     assert s["ended_on_timeout"] and s["trials_cancelled"] == len(cancelled) >= 1
     client = MlflowClient(s["tracking_uri"])
@@ -297,27 +406,49 @@ def test_a_killing_budget_stops_running_trials_and_ends_their_runs_killed(prefec
 
 
 @pytest.mark.integration
-def test_a_warm_start_first_evaluates_the_best_points_of_the_last_search(prefect_api_url, data_dir, workdir,
-                                                                         capsys, two_workers):
+def test_a_warm_start_first_evaluates_the_best_points_of_the_last_search(
+    prefect_api_url, data_dir, workdir, capsys, two_workers
+):
     common = ["--data-dir", str(data_dir), "--no-register", "--no-report", "--rounds", "10", *two_workers]
     cold = run_cli(capsys, *common, "--trials", "6", "--max-depth", "12", "--seed", "3")
     best3 = sorted(cold["trials"], key=lambda t: t["loss"])[:3]
     # latest: the cold search; depth capped lower this time, so the points are kept inside the space
-    warm = run_cli(capsys, *common, "--trials", "4", "--max-depth", "8", "--seed", "9", "--warm-start", "latest",
-                   "--warm-start-trials", "3")
+    warm = run_cli(
+        capsys,
+        *common,
+        "--trials",
+        "4",
+        "--max-depth",
+        "8",
+        "--seed",
+        "9",
+        "--warm-start",
+        "latest",
+        "--warm-start-trials",
+        "3",
+    )
     assert warm["warm_start"] == [f"{cold['parent_run_id']}:{t['trial_id']}" for t in best3]
     for got, source in zip(warm["trial_params"][:3], best3):
         want = cold["trial_params"][source["trial_id"]]
         assert got["learning_rate"] == pytest.approx(want["learning_rate"])
         assert got["max_depth"] == min(want["max_depth"], 8)
     client = MlflowClient(warm["tracking_uri"])
-    runs = {r.data.tags.get(tracking.TRIAL_TAG): r for r in tracking.child_runs(warm["tracking_uri"],
-                                                                                warm["parent_run_id"])}
-    assert [runs[str(i)].data.tags.get(tracking.WARM_FROM_TAG) for i in range(4)] == [*warm["warm_start"], None]
-    assert json.loads(client.get_run(warm["parent_run_id"]).data.tags[tracking.WARM_TAG])[0]["from"] == \
-        warm["warm_start"][0]
+    runs = {
+        r.data.tags.get(tracking.TRIAL_TAG): r
+        for r in tracking.child_runs(warm["tracking_uri"], warm["parent_run_id"])
+    }
+    assert [runs[str(i)].data.tags.get(tracking.WARM_FROM_TAG) for i in range(4)] == [
+        *warm["warm_start"],
+        None,
+    ]
+    assert (
+        json.loads(client.get_run(warm["parent_run_id"]).data.tags[tracking.WARM_TAG])[0]["from"]
+        == warm["warm_start"][0]
+    )
     # an explicit parent run id works the same; one that is no search is refused before anything runs
-    again = run_cli(capsys, *common, "--trials", "1", "--warm-start", cold["parent_run_id"], "--warm-start-trials", "1")
+    again = run_cli(
+        capsys, *common, "--trials", "1", "--warm-start", cold["parent_run_id"], "--warm-start-trials", "1"
+    )
     assert again["warm_start"] == warm["warm_start"][:1]
     runs_before = len(client.search_runs([warm["experiment_id"]]))
     assert cli.main(["run", *common, "--trials", "1", "--warm-start", "0123456789abcdef", "--json"]) == 2

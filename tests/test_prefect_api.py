@@ -18,7 +18,7 @@ import pytest
 
 from helpers import wait_for
 
-PROBE = textwrap.dedent('''
+PROBE = textwrap.dedent("""
     import sys
     from prefect import flow, get_run_logger
     from prefect.client.orchestration import get_client
@@ -37,7 +37,7 @@ PROBE = textwrap.dedent('''
         return sum(log.message == "queued marker line" for log in logs)
 
     print("marker lines in the API:", probe(sys.argv[1] == "flush"))
-''')
+""")
 
 
 @pytest.mark.integration
@@ -48,8 +48,14 @@ def test_flush_to_api_sends_queued_lines_before_returning(prefect_api_url, tmp_p
     env = {**os.environ, "PREFECT_API_URL": prefect_api_url, "PREFECT_LOGGING_TO_API_BATCH_INTERVAL": "60"}
 
     def lines_seen(mode: str) -> str:
-        proc = subprocess.run([sys.executable, str(script), mode], env=env, cwd=tmp_path,
-                              capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(
+            [sys.executable, str(script), mode],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert proc.returncode == 0, proc.stderr[-2000:]
         return proc.stdout.strip().splitlines()[-1]
 
@@ -57,7 +63,7 @@ def test_flush_to_api_sends_queued_lines_before_returning(prefect_api_url, tmp_p
     assert lines_seen("flush") == "marker lines in the API: 1"
 
 
-SERVER_HOLDER = textwrap.dedent('''
+SERVER_HOLDER = textwrap.dedent("""
     import signal, sys, time
     from taxi_hpo import prefect_api
     # A shell that starts a job in the background makes it ignore SIGINT, and children inherit that.
@@ -68,7 +74,7 @@ SERVER_HOLDER = textwrap.dedent('''
         assert ready == url
         print("ready", flush=True)
         time.sleep(600)
-''')
+""")
 
 
 def _health(url: str) -> bool:
@@ -96,8 +102,14 @@ GONE_WITHIN_S = 120
 def test_temporary_server_serves_and_ends_with_its_process(tmp_path, how):
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env["PREFECT_HOME"] = str(tmp_path / "prefect")
-    holder = subprocess.Popen([sys.executable, "-c", SERVER_HOLDER], env=env, cwd=tmp_path,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", SERVER_HOLDER],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         pid, url = holder.stdout.readline().split()
         assert holder.stdout.readline().strip() == "ready", holder.stderr.read()[-2000:]
@@ -122,9 +134,30 @@ def test_a_run_without_an_api_starts_exactly_one_server(data_dir, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env["PREFECT_HOME"] = str(tmp_path / "prefect")
     cli = Path(sys.executable).with_name("taxi-hpo")
-    run = subprocess.Popen([str(cli), "run", "--data-dir", str(data_dir), "--trials", "2", "--workers", "2",
-                            "--rounds", "5", "--max-depth", "6", "--no-register", "--no-report", "--json"],
-                           cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = subprocess.Popen(
+        [
+            str(cli),
+            "run",
+            "--data-dir",
+            str(data_dir),
+            "--trials",
+            "2",
+            "--workers",
+            "2",
+            "--rounds",
+            "5",
+            "--max-depth",
+            "6",
+            "--no-register",
+            "--no-report",
+            "--json",
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     servers_seen: set[int] = set()
     while run.poll() is None:
         try:
@@ -139,7 +172,10 @@ def test_a_run_without_an_api_starts_exactly_one_server(data_dir, tmp_path):
         time.sleep(0.2)
     out, err = run.communicate(timeout=60)
     assert run.returncode == 0, err[-2000:]
-    assert json.loads(out.strip().splitlines()[-1])["trials_done"] == 2
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["trials_done"] == 2
+    # its timeline: the server it started was up before the flow began
+    assert summary["timeline"]["prefect_api_ready"] < summary["timeline"]["flow_started"]
     assert len(servers_seen) == 1, servers_seen
     wait_for(lambda: all(_gone(pid) for pid in servers_seen), GONE_WITHIN_S, f"servers {servers_seen} to end")
 
@@ -154,12 +190,14 @@ def test_drain_chatter_is_dropped_and_other_service_warnings_kept(caplog):
     with caplog.at_level(logging.WARNING):
         service.warning("Still processing items: 1 items remaining...")
         service.warning("Service %r queue is full (%d items), dropping item", "EventsWorker", 10)
-    assert [r.getMessage() for r in caplog.records] == ["Service 'EventsWorker' queue is full (10 items), dropping item"]
+    assert [r.getMessage() for r in caplog.records] == [
+        "Service 'EventsWorker' queue is full (10 items), dropping item"
+    ]
 
 
 # Both caches patch Prefect in the process that runs them: a fresh process each, so the rest of
 # the suite runs on Prefect as shipped.
-CACHES = textwrap.dedent('''
+CACHES = textwrap.dedent("""
     import json, sys
     import distributed
     from prefect import flow, task
@@ -187,12 +225,13 @@ CACHES = textwrap.dedent('''
             return probe()
 
     if __name__ == "__main__":
-        with distributed.LocalCluster(n_workers=1, threads_per_worker=2, dashboard_address=":0") as cluster, \\
-                distributed.Client(cluster) as client:
+        with distributed.LocalCluster(
+                n_workers=1, threads_per_worker=2, dashboard_address=":0"
+        ) as cluster, distributed.Client(cluster) as client:
             client.run(worker_setup)
             # Two flows whose settings differ: each one's tasks see its own, cache or not.
             print(json.dumps([run(cluster.scheduler_address, 3), run(cluster.scheduler_address, 5)]))
-''')
+""")
 
 
 @pytest.mark.integration
@@ -200,8 +239,9 @@ def test_cached_settings_reach_each_task_as_the_flow_set_them(prefect_api_url, t
     script = tmp_path / "caches.py"
     script.write_text(CACHES)
     env = {**os.environ, "PREFECT_API_URL": prefect_api_url}
-    proc = subprocess.run([sys.executable, str(script)], env=env, cwd=tmp_path, capture_output=True, text=True,
-                          timeout=240)
+    proc = subprocess.run(
+        [sys.executable, str(script)], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=240
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == [[3, 3, 3], [5, 5, 5]]
 

@@ -89,7 +89,7 @@ class CurveRunner:
     def wait_any(self, handles):
         handles = list(handles)
         self.rng.shuffle(handles)
-        return handles[:1 + self.rng.randrange(len(handles))]
+        return handles[: 1 + self.rng.randrange(len(handles))]
 
     def outcome(self, handle):
         return self.pending.pop(handle)
@@ -97,9 +97,14 @@ class CurveRunner:
 
 def search_with_pruning(mode: str, order_seed: int) -> list[TrialOutcome]:
     pruner = Pruner("asha", rounds=30)
-    outcomes = run_search(TPESearcher(reference_space(40), seed=5, n_startup_jobs=8), CurveRunner(pruner, order_seed),
-                          24, mode=mode, in_flight=4,
-                          on_outcome=lambda o: pruner.record(o.trial_id, o.curve))
+    outcomes = run_search(
+        TPESearcher(reference_space(40), seed=5, n_startup_jobs=8),
+        CurveRunner(pruner, order_seed),
+        24,
+        mode=mode,
+        in_flight=4,
+        on_outcome=lambda o: pruner.record(o.trial_id, o.curve),
+    )
     return outcomes
 
 
@@ -107,7 +112,9 @@ def test_batch_mode_with_pruning_does_not_depend_on_completion_order():
     runs = [search_with_pruning("batch", order_seed) for order_seed in (1, 2, 3)]
     signature = [[(o.params["max_depth"], o.loss, o.pruned_at) for o in run] for run in runs]
     assert signature[0] == signature[1] == signature[2]
-    assert any(o.pruned_at for o in runs[0]) and all(o.pruned_at is None for o in runs[0][:4])  # batch 1: no peers
+    assert any(o.pruned_at for o in runs[0]) and all(
+        o.pruned_at is None for o in runs[0][:4]
+    )  # batch 1: no peers
 
 
 def test_a_pruned_trial_never_qualifies_for_registration_even_when_lowest():

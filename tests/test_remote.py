@@ -28,15 +28,15 @@ import dask.config
 import pytest
 from mlflow.tracking import MlflowClient
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId, FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
 from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
 from helpers import free_port
 from taxi_hpo import cli, cluster, tracking
 from taxi_hpo.cluster import credentials
-from taxi_hpo.preflight import remote
 from taxi_hpo.config import RunConfig
 from taxi_hpo.errors import ClusterError, TrackingError
+from taxi_hpo.preflight import remote
 
 REPO = Path(__file__).resolve().parents[1]
 LOCAL = REPO / "cluster" / "local"
@@ -46,6 +46,7 @@ THREADS = "2"  # XGBoost threads per trial: the workers' OMP_NUM_THREADS must fo
 
 
 # -- unit: the one-line refusals -------------------------------------------------------------
+
 
 def one_line(exc_info) -> str:
     text = str(exc_info.value)
@@ -96,16 +97,18 @@ def test_missing_prefect_api_refused(tmp_path, api_url_unset):
 
 
 def test_loopback_urls_refused_for_remote_scheduler(tmp_path):
-    with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:4200/api"}):
-        with pytest.raises(ClusterError) as exc:
-            remote.check(cfg(tmp_path, tracking_uri="http://10.213.0.1:5000"))
+    with (
+        temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:4200/api"}),
+        pytest.raises(ClusterError) as exc,
+    ):
+        remote.check(cfg(tmp_path, tracking_uri="http://10.213.0.1:5000"))
     assert "PREFECT_API_URL http://127.0.0.1:4200/api is loopback" in one_line(exc)
 
 
 def test_tls_without_client_certificates_refused(tmp_path, api_url_set):
-    with dask.config.set({"distributed.comm.tls.ca-file": None, "distributed.comm.tls.client.cert": None}):
-        with pytest.raises(ClusterError) as exc:
-            remote.check(cfg(tmp_path, address="tls://10.213.0.2:8786", tracking_uri="http://10.213.0.1:5000"))
+    no_certificates = {"distributed.comm.tls.ca-file": None, "distributed.comm.tls.client.cert": None}
+    with dask.config.set(no_certificates), pytest.raises(ClusterError) as exc:
+        remote.check(cfg(tmp_path, address="tls://10.213.0.2:8786", tracking_uri="http://10.213.0.1:5000"))
     assert "DASK_CONFIG" in one_line(exc) and "no CA file" in str(exc.value)
 
 
@@ -116,20 +119,32 @@ def test_unreachable_loopback_scheduler(tmp_path, api_url_set):
 
 
 def probe(**kw) -> dict:
-    result = {"taxi_hpo": "0.1.0", "prefect": "3.9.1", "python": "3.11.4", "host": "w1",
-              "omp_num_threads": "1", "unreachable": {}}
+    result = {
+        "taxi_hpo": "0.1.0",
+        "prefect": "3.9.1",
+        "python": "3.11.4",
+        "host": "w1",
+        "omp_num_threads": "1",
+        "unreachable": {},
+    }
     return {**result, **kw}
 
 
 CLIENT = {"taxi_hpo": "0.1.0", "prefect": "3.9.0", "python": "3.11.9"}
 
 
-@pytest.mark.parametrize("bad, expected", [
-    ({"taxi_hpo": None}, "taxi_hpo is not importable on 1 of 2 workers (tcp://10.213.0.4:1)"),
-    ({"taxi_hpo": "0.0.9"}, "runs taxi_hpo 0.0.9 but this client runs 0.1.0"),
-    ({"python": "3.12.1"}, "runs Python 3.12.1 but this client runs 3.11.9"),
-    ({"unreachable": {"Prefect API": "URLError: refused"}}, "cannot reach the Prefect API http://h:4200/api"),
-])
+@pytest.mark.parametrize(
+    "bad, expected",
+    [
+        ({"taxi_hpo": None}, "taxi_hpo is not importable on 1 of 2 workers (tcp://10.213.0.4:1)"),
+        ({"taxi_hpo": "0.0.9"}, "runs taxi_hpo 0.0.9 but this client runs 0.1.0"),
+        ({"python": "3.12.1"}, "runs Python 3.12.1 but this client runs 3.11.9"),
+        (
+            {"unreachable": {"Prefect API": "URLError: refused"}},
+            "cannot reach the Prefect API http://h:4200/api",
+        ),
+    ],
+)
 def test_worker_probe_failures(bad, expected):
     probes = {"tcp://10.213.0.3:1": probe(), "tcp://10.213.0.4:1": probe(**bad)}
     with pytest.raises(ClusterError) as exc:
@@ -141,16 +156,22 @@ def test_unreachable_tracking_server_is_a_tracking_error():
     probes = {"tcp://10.213.0.3:1": probe(unreachable={"MLflow tracking server": "URLError: refused"})}
     with pytest.raises(TrackingError) as exc:
         remote.check_workers(probes, "http://h:5000", "http://h:4200/api", CLIENT)
-    assert "worker tcp://10.213.0.3:1 (host w1) cannot reach the MLflow tracking server http://h:5000" in one_line(exc)
+    assert (
+        "worker tcp://10.213.0.3:1 (host w1) cannot reach the MLflow tracking server http://h:5000"
+        in one_line(exc)
+    )
 
 
 def test_sqlite_store_allowed_when_every_worker_is_local():
     remote.check_placement("sqlite:////tmp/mlflow.db", "http://127.0.0.1:4200/api", None)
     with pytest.raises(TrackingError):
-        remote.check_placement("sqlite:////tmp/mlflow.db", "http://127.0.0.1:4200/api", "worker tcp://10.0.0.7:1")
+        remote.check_placement(
+            "sqlite:////tmp/mlflow.db", "http://127.0.0.1:4200/api", "worker tcp://10.0.0.7:1"
+        )
 
 
 # -- the hosts: network namespaces on one bridge ---------------------------------------------
+
 
 def _namespaces_unavailable() -> str | None:
     """Why namespaces cannot be made here, or None."""
@@ -158,8 +179,13 @@ def _namespaces_unavailable() -> str | None:
         return "network namespaces need Linux"
     if os.geteuid() != 0:
         return "network namespaces need root"
-    for tool, package in (("ip", "iproute2"), ("unshare", "util-linux"), ("setsid", "util-linux"),
-                          ("hostname", "hostname"), ("openssl", "openssl")):
+    for tool, package in (
+        ("ip", "iproute2"),
+        ("unshare", "util-linux"),
+        ("setsid", "util-linux"),
+        ("hostname", "hostname"),
+        ("openssl", "openssl"),
+    ):
         if shutil.which(tool) is None:
             return f"`{tool}` is missing: apt-get install {package}"
     probe_ns = f"thpo-probe-{os.getpid()}"
@@ -222,25 +248,51 @@ class Net:
         h = self.hosts[host]
         argv = [str(LOCAL / script), *args]
         if h.netns:
-            argv = ["ip", "netns", "exec", h.netns, "unshare", "--uts", "sh", "-c",
-                    'hostname "$0" && exec "$@"', f"thpo-{host}", *argv]
+            argv = [
+                "ip",
+                "netns",
+                "exec",
+                h.netns,
+                "unshare",
+                "--uts",
+                "sh",
+                "-c",
+                'hostname "$0" && exec "$@"',
+                f"thpo-{host}",
+                *argv,
+            ]
         # A host starts with none of this process's credentials: workers get them from the flow.
-        inherited = {k: v for k, v in os.environ.items()
-                     if k != "PREFECT_API_URL" and k not in credentials.ENV_NAMES}
-        full_env = {**inherited, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
-                    "TAXI_HPO_RUN_DIR": str(h.run_dir), "PREFECT_HOME": str(h.run_dir / "prefect"),
-                    "BIND_HOST": h.ip, "THREADS_PER_TRIAL": THREADS, **(env or {})}
-        return subprocess.Popen(argv, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        inherited = {
+            k: v for k, v in os.environ.items() if k != "PREFECT_API_URL" and k not in credentials.ENV_NAMES
+        }
+        full_env = {
+            **inherited,
+            "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
+            "TAXI_HPO_RUN_DIR": str(h.run_dir),
+            "PREFECT_HOME": str(h.run_dir / "prefect"),
+            "BIND_HOST": h.ip,
+            "THREADS_PER_TRIAL": THREADS,
+            **(env or {}),
+        }
+        return subprocess.Popen(
+            argv, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
 
     def down(self) -> None:
         """Stop every service by its pid file, then anything left in the namespaces; delete them."""
         for h in self.hosts.values():
             if h.run_dir.is_dir():
-                subprocess.run([str(LOCAL / "stop.sh")], env={**os.environ, "TAXI_HPO_RUN_DIR": str(h.run_dir),
-                                                             "STOP_WAIT_S": "5"}, capture_output=True, timeout=120)
+                subprocess.run(
+                    [str(LOCAL / "stop.sh")],
+                    env={**os.environ, "TAXI_HPO_RUN_DIR": str(h.run_dir), "STOP_WAIT_S": "5"},
+                    capture_output=True,
+                    timeout=120,
+                )
         for h in self.hosts.values():
             if h.netns:
-                pids = subprocess.run(["ip", "netns", "pids", h.netns], capture_output=True, text=True).stdout.split()
+                pids = subprocess.run(
+                    ["ip", "netns", "pids", h.netns], capture_output=True, text=True
+                ).stdout.split()
                 for pid in pids:  # only processes we started live in our namespaces
                     try:
                         os.kill(int(pid), 9)
@@ -298,8 +350,9 @@ def server_credentials(run_dir: Path) -> dict[str, str]:
     return {**read_env_file(run_dir / "mlflow-auth.env"), **read_env_file(run_dir / "prefect-auth.env")}
 
 
-def start_cluster(net: Net, tls_dir: Path | None = None, port: int = 8786,
-                  run_subdir: str | None = None) -> dict[str, subprocess.Popen]:
+def start_cluster(
+    net: Net, tls_dir: Path | None = None, port: int = 8786, run_subdir: str | None = None
+) -> dict[str, subprocess.Popen]:
     """The scheduler and one worker process on each worker host, all at once; without
     ``tls_dir``, plain TCP through the scripts' explicit opt-out. ``port`` and ``run_subdir``
     (the services' run folder under each host's): a second cluster beside the first."""
@@ -316,8 +369,10 @@ def start_cluster(net: Net, tls_dir: Path | None = None, port: int = 8786,
 
     return {
         "scheduler": net.script("sched", "start-scheduler.sh", env=host_env("sched")),
-        **{f"workers on {w}": net.script(w, "start-workers.sh", address, "1", env=host_env(w))
-           for w in ("w1", "w2")},
+        **{
+            f"workers on {w}": net.script(w, "start-workers.sh", address, "1", env=host_env(w))
+            for w in ("w1", "w2")
+        },
     }
 
 
@@ -337,32 +392,72 @@ def stack(net, tmp_path_factory) -> Stack:
     environment while the module runs (MlflowClient reads them there)."""
     client = net.hosts["client"]
     mlflow_port, prefect_port = free_port(client.ip), free_port(client.ip)
-    wait_all({
-        "mlflow": net.script("client", "start-mlflow.sh", env={"MLFLOW_PORT": str(mlflow_port), "MLFLOW_WORKERS": "1"}),
-        "prefect": net.script("client", "start-prefect.sh", env={"PREFECT_PORT": str(prefect_port)}),
-        **start_cluster(net),
-    })
+    wait_all(
+        {
+            "mlflow": net.script(
+                "client", "start-mlflow.sh", env={"MLFLOW_PORT": str(mlflow_port), "MLFLOW_WORKERS": "1"}
+            ),
+            "prefect": net.script("client", "start-prefect.sh", env={"PREFECT_PORT": str(prefect_port)}),
+            **start_cluster(net),
+        }
+    )
     creds = server_credentials(client.run_dir)
     with pytest.MonkeyPatch.context() as mp:
         for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
             mp.setenv(name, creds[name])
-        yield Stack(f"http://{client.ip}:{mlflow_port}", f"http://{client.ip}:{prefect_port}/api",
-                    f"tcp://{net.hosts['sched'].ip}:8786", tmp_path_factory.mktemp("client-home"), creds)
+        yield Stack(
+            f"http://{client.ip}:{mlflow_port}",
+            f"http://{client.ip}:{prefect_port}/api",
+            f"tcp://{net.hosts['sched'].ip}:8786",
+            tmp_path_factory.mktemp("client-home"),
+            creds,
+        )
 
 
-def search_command(stack: Stack, address: str, data_dir: Path, *args: str, env: dict | None = None,
-                   creds: dict | None = None) -> tuple[list[str], dict]:
+def search_command(
+    stack: Stack, address: str, data_dir: Path, *args: str, env: dict | None = None, creds: dict | None = None
+) -> tuple[list[str], dict]:
     """``taxi-hpo run`` on the stack: argv and environment, with the stack's credentials
     (``creds``: others) and no TLS settings unless given."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("DASK_") and k not in credentials.ENV_NAMES}
-    full_env = {**clean, "PREFECT_API_URL": stack.api_url, "PREFECT_HOME": str(stack.client_home),
-                **(stack.credentials if creds is None else creds), **(env or {})}
-    return ([str(VENV_BIN / "taxi-hpo"), "run", "--address", address, "--tracking-uri", stack.tracking_uri,
-             "--data-dir", str(data_dir), "--threads-per-worker", THREADS, *SMALL, "--json", *args], full_env)
+    clean = {
+        k: v for k, v in os.environ.items() if not k.startswith("DASK_") and k not in credentials.ENV_NAMES
+    }
+    full_env = {
+        **clean,
+        "PREFECT_API_URL": stack.api_url,
+        "PREFECT_HOME": str(stack.client_home),
+        **(stack.credentials if creds is None else creds),
+        **(env or {}),
+    }
+    return (
+        [
+            str(VENV_BIN / "taxi-hpo"),
+            "run",
+            "--address",
+            address,
+            "--tracking-uri",
+            stack.tracking_uri,
+            "--data-dir",
+            str(data_dir),
+            "--threads-per-worker",
+            THREADS,
+            *SMALL,
+            "--json",
+            *args,
+        ],
+        full_env,
+    )
 
 
-def run_search(stack: Stack, address: str, data_dir: Path, cwd: Path, *args: str,
-               env: dict | None = None, creds: dict | None = None) -> subprocess.CompletedProcess:
+def run_search(
+    stack: Stack,
+    address: str,
+    data_dir: Path,
+    cwd: Path,
+    *args: str,
+    env: dict | None = None,
+    creds: dict | None = None,
+) -> subprocess.CompletedProcess:
     argv, full_env = search_command(stack, address, data_dir, *args, env=env, creds=creds)
     return subprocess.run(argv, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=240)
 
@@ -390,12 +485,21 @@ def assert_ran_remotely(s: dict, stack: Stack, trials: int) -> None:
 
 # -- integration: tcp:// ---------------------------------------------------------------------
 
+
 @pytest.mark.integration
 def test_preflight_probes_the_workers(stack, tmp_path):
     with temporary_settings(updates=stack.prefect_settings()):
-        info = remote.check(cfg(tmp_path, address=stack.address, tracking_uri=stack.tracking_uri,
-                                threads_per_worker=int(THREADS)))
-        assert info["workers"] == 2 and set(info["versions"].values()) == {remote.client_environment()["taxi_hpo"]}
+        info = remote.check(
+            cfg(
+                tmp_path,
+                address=stack.address,
+                tracking_uri=stack.tracking_uri,
+                threads_per_worker=int(THREADS),
+            )
+        )
+        assert info["workers"] == 2 and set(info["versions"].values()) == {
+            remote.client_environment()["taxi_hpo"]
+        }
         assert {p["host"] for p in info["probes"].values()} == {"thpo-w1", "thpo-w2"}
         assert {p["omp_num_threads"] for p in info["probes"].values()} == {THREADS}
         unused = stack.tracking_uri.rsplit(":", 1)[0] + ":9"
@@ -408,8 +512,9 @@ def test_preflight_probes_the_workers(stack, tmp_path):
 def remote_search(stack, data_dir, tmp_path_factory) -> dict:
     """A 3-trial search on the worker hosts: what test_search_on_remote_workers checks, and the
     search the warm start of the pruning test starts from."""
-    return summary_of(run_search(stack, stack.address, data_dir, tmp_path_factory.mktemp("remote-search"),
-                                 "--trials", "3"))
+    return summary_of(
+        run_search(stack, stack.address, data_dir, tmp_path_factory.mktemp("remote-search"), "--trials", "3")
+    )
 
 
 @pytest.mark.integration
@@ -419,13 +524,16 @@ def test_search_on_remote_workers(stack, remote_search):
     assert_ran_remotely(s, stack, 3)
     # The trials are task runs of the search's flow run in the shared Prefect API (the UI's view).
     flow_run_id = MlflowClient(stack.tracking_uri).get_run(s["parent_run_id"]).data.tags["flow_run_id"]
-    with temporary_settings(updates=stack.prefect_settings()):
-        with get_client(sync_client=True) as client:
-            flow_run = client.read_flow_run(flow_run_id)
-            task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])))
-            logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run.id])))
+    with temporary_settings(updates=stack.prefect_settings()), get_client(sync_client=True) as client:
+        flow_run = client.read_flow_run(flow_run_id)
+        task_runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id]))
+        )
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run.id])))
     # Each trial's log line was shipped to the API from the remote worker that ran it.
-    shipped = [log.message for log in logs if log.message.startswith("trial ") and "rmse_valid" in log.message]
+    shipped = [
+        log.message for log in logs if log.message.startswith("trial ") and "rmse_valid" in log.message
+    ]
     assert len(shipped) == 3 and all(" on thpo-w" in m for m in shipped), shipped
     trials = sorted(t.name for t in task_runs if t.name.startswith("trial-"))
     assert flow_run.state.is_completed() and trials == ["trial-0", "trial-1", "trial-2"]
@@ -435,9 +543,28 @@ def test_search_on_remote_workers(stack, remote_search):
 @pytest.mark.integration
 def test_pruning_and_a_warm_start_on_remote_workers(stack, remote_search, data_dir, tmp_path):
     first = remote_search
-    s = summary_of(run_search(stack, stack.address, data_dir, tmp_path, "--trials", "8", "--mode", "batch",
-                              "--batch-size", "2", "--prune", "asha", "--warm-start", first["parent_run_id"],
-                              "--warm-start-trials", "2", "--timeout", "10m"))
+    s = summary_of(
+        run_search(
+            stack,
+            stack.address,
+            data_dir,
+            tmp_path,
+            "--trials",
+            "8",
+            "--mode",
+            "batch",
+            "--batch-size",
+            "2",
+            "--prune",
+            "asha",
+            "--warm-start",
+            first["parent_run_id"],
+            "--warm-start-trials",
+            "2",
+            "--timeout",
+            "10m",
+        )
+    )
     assert_ran_remotely(s, stack, 8)
     # a budget that does not run out changes nothing
     assert s["prune"] == "asha" and not s["ended_on_timeout"] and s["trials_not_started"] == 0
@@ -446,16 +573,35 @@ def test_pruning_and_a_warm_start_on_remote_workers(stack, remote_search, data_d
     pruned = [t for t in s["trials"] if t["pruned_at"] is not None]
     assert pruned and all(t["pruned_at"] == 2 and t["trial_id"] >= 2 for t in pruned)
     assert s["trials_pruned"] == len(pruned)
-    assert s["warm_start"] == [f"{first['parent_run_id']}:{t['trial_id']}"
-                               for t in sorted(first["trials"], key=lambda t: t["loss"])[:2]]
+    assert s["warm_start"] == [
+        f"{first['parent_run_id']}:{t['trial_id']}"
+        for t in sorted(first["trials"], key=lambda t: t["loss"])[:2]
+    ]
 
 
 @pytest.mark.integration
 def test_a_killing_budget_stops_trials_on_remote_workers(stack, data_dir, tmp_path):
     """The budget's stop reaches trials running on other hosts: they end KILLED between two
     rounds, and the trial after them never starts."""
-    s = summary_of(run_search(stack, stack.address, data_dir, tmp_path, "--trials", "3", "--rounds", "400",
-                              "--max-depth", "40", "--seed", "7", "--timeout", "1s", "--timeout-kill"))
+    s = summary_of(
+        run_search(
+            stack,
+            stack.address,
+            data_dir,
+            tmp_path,
+            "--trials",
+            "3",
+            "--rounds",
+            "400",
+            "--max-depth",
+            "40",
+            "--seed",
+            "7",
+            "--timeout",
+            "1s",
+            "--timeout-kill",
+        )
+    )
     cancelled = [t for t in s["trials"] if t["error"] and "time budget" in t["error"]]
     assert s["ended_on_timeout"] and s["trials_cancelled"] == len(cancelled) >= 1
     assert {t["worker"].split(":")[0] for t in cancelled} <= {"thpo-w1", "thpo-w2"}
@@ -477,8 +623,11 @@ def tls_cluster(net, tmp_path):
     keeps running (no test depends on the order they run in); stopped at the end."""
     certs, stranger = tmp_path / "certs", tmp_path / "other-ca"
     for out in (certs, stranger):
-        subprocess.run([str(REPO / "cluster" / "tls" / "make-certs.sh"), str(out), net.hosts["sched"].ip],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [str(REPO / "cluster" / "tls" / "make-certs.sh"), str(out), net.hosts["sched"].ip],
+            check=True,
+            capture_output=True,
+        )
     try:
         wait_all(start_cluster(net, tls_dir=certs, port=TLS_PORT, run_subdir="tls"))
         yield f"tls://{net.hosts['sched'].ip}:{TLS_PORT}", certs, stranger
@@ -493,14 +642,29 @@ def test_search_over_tls(stack, tls_cluster, data_dir, tmp_path):
     # Refused: no certificates at all, and certificates of another CA.
     proc = run_search(stack, address, data_dir, tmp_path, "--trials", "2")
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "DASK_CONFIG" in proc.stderr, proc.stderr
-    with dask.config.set({"distributed.comm.tls.ca-file": str(stranger / "ca.pem"),
-                          "distributed.comm.tls.client.cert": str(stranger / "client.pem"),
-                          "distributed.comm.tls.client.key": str(stranger / "client-key.pem")}):
-        with pytest.raises(ClusterError, match="unreachable"):
-            cluster.probe_scheduler(address, timeout_s=3)
+    with (
+        dask.config.set(
+            {
+                "distributed.comm.tls.ca-file": str(stranger / "ca.pem"),
+                "distributed.comm.tls.client.cert": str(stranger / "client.pem"),
+                "distributed.comm.tls.client.key": str(stranger / "client-key.pem"),
+            }
+        ),
+        pytest.raises(ClusterError, match="unreachable"),
+    ):
+        cluster.probe_scheduler(address, timeout_s=3)
     with pytest.raises(ClusterError):
         cluster.probe_scheduler(address.replace("tls://", "tcp://"), timeout_s=3)
 
-    s = summary_of(run_search(stack, address, data_dir, tmp_path, "--trials", "2",
-                              env={"DASK_CONFIG": str(certs / "client.yaml")}))
+    s = summary_of(
+        run_search(
+            stack,
+            address,
+            data_dir,
+            tmp_path,
+            "--trials",
+            "2",
+            env={"DASK_CONFIG": str(certs / "client.yaml")},
+        )
+    )
     assert_ran_remotely(s, stack, 2)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -11,29 +12,51 @@ from mlflow.tracking import MlflowClient
 from taxi_hpo import cli, report
 from taxi_hpo.report import SearchReport, TrialRow
 
-PARAMS = {"max_depth": 7, "learning_rate": 0.3, "reg_alpha": 0.02, "reg_lambda": 0.01, "min_child_weight": 1.5}
+PARAMS = {
+    "max_depth": 7,
+    "learning_rate": 0.3,
+    "reg_alpha": 0.02,
+    "reg_lambda": 0.01,
+    "min_child_weight": 1.5,
+}
 
 
 def row(trial_id, state, started, finished, worker="w1", rmse=6.5, **kw):
-    return TrialRow(trial_id, state, started, finished, worker, rmse, dict(PARAMS), run_id=f"r{trial_id}-{started}",
-                    **kw)
+    return TrialRow(
+        trial_id, state, started, finished, worker, rmse, dict(PARAMS), run_id=f"r{trial_id}-{started}", **kw
+    )
 
 
 def synthetic() -> SearchReport:
-    rows = [row(0, "complete", 100, 110, rmse=6.6), row(1, "complete", 100, 104, "w2", rmse=6.4),
-            row(2, "pruned", 104, 105, "w2", rmse=9.0, pruned_at=3),
-            row(3, "failed", 105, 106, "w2", rmse=None, error="boom"),       # first attempt of trial 3 ...
-            row(3, "complete", 110, 118, "w1", rmse=6.5),                    # ... its retry finished
-            row(4, "stopped", 106, 119, "w2", rmse=None)]
-    return SearchReport("abcdef0123456789", "nyc-taxi-hpo", "FINISHED", 99, 120,
-                        {"trials": "6", "mode": "async", "prune": "asha", "rounds": "10", "seed": "1"},
-                        {"lr_rmse": 7.7587, "utilisation": 0.9}, rows)
+    rows = [
+        row(0, "complete", 100, 110, rmse=6.6),
+        row(1, "complete", 100, 104, "w2", rmse=6.4),
+        row(2, "pruned", 104, 105, "w2", rmse=9.0, pruned_at=3),
+        row(3, "failed", 105, 106, "w2", rmse=None, error="boom"),  # first attempt of trial 3 ...
+        row(3, "complete", 110, 118, "w1", rmse=6.5),  # ... its retry finished
+        row(4, "stopped", 106, 119, "w2", rmse=None),
+    ]
+    return SearchReport(
+        "abcdef0123456789",
+        "nyc-taxi-hpo",
+        "FINISHED",
+        99,
+        120,
+        {"trials": "6", "mode": "async", "prune": "asha", "rounds": "10", "seed": "1"},
+        {"lr_rmse": 7.7587, "utilisation": 0.9},
+        rows,
+    )
 
 
 def test_summary_counts_each_trial_once_by_its_last_word():
     s = synthetic().summary()
-    assert (s["trials_run"], s["trials_complete"], s["trials_pruned"], s["trials_failed"], s["trials_stopped"]) \
-        == (5, 3, 1, 0, 1)
+    assert (
+        s["trials_run"],
+        s["trials_complete"],
+        s["trials_pruned"],
+        s["trials_failed"],
+        s["trials_stopped"],
+    ) == (5, 3, 1, 0, 1)
     assert s["attempts"] == 6 and s["trials_planned"] == 6 and s["workers"] == 2
     assert (s["best_rmse"], s["best_trial"]) == (6.4, 1)  # the pruned trial's 9.0 is never a candidate
     assert s["search_wall_s"] == 19.0
@@ -52,7 +75,12 @@ def test_a_trial_the_search_saw_end_is_not_shown_running():
 
 
 def test_lanes_separate_trials_that_overlap_on_one_worker():
-    rows = [row(0, "complete", 0, 10), row(1, "complete", 2, 5), row(2, "complete", 5, 8), row(3, "complete", 10, 12)]
+    rows = [
+        row(0, "complete", 0, 10),
+        row(1, "complete", 2, 5),
+        row(2, "complete", 5, 8),
+        row(3, "complete", 10, 12),
+    ]
     placed = {r.trial_id: lane for _, lane, r in report.lanes(rows, now=20)}
     assert placed == {0: 0, 1: 1, 2: 1, 3: 0}
 
@@ -64,7 +92,13 @@ def test_rmse_axis_keeps_the_complete_trials_in_view():
 
 def test_files_and_a_self_contained_page(tmp_path):
     files = report.write(synthetic(), tmp_path)
-    assert [f.name for f in files] == ["best_so_far.png", "params.png", "timeline.png", "summary.json", "report.html"]
+    assert [f.name for f in files] == [
+        "best_so_far.png",
+        "params.png",
+        "timeline.png",
+        "summary.json",
+        "report.html",
+    ]
     assert all(f.stat().st_size > 1000 for f in files if f.suffix == ".png")
     page = (tmp_path / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 3
@@ -76,15 +110,33 @@ def test_files_and_a_self_contained_page(tmp_path):
 
 @pytest.mark.integration
 def test_a_search_reports_on_its_parent_run_and_report_redoes_it(prefect_api_url, data_dir, workdir, capsys):
-    assert cli.main(["run", "--data-dir", str(data_dir), "--trials", "5", "--rounds", "6", "--max-depth", "6",
-                     "--prune", "asha", "--no-register", "--json"]) == 0
+    assert (
+        cli.main(
+            [
+                "run",
+                "--data-dir",
+                str(data_dir),
+                "--trials",
+                "5",
+                "--rounds",
+                "6",
+                "--max-depth",
+                "6",
+                "--prune",
+                "asha",
+                "--no-register",
+                "--json",
+            ]
+        )
+        == 0
+    )
     s = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert s["report"] == "report/report.html"
     client = MlflowClient(s["tracking_uri"])
     logged = {a.path for a in client.list_artifacts(s["parent_run_id"], "report")}
     assert logged == {f"report/{name}" for name in (*report.PICTURES, "summary.json", "report.html")}
     local = client.download_artifacts(s["parent_run_id"], "report/summary.json", str(workdir))
-    saved = json.loads(open(local).read())
+    saved = json.loads(Path(local).read_text())
     assert saved["best_rmse"] == pytest.approx(s["best_rmse"]) and saved["status"] == "FINISHED"
     assert saved["trials_pruned"] == s["trials_pruned"] and saved["trials_run"] == 5
     assert saved["lr_rmse"] == pytest.approx(s["lr_rmse"], abs=1e-4)
@@ -108,8 +160,13 @@ def store_without_searches(tmp_path_factory):
     return folder / "mlflow.db"
 
 
-@pytest.mark.parametrize("args, said", [(["nope"], "no search run nope"),
-                                        (["x", "--tracking-uri", "sqlite:////nonexistent/m.db"], "no tracking store")])
+@pytest.mark.parametrize(
+    "args, said",
+    [
+        (["nope"], "no search run nope"),
+        (["x", "--tracking-uri", "sqlite:////nonexistent/m.db"], "no tracking store"),
+    ],
+)
 def test_report_of_no_search_is_one_line(args, said, workdir, store_without_searches, capsys):
     import shutil
 

@@ -15,7 +15,9 @@ from taxi_hpo.search import TPESearcher, TrialOutcome, reference_space, run_sear
 
 def synthetic_loss(params: dict) -> float:
     """A smooth stand-in for RMSE: best near depth 10, learning rate 0.3."""
-    return (math.log(params["learning_rate"]) - math.log(0.3)) ** 2 + (params["max_depth"] - 10) ** 2 / 100 + 6
+    return (
+        (math.log(params["learning_rate"]) - math.log(0.3)) ** 2 + (params["max_depth"] - 10) ** 2 / 100 + 6
+    )
 
 
 class PoolRunner:
@@ -46,7 +48,9 @@ class PoolRunner:
 
     def submit(self, trial_id, params, priority):
         self.submit_order.append(trial_id)
-        self.futures[trial_id] = self.pool.submit(self._work, trial_id, params, self.rng.random() * self.jitter_s)
+        self.futures[trial_id] = self.pool.submit(
+            self._work, trial_id, params, self.rng.random() * self.jitter_s
+        )
         return trial_id
 
     def wait_any(self, handles):
@@ -129,6 +133,7 @@ def test_batch_starts_heaviest_first():
     searcher = TPESearcher(reference_space(60), seed=5, n_startup_jobs=8)
     run_search(searcher, runner, 8, mode="batch", in_flight=8)
     from taxi_hpo.search.space import predicted_cost
+
     costs = [predicted_cost(searcher.params(t)) for t in runner.submit_order]
     assert costs == sorted(costs, reverse=True)
 
@@ -140,7 +145,9 @@ def test_failed_trials_are_results_and_the_search_goes_on():
     outcomes = run_search(searcher, runner, 6, mode="async", in_flight=2, on_outcome=seen.append)
     assert [o.ok for o in outcomes] == [True, False, True, True, False, True]
     assert len(seen) == 6
-    assert [d["result"]["status"] for d in sorted(searcher.trials.trials, key=lambda d: d["tid"])][1] == "fail"
+    assert [d["result"]["status"] for d in sorted(searcher.trials.trials, key=lambda d: d["tid"])][
+        1
+    ] == "fail"
 
 
 def test_pending_trials_act_as_liars():
@@ -167,13 +174,24 @@ def test_pending_trials_act_as_liars():
 
 
 def test_batch_resume_suggests_what_an_uninterrupted_search_would():
-    full = run_search(TPESearcher(reference_space(20), seed=42, n_startup_jobs=4), PoolRunner(3), 12,
-                      mode="batch", in_flight=4)
+    full = run_search(
+        TPESearcher(reference_space(20), seed=42, n_startup_jobs=4),
+        PoolRunner(3),
+        12,
+        mode="batch",
+        in_flight=4,
+    )
     # Killed in the middle of the second batch: trials 0-5 are in the store, 6-11 are not.
     known = {o.trial_id: o for o in full[:6]}
     runner = PoolRunner(2)
-    resumed = run_search(TPESearcher(reference_space(20), seed=42, n_startup_jobs=4), runner, 12,
-                         mode="batch", in_flight=4, known=known)
+    resumed = run_search(
+        TPESearcher(reference_space(20), seed=42, n_startup_jobs=4),
+        runner,
+        12,
+        mode="batch",
+        in_flight=4,
+        known=known,
+    )
     assert [o.params for o in resumed] == [o.params for o in full]
     assert sorted(runner.submit_order) == list(range(6, 12))  # only the missing ones ran
 
@@ -222,7 +240,9 @@ class ClockRunner:
     def outcome(self, handle):
         end, params = self.running.pop(handle)
         if handle in self.cancelled:
-            return TrialOutcome(handle, params, None, self.started[handle], end, cancelled=True, error="stopped")
+            return TrialOutcome(
+                handle, params, None, self.started[handle], end, cancelled=True, error="stopped"
+            )
         return TrialOutcome(handle, params, synthetic_loss(params), self.started[handle], end)
 
 
@@ -241,8 +261,14 @@ def test_a_batch_does_not_start_after_the_budget():
     from taxi_hpo.search.scheduler import Budget
 
     runner = ClockRunner(lambda p: 10.0)
-    outcomes = run_search(TPESearcher(reference_space(20), seed=1), runner, 20, mode="batch", in_flight=3,
-                          budget=Budget(deadline=15.0, clock=lambda: runner.now))
+    outcomes = run_search(
+        TPESearcher(reference_space(20), seed=1),
+        runner,
+        20,
+        mode="batch",
+        in_flight=3,
+        budget=Budget(deadline=15.0, clock=lambda: runner.now),
+    )
     assert [o.trial_id for o in outcomes] == [0, 1, 2, 3, 4, 5]  # batches at 0 s and 10 s
 
 
@@ -261,15 +287,34 @@ def test_without_a_deadline_a_budget_changes_nothing():
     from taxi_hpo.search.scheduler import Budget
 
     runner = ClockRunner(lambda p: 1.0)
-    outcomes = run_search(TPESearcher(reference_space(20), seed=1), runner, 6, in_flight=2,
-                          budget=Budget.from_now(None, clock=lambda: runner.now))
+    outcomes = run_search(
+        TPESearcher(reference_space(20), seed=1),
+        runner,
+        6,
+        in_flight=2,
+        budget=Budget.from_now(None, clock=lambda: runner.now),
+    )
     assert len(outcomes) == 6 and not Budget().over() and Budget().left() is None
 
 
 def test_warm_points_come_first_then_tpe_learns_from_them():
     space = reference_space(20)
-    warm = [{"max_depth": 7, "learning_rate": 0.2, "reg_alpha": 0.02, "reg_lambda": 0.01, "min_child_weight": 1.5},
-            {"max_depth": 12, "learning_rate": 0.05, "reg_alpha": 0.1, "reg_lambda": 0.2, "min_child_weight": 3.0}]
+    warm = [
+        {
+            "max_depth": 7,
+            "learning_rate": 0.2,
+            "reg_alpha": 0.02,
+            "reg_lambda": 0.01,
+            "min_child_weight": 1.5,
+        },
+        {
+            "max_depth": 12,
+            "learning_rate": 0.05,
+            "reg_alpha": 0.1,
+            "reg_lambda": 0.2,
+            "min_child_weight": 3.0,
+        },
+    ]
     searcher = TPESearcher(space, seed=4, n_startup_jobs=3, warm_points=warm)
     first = [searcher.suggest(i) for i in range(2)]
     for got, want in zip(first, warm):
@@ -289,14 +334,18 @@ def test_warm_points_come_first_then_tpe_learns_from_them():
 def test_a_warm_start_replaces_the_random_start_up():
     from taxi_hpo.search.tpe import DEFAULT_STARTUP, startup_trials
 
-    assert startup_trials(2) == DEFAULT_STARTUP and startup_trials(32) == 32  # cold: hyperopt's 20, or the slots
+    assert (
+        startup_trials(2) == DEFAULT_STARTUP and startup_trials(32) == 32
+    )  # cold: hyperopt's 20, or the slots
     assert startup_trials(2, n_warm=5) == 5 and startup_trials(8, n_warm=5) == 8
     assert startup_trials(2, n_warm=5, random_after_warm=3) == 8
     # Right after the warm points TPE models them: what it suggests next depends on how they did.
     # Counted toward hyperopt's 20 random trials instead, the next ones ignore their losses.
     space = reference_space(40)
-    warm = [{"max_depth": d, "learning_rate": lr, "reg_alpha": 0.02, "reg_lambda": 0.01, "min_child_weight": 2.0}
-            for d, lr in ((36, 0.5), (30, 0.3), (12, 0.05), (8, 0.02), (6, 0.9))]
+    warm = [
+        {"max_depth": d, "learning_rate": lr, "reg_alpha": 0.02, "reg_lambda": 0.01, "min_child_weight": 2.0}
+        for d, lr in ((36, 0.5), (30, 0.3), (12, 0.05), (8, 0.02), (6, 0.9))
+    ]
 
     def next_points(startup: int, losses: list[float]) -> list[dict]:
         searcher = TPESearcher(space, seed=3, n_startup_jobs=startup, warm_points=warm)
@@ -358,4 +407,6 @@ def test_slots_that_go_are_not_refilled_and_one_trial_always_runs():
 
 def test_a_batch_keeps_a_fixed_size():
     with pytest.raises(ValueError):
-        run_search(TPESearcher(reference_space(20), seed=1), PoolRunner(1), 2, mode="batch", in_flight=lambda: 2)
+        run_search(
+            TPESearcher(reference_space(20), seed=1), PoolRunner(1), 2, mode="batch", in_flight=lambda: 2
+        )

@@ -32,10 +32,22 @@ from prefect.settings import PREFECT_API_AUTH_STRING, temporary_settings
 
 from helpers import free_port, wait_for
 from taxi_hpo.cluster import credentials
-from taxi_hpo.preflight import remote
 from taxi_hpo.errors import ClusterError, TrackingError
-from test_remote import (LOCAL, REPO, VENV_BIN, Net, Stack, assert_ran_remotely, read_env_file,
-                         require_namespaces, search_command, server_credentials, start_cluster, summary_of)
+from taxi_hpo.preflight import remote
+from test_remote import (
+    LOCAL,
+    REPO,
+    VENV_BIN,
+    Net,
+    Stack,
+    assert_ran_remotely,
+    read_env_file,
+    require_namespaces,
+    search_command,
+    server_credentials,
+    start_cluster,
+    summary_of,
+)
 
 MLFLOW_PROBE = remote.MLFLOW_PROBE_PATH
 PREFECT_PROBE = "/admin/version"
@@ -44,21 +56,34 @@ CREDENTIAL_FILES = {"mlflow-auth.env", "prefect-auth.env", "mlflow-server.env"}
 
 # -- the scripts: no plain TCP beyond loopback without the opt-out ------------------------------
 
+
 def _script(script: str, *args: str, run_dir: Path, **env: str) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if k not in ("TLS_DIR", "ALLOW_PLAINTEXT", "BIND_HOST")}
     clean["PATH"] = f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"
-    return subprocess.run([str(LOCAL / script), *args], env={**clean, "TAXI_HPO_RUN_DIR": str(run_dir), **env},
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [str(LOCAL / script), *args],
+        env={**clean, "TAXI_HPO_RUN_DIR": str(run_dir), **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
-@pytest.mark.parametrize("script, args, env", [
-    ("start-scheduler.sh", (), {}),                                     # BIND_HOST's default, 0.0.0.0
-    ("start-scheduler.sh", (), {"BIND_HOST": "10.214.0.1"}),
-    ("start-workers.sh", ("tcp://10.214.0.2:8786",), {}),               # they listen toward it
-    ("start-workers.sh", ("tcp://127.0.0.1:8786",), {"WORKER_HOST": "10.214.0.3"}),
-])
+@pytest.mark.parametrize(
+    "script, args, env",
+    [
+        ("start-scheduler.sh", (), {}),  # BIND_HOST's default, 0.0.0.0
+        ("start-scheduler.sh", (), {"BIND_HOST": "10.214.0.1"}),
+        ("start-workers.sh", ("tcp://10.214.0.2:8786",), {}),  # they listen toward it
+        ("start-workers.sh", ("tcp://127.0.0.1:8786",), {"WORKER_HOST": "10.214.0.3"}),
+    ],
+)
 def test_scripts_refuse_plain_tcp_beyond_loopback(tmp_path, script, args, env):
-    ports = {"SCHEDULER_PORT": str(free_port("127.0.0.1")), "DASHBOARD_PORT": str(free_port("127.0.0.1")), "WAIT_S": "5"}
+    ports = {
+        "SCHEDULER_PORT": str(free_port("127.0.0.1")),
+        "DASHBOARD_PORT": str(free_port("127.0.0.1")),
+        "WAIT_S": "5",
+    }
     try:
         proc = _script(script, *args, run_dir=tmp_path / "run", **ports, **env)
     finally:  # should it have started anything, nothing is left running
@@ -77,8 +102,13 @@ def test_scheduler_on_loopback_needs_no_certificates(tmp_path):
     run = tmp_path / "run"
     port, dashboard = free_port("127.0.0.1"), free_port("127.0.0.1")
     try:
-        proc = _script("start-scheduler.sh", run_dir=run, BIND_HOST="127.0.0.1", SCHEDULER_PORT=str(port),
-                       DASHBOARD_PORT=str(dashboard))
+        proc = _script(
+            "start-scheduler.sh",
+            run_dir=run,
+            BIND_HOST="127.0.0.1",
+            SCHEDULER_PORT=str(port),
+            DASHBOARD_PORT=str(dashboard),
+        )
         assert proc.returncode == 0 and f"tcp://127.0.0.1:{port}" in proc.stdout, proc.stderr
         assert "warning" not in proc.stderr
     finally:
@@ -86,6 +116,7 @@ def test_scheduler_on_loopback_needs_no_certificates(tmp_path):
 
 
 # -- the plugin that hands credentials to workers --------------------------------------------
+
 
 @pytest.fixture
 def own_environment():
@@ -102,27 +133,42 @@ def own_environment():
 def test_worker_credentials_plugin_sets_and_restores_worker_environment(own_environment):
     """Registered: the variables are in the worker's environment; unregistered: gone again,
     and two overlapping registrations undo each other in any order."""
-    def env():
-        return {name: os.environ.get(name) for name in ("MLFLOW_TRACKING_PASSWORD", "PREFECT_API_AUTH_STRING")}
 
-    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as lc, \
-            distributed.Client(lc) as client:
+    def env():
+        return {
+            name: os.environ.get(name) for name in ("MLFLOW_TRACKING_PASSWORD", "PREFECT_API_AUTH_STRING")
+        }
+
+    with (
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0"
+        ) as lc,
+        distributed.Client(lc) as client,
+    ):
         (before,) = client.run(env).values()
         assert before == {"MLFLOW_TRACKING_PASSWORD": None, "PREFECT_API_AUTH_STRING": None}
-        first = credentials.hand_to_workers(client, {"MLFLOW_TRACKING_PASSWORD": "p1", "PREFECT_API_AUTH_STRING": "a:1",
-                                                      "UNRELATED": "x"})
-        assert list(client.run(env).values()) == [{"MLFLOW_TRACKING_PASSWORD": "p1", "PREFECT_API_AUTH_STRING": "a:1"}]
+        first = credentials.hand_to_workers(
+            client, {"MLFLOW_TRACKING_PASSWORD": "p1", "PREFECT_API_AUTH_STRING": "a:1", "UNRELATED": "x"}
+        )
+        assert list(client.run(env).values()) == [
+            {"MLFLOW_TRACKING_PASSWORD": "p1", "PREFECT_API_AUTH_STRING": "a:1"}
+        ]
         assert list(client.run(os.environ.get, "UNRELATED").values()) == [None]
         second = credentials.hand_to_workers(client, {"MLFLOW_TRACKING_PASSWORD": "p2"})
-        assert list(client.run(env).values()) == [{"MLFLOW_TRACKING_PASSWORD": "p2", "PREFECT_API_AUTH_STRING": "a:1"}]
+        assert list(client.run(env).values()) == [
+            {"MLFLOW_TRACKING_PASSWORD": "p2", "PREFECT_API_AUTH_STRING": "a:1"}
+        ]
         credentials.withdraw(client, first)
-        assert list(client.run(env).values()) == [{"MLFLOW_TRACKING_PASSWORD": "p2", "PREFECT_API_AUTH_STRING": None}]
+        assert list(client.run(env).values()) == [
+            {"MLFLOW_TRACKING_PASSWORD": "p2", "PREFECT_API_AUTH_STRING": None}
+        ]
         credentials.withdraw(client, second)
         assert list(client.run(env).values()) == [before]
         assert credentials.hand_to_workers(client, {}) is None  # nothing to hand over: no plugin
 
 
 # -- the secure stack ------------------------------------------------------------------------
+
 
 @dataclass
 class Secure:
@@ -136,8 +182,14 @@ class Secure:
         """Every secret the scripts generated (the Prefect string's password part on its own too)."""
         c = self.stack.credentials
         auth = c["PREFECT_API_AUTH_STRING"]
-        found = [c["MLFLOW_TRACKING_PASSWORD"], auth, auth.split(":", 1)[1],
-                 read_env_file(self.net.hosts["client"].run_dir / "mlflow-server.env")["MLFLOW_FLASK_SERVER_SECRET_KEY"]]
+        found = [
+            c["MLFLOW_TRACKING_PASSWORD"],
+            auth,
+            auth.split(":", 1)[1],
+            read_env_file(self.net.hosts["client"].run_dir / "mlflow-server.env")[
+                "MLFLOW_FLASK_SERVER_SECRET_KEY"
+            ],
+        ]
         assert all(len(s) >= 32 for s in found)  # long and random: a match is a leak, not chance
         return found
 
@@ -151,20 +203,29 @@ def secure(tmp_path_factory):
         net.up(["sched", "w1", "w2"])
         client = net.hosts["client"]
         certs = net.root / "certs"
-        subprocess.run([str(REPO / "cluster" / "tls" / "make-certs.sh"), str(certs), net.hosts["sched"].ip],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [str(REPO / "cluster" / "tls" / "make-certs.sh"), str(certs), net.hosts["sched"].ip],
+            check=True,
+            capture_output=True,
+        )
         mlflow_port, prefect_port = free_port(client.ip), free_port(client.ip)
         procs = {  # the scripts' defaults: no credentials given, no opt-out
-            "mlflow": net.script("client", "start-mlflow.sh", env={"MLFLOW_PORT": str(mlflow_port), "MLFLOW_WORKERS": "1"}),
+            "mlflow": net.script(
+                "client", "start-mlflow.sh", env={"MLFLOW_PORT": str(mlflow_port), "MLFLOW_WORKERS": "1"}
+            ),
             "prefect": net.script("client", "start-prefect.sh", env={"PREFECT_PORT": str(prefect_port)}),
             **start_cluster(net, tls_dir=certs),
         }
         outputs = {name: proc.communicate(timeout=150)[0] for name, proc in procs.items()}
         for name, proc in procs.items():
             assert proc.returncode == 0, f"{name} did not start:\n{outputs[name]}"
-        stack = Stack(f"http://{client.ip}:{mlflow_port}", f"http://{client.ip}:{prefect_port}/api",
-                      f"tls://{net.hosts['sched'].ip}:8786", tmp_path_factory.mktemp("secure-client-home"),
-                      server_credentials(client.run_dir))
+        stack = Stack(
+            f"http://{client.ip}:{mlflow_port}",
+            f"http://{client.ip}:{prefect_port}/api",
+            f"tls://{net.hosts['sched'].ip}:8786",
+            tmp_path_factory.mktemp("secure-client-home"),
+            server_credentials(client.run_dir),
+        )
         yield Secure(stack, net, certs, "\n".join(outputs.values()))
     finally:
         net.down()
@@ -220,15 +281,29 @@ def test_each_service_refuses_a_client_without_credentials(secure):
     # of another CA: refused. The cluster's own client certificate: in.
     ca, own = str(secure.certs / "ca.pem"), secure.certs
     stranger = secure.net.root / "stranger"
-    subprocess.run([str(REPO / "cluster" / "tls" / "make-certs.sh"), str(stranger)], check=True, capture_output=True)
+    subprocess.run(
+        [str(REPO / "cluster" / "tls" / "make-certs.sh"), str(stranger)], check=True, capture_output=True
+    )
     assert _tls_probe(s.address, ca) == "refused" and _tls_probe(s.address, ca, own) != "refused"
     assert not _connects(s.address.replace("tls://", "tcp://"), distributed.Security())
-    assert not _connects(s.address, distributed.Security(
-        tls_ca_file=str(stranger / "ca.pem"), tls_client_cert=str(stranger / "client.pem"),
-        tls_client_key=str(stranger / "client-key.pem"), require_encryption=True))
-    assert _connects(s.address, distributed.Security(
-        tls_ca_file=ca, tls_client_cert=str(own / "client.pem"), tls_client_key=str(own / "client-key.pem"),
-        require_encryption=True))
+    assert not _connects(
+        s.address,
+        distributed.Security(
+            tls_ca_file=str(stranger / "ca.pem"),
+            tls_client_cert=str(stranger / "client.pem"),
+            tls_client_key=str(stranger / "client-key.pem"),
+            require_encryption=True,
+        ),
+    )
+    assert _connects(
+        s.address,
+        distributed.Security(
+            tls_ca_file=ca,
+            tls_client_cert=str(own / "client.pem"),
+            tls_client_key=str(own / "client-key.pem"),
+            require_encryption=True,
+        ),
+    )
 
     # MLflow: 401 without basic auth or with a wrong password, 200 with the right one.
     mlflow_url = s.tracking_uri + MLFLOW_PROBE
@@ -258,7 +333,9 @@ def test_preflight_says_in_one_line_which_credentials_are_missing(secure, data_d
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(TrackingError) as exc:
         remote.check_credentials(s.tracking_uri, None)
-    assert "asks for credentials (HTTP 401)" in str(exc.value) and "MLFLOW_TRACKING_PASSWORD" in str(exc.value)
+    assert "asks for credentials (HTTP 401)" in str(exc.value) and "MLFLOW_TRACKING_PASSWORD" in str(
+        exc.value
+    )
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", c["MLFLOW_TRACKING_USERNAME"])
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "wrong-" + c["MLFLOW_TRACKING_PASSWORD"])
     with pytest.raises(TrackingError) as exc:
@@ -267,13 +344,18 @@ def test_preflight_says_in_one_line_which_credentials_are_missing(secure, data_d
     assert c["MLFLOW_TRACKING_PASSWORD"] not in str(exc.value)
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", c["MLFLOW_TRACKING_PASSWORD"])
     remote.check_credentials(s.tracking_uri, None)  # accepted: no error
-    with temporary_settings(updates=Stack(**{**s.__dict__, "credentials": {}}).prefect_settings(),
-                            restore_defaults={PREFECT_API_AUTH_STRING}):
+    with temporary_settings(
+        updates=Stack(**{**s.__dict__, "credentials": {}}).prefect_settings(),
+        restore_defaults={PREFECT_API_AUTH_STRING},
+    ):
         with pytest.raises(ClusterError) as exc:
             remote.check_credentials(s.tracking_uri, s.api_url)
         assert "asks for credentials (HTTP 401) and PREFECT_API_AUTH_STRING is not set" in str(exc.value)
-    with temporary_settings(updates=Stack(**{**s.__dict__, "credentials": {
-            "PREFECT_API_AUTH_STRING": c["PREFECT_API_AUTH_STRING"] + "x"}}).prefect_settings()):
+    with temporary_settings(
+        updates=Stack(
+            **{**s.__dict__, "credentials": {"PREFECT_API_AUTH_STRING": c["PREFECT_API_AUTH_STRING"] + "x"}}
+        ).prefect_settings()
+    ):
         with pytest.raises(ClusterError) as exc:
             remote.check_credentials(s.tracking_uri, s.api_url)
         assert "refused the credentials of PREFECT_API_AUTH_STRING" in str(exc.value)
@@ -281,19 +363,28 @@ def test_preflight_says_in_one_line_which_credentials_are_missing(secure, data_d
         remote.check_credentials(s.tracking_uri, s.api_url)
 
     # The command: one line, exit 2, no traceback (here without MLflow's credentials).
-    argv, env = search_command(s, s.address, data_dir, "--trials", "2",
-                               env={"DASK_CONFIG": str(secure.certs / "client.yaml")},
-                               creds={"PREFECT_API_AUTH_STRING": c["PREFECT_API_AUTH_STRING"]})
+    argv, env = search_command(
+        s,
+        s.address,
+        data_dir,
+        "--trials",
+        "2",
+        env={"DASK_CONFIG": str(secure.certs / "client.yaml")},
+        creds={"PREFECT_API_AUTH_STRING": c["PREFECT_API_AUTH_STRING"]},
+    )
     proc = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 2 and proc.stdout == "", proc.stderr[-2000:]
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith(
-        f"taxi-hpo: error: MLflow tracking server {s.tracking_uri} asks for credentials"), proc.stderr[-2000:]
+        f"taxi-hpo: error: MLflow tracking server {s.tracking_uri} asks for credentials"
+    ), proc.stderr[-2000:]
 
 
 def _namespace_pids(net: Net, hosts=("w1", "w2")) -> list[int]:
     pids = []
     for host in hosts:
-        out = subprocess.run(["ip", "netns", "pids", net.hosts[host].netns], capture_output=True, text=True).stdout
+        out = subprocess.run(
+            ["ip", "netns", "pids", net.hosts[host].netns], capture_output=True, text=True
+        ).stdout
         pids += [int(p) for p in out.split()]
     return pids
 
@@ -327,15 +418,18 @@ def test_search_with_credentials_runs_on_workers_and_leaks_no_secret(secure, dat
     # The worker hosts never had a credential in their environment: the flow hands them over.
     workers = _namespace_pids(secure.net)
     commands = [_cmdline(pid) for pid in workers]
-    assert sum("dask worker" in c for c in commands) == 2 and sum("spawn_main" in c for c in commands) >= 2, commands
+    assert sum("dask worker" in c for c in commands) == 2 and sum("spawn_main" in c for c in commands) >= 2, (
+        commands
+    )
     for pid in workers:  # the nanny and the worker process it spawned, on each host
         environ = Path(f"/proc/{pid}/environ").read_bytes().decode("utf-8", "replace")
         assert not [name for name in credentials.ENV_NAMES if f"\0{name}=" in "\0" + environ], pid
 
     # The search; every process's command line (and the worker hosts' environments) is read at
     # each step of it: started, its parent run made, its trials begun, all trials ended, exited.
-    argv, env = search_command(s, s.address, data_dir, "--trials", "3",
-                               env={"DASK_CONFIG": str(secure.certs / "client.yaml")})
+    argv, env = search_command(
+        s, s.address, data_dir, "--trials", "3", env={"DASK_CONFIG": str(secure.certs / "client.yaml")}
+    )
     for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
         monkeypatch.setenv(name, c[name])  # this process reads the server from here on
     mlflow = MlflowClient(s.tracking_uri)
@@ -357,13 +451,17 @@ def test_search_with_credentials_runs_on_workers_and_leaks_no_secret(secure, dat
         search = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=out, stderr=err, text=True)
         try:
             snapshot("started")
+
             def trials_ended() -> bool:
                 return sum(r.info.status == "FINISHED" for r in search_runs(True)) == 3
 
-            steps = [("parent run made", lambda: search_runs(False)),
-                     ("trials begun", lambda: search_runs(True)), ("trials ended", trials_ended)]
+            steps = [
+                ("parent run made", lambda: search_runs(False)),
+                ("trials begun", lambda: search_runs(True)),
+                ("trials ended", trials_ended),
+            ]
             for step, happened in steps:
-                wait_for(lambda: happened() or search.poll() is not None, 240, step)
+                wait_for(lambda happened=happened: happened() or search.poll() is not None, 240, step)
                 snapshot(step)
             search.wait(timeout=240)
         finally:
@@ -388,7 +486,9 @@ def test_search_with_credentials_runs_on_workers_and_leaks_no_secret(secure, dat
 
     # Nothing in MLflow: params and tags of every run of every experiment on the server.
     experiments = mlflow.search_experiments(view_type=ViewType.ALL)
-    runs = mlflow.search_runs([e.experiment_id for e in experiments], run_view_type=ViewType.ALL, max_results=1000)
+    runs = mlflow.search_runs(
+        [e.experiment_id for e in experiments], run_view_type=ViewType.ALL, max_results=1000
+    )
     assert len(runs) >= 5  # the search, the baseline, 3 trials
     for run in runs:
         fields = json.dumps([run.data.params, run.data.tags, run.info.run_name])
@@ -396,21 +496,32 @@ def test_search_with_credentials_runs_on_workers_and_leaks_no_secret(secure, dat
 
     # Nothing in Prefect: the flow run, its task runs, its logs (the trials' lines came from the workers).
     flow_run_id = mlflow.get_run(summary["parent_run_id"]).data.tags["flow_run_id"]
-    with temporary_settings(updates=s.prefect_settings()):
-        with get_client(sync_client=True) as api:
-            flow_run = api.read_flow_run(flow_run_id)
-            task_runs = api.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])))
-            logs = api.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run.id])))
+    with temporary_settings(updates=s.prefect_settings()), get_client(sync_client=True) as api:
+        flow_run = api.read_flow_run(flow_run_id)
+        task_runs = api.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])))
+        logs = api.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run.id])))
     assert flow_run.state.is_completed()
-    shipped = [log.message for log in logs if log.message.startswith("trial ") and "rmse_valid" in log.message]
+    shipped = [
+        log.message for log in logs if log.message.startswith("trial ") and "rmse_valid" in log.message
+    ]
     assert len(shipped) == 3 and all(" on thpo-w" in m for m in shipped), shipped
-    records = [flow_run.model_dump_json(), *(t.model_dump_json() for t in task_runs), *(l.model_dump_json() for l in logs)]
+    records = [
+        flow_run.model_dump_json(),
+        *(t.model_dump_json() for t in task_runs),
+        *(line.model_dump_json() for line in logs),
+    ]
     assert not [x for x in secrets if any(x in r for r in records)]
 
     # Nothing at rest: every file the services and the client wrote (databases, logs, artifacts),
     # but the credential files themselves.
     roots = [h.run_dir for h in secure.net.hosts.values()] + [s.client_home, tmp_path]
-    files = [p for root in roots if root.is_dir() for p in root.rglob("*") if p.is_file() and p.name not in CREDENTIAL_FILES]
+    files = [
+        p
+        for root in roots
+        if root.is_dir()
+        for p in root.rglob("*")
+        if p.is_file() and p.name not in CREDENTIAL_FILES
+    ]
     assert any(p.name == "mlflow.db" for p in files) and any(p.suffix == ".log" for p in files)
     leaks = [str(p) for p in files for x in secrets if x.encode() in p.read_bytes()]
     assert not leaks, leaks

@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -20,14 +20,17 @@ VENV_BIN = Path(sys.executable).parent
 DEPLOYMENT = f"{serve.FLOW_NAME}/test-weekly"
 
 
-@pytest.mark.parametrize("spec, when, expected", [
-    ("prev-2", datetime(2021, 3, 15), "2021-01"),
-    ("prev-1", datetime(2021, 1, 4), "2020-12"),
-    ("prev-14", datetime(2021, 3, 1), "2020-01"),
-    ("prev-0", datetime(2021, 3, 1), "2021-03"),
-    ("2021-02", datetime(2030, 1, 1), "2021-02"),
-    ("/data/x.parquet", datetime(2030, 1, 1), "/data/x.parquet"),
-])
+@pytest.mark.parametrize(
+    "spec, when, expected",
+    [
+        ("prev-2", datetime(2021, 3, 15), "2021-01"),
+        ("prev-1", datetime(2021, 1, 4), "2020-12"),
+        ("prev-14", datetime(2021, 3, 1), "2020-01"),
+        ("prev-0", datetime(2021, 3, 1), "2021-03"),
+        ("2021-02", datetime(2030, 1, 1), "2021-02"),
+        ("/data/x.parquet", datetime(2030, 1, 1), "/data/x.parquet"),
+    ],
+)
 def test_resolve_month(spec, when, expected):
     assert serve.resolve_month(spec, when) == expected
 
@@ -52,12 +55,37 @@ def test_deployment_runs_once_with_months_of_its_date(prefect_api_url, data_dir,
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     log = (tmp_path / "serve.log").open("w")
     proc = subprocess.Popen(
-        [str(VENV_BIN / "taxi-hpo"), "serve", "--cron", "0 3 * * 1", "--name", "test-weekly",
-         "--train", "prev-2", "--valid", "prev-1", "--data-dir", str(data_dir), "--tracking-uri", tracking_uri,
-         "--trials", "2", "--workers", "1", "--rounds", "3", "--max-depth", "5", "--no-register",
-         "--no-report"],
-        cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
-        env={**os.environ, "PREFECT_API_URL": prefect_api_url, "PREFECT_RUNNER_POLL_FREQUENCY": "1"})
+        [
+            str(VENV_BIN / "taxi-hpo"),
+            "serve",
+            "--cron",
+            "0 3 * * 1",
+            "--name",
+            "test-weekly",
+            "--train",
+            "prev-2",
+            "--valid",
+            "prev-1",
+            "--data-dir",
+            str(data_dir),
+            "--tracking-uri",
+            tracking_uri,
+            "--trials",
+            "2",
+            "--workers",
+            "1",
+            "--rounds",
+            "3",
+            "--max-depth",
+            "5",
+            "--no-register",
+            "--no-report",
+        ],
+        cwd=tmp_path,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PREFECT_API_URL": prefect_api_url, "PREFECT_RUNNER_POLL_FREQUENCY": "1"},
+    )
     try:
         with get_client(sync_client=True) as client:
             deployment = _wait_for(lambda: _deployment(client), 90, proc, tmp_path)
@@ -66,13 +94,20 @@ def test_deployment_runs_once_with_months_of_its_date(prefect_api_url, data_dir,
             assert (config["train"], config["valid"], config["trials"]) == ("prev-2", "prev-1", 2)
 
             # A run for 15 March 2021 trains on January and validates on February.
-            run = run_deployment(deployment.id, scheduled_time=datetime(2021, 3, 15, 3, tzinfo=timezone.utc),
-                                 timeout=0, as_subflow=False)
+            run = run_deployment(
+                deployment.id,
+                scheduled_time=datetime(2021, 3, 15, 3, tzinfo=UTC),
+                timeout=0,
+                as_subflow=False,
+            )
             run = _wait_for(lambda: _final(client, run.id), 240, proc, tmp_path)
         assert run.state.is_completed(), run.state.message
         mlflow_client = MlflowClient(tracking_uri)
-        parents = [r for r in mlflow_client.search_runs(_experiment_ids(mlflow_client))
-                   if r.data.tags.get("taxi_hpo.role") == "search"]
+        parents = [
+            r
+            for r in mlflow_client.search_runs(_experiment_ids(mlflow_client))
+            if r.data.tags.get("taxi_hpo.role") == "search"
+        ]
         assert len(parents) == 1 and parents[0].info.status == "FINISHED"
         assert (parents[0].data.params["train"], parents[0].data.params["valid"]) == ("2021-01", "2021-02")
         assert parents[0].data.params["trials"] == "2"
@@ -111,6 +146,8 @@ def _wait_for(fetch, timeout_s: float, proc: subprocess.Popen, tmp_path: Path):
         if found is not None:
             return found
         if proc.poll() is not None:
-            pytest.fail(f"taxi-hpo serve exited {proc.returncode}:\n{(tmp_path / 'serve.log').read_text()[-3000:]}")
+            pytest.fail(
+                f"taxi-hpo serve exited {proc.returncode}:\n{(tmp_path / 'serve.log').read_text()[-3000:]}"
+            )
         time.sleep(0.5)
     pytest.fail(f"nothing after {timeout_s} s:\n{(tmp_path / 'serve.log').read_text()[-3000:]}")

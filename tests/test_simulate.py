@@ -8,14 +8,28 @@ import math
 import pytest
 
 from taxi_hpo import cli, plan
-from taxi_hpo.search.simulate import (CostModel, NearestLoss, Overheads, Sample, SimLayout, SimulatedRunner,
-                                      ThreadScaling, simulate)
+from taxi_hpo.search.simulate import (
+    CostModel,
+    NearestLoss,
+    Overheads,
+    Sample,
+    SimLayout,
+    SimulatedRunner,
+    ThreadScaling,
+    simulate,
+)
 
 NO_OVERHEAD = Overheads(flow_s=0.0, per_history_s=0.0, dispatch_s=0.0, after_s=0.0)
 
 
 def point(depth: int, rate: float) -> dict:
-    return {"max_depth": depth, "learning_rate": rate, "reg_alpha": 0.05, "reg_lambda": 0.01, "min_child_weight": 1.0}
+    return {
+        "max_depth": depth,
+        "learning_rate": rate,
+        "reg_alpha": 0.05,
+        "reg_lambda": 0.01,
+        "min_child_weight": 1.0,
+    }
 
 
 def fixed_costs(costs: dict[int, float], serial: float = 0.0) -> CostModel:
@@ -50,7 +64,9 @@ def test_cost_model_recovers_a_log_linear_law_and_replays_measured_points():
 def run_two(elastic: bool, serial: float = 0.0):
     """Trials of 10 s and 2 s (one thread) on one host of 2 cores, two one-slot workers."""
     cost = fixed_costs({0: 10.0, 1: 2.0}, serial)
-    runner = SimulatedRunner(cost, lambda p: 1.0, {"h": (2, 2, 1)}, base=1, elastic=elastic, overheads=NO_OVERHEAD)
+    runner = SimulatedRunner(
+        cost, lambda p: 1.0, {"h": (2, 2, 1)}, base=1, elastic=elastic, overheads=NO_OVERHEAD
+    )
     runner.submit(0, point(4, 0.1), 1.0)
     runner.submit(1, point(5, 0.1), 1.0)
     first = runner.wait_any([0, 1])
@@ -74,7 +90,9 @@ def test_a_lone_trial_takes_the_idle_core_on_the_virtual_clock():
 
 def test_more_threads_than_cores_share_them():
     cost = fixed_costs({i: 4.0 for i in range(4)})
-    runner = SimulatedRunner(cost, lambda p: 1.0, {"h": (2, 4, 1)}, base=1, elastic=False, overheads=NO_OVERHEAD)
+    runner = SimulatedRunner(
+        cost, lambda p: 1.0, {"h": (2, 4, 1)}, base=1, elastic=False, overheads=NO_OVERHEAD
+    )
     for i in range(4):
         runner.submit(i, point(i + 4, 0.1), 1.0)
     done = runner.wait_any([0, 1, 2, 3])
@@ -84,7 +102,9 @@ def test_more_threads_than_cores_share_them():
 
 def test_overheads_delay_the_start_and_the_end():
     cost = fixed_costs({0: 1.0})
-    runner = SimulatedRunner(cost, lambda p: 1.0, {"h": (1, 1, 1)}, overheads=Overheads(0.5, 0.0, 0.25, 0.125))
+    runner = SimulatedRunner(
+        cost, lambda p: 1.0, {"h": (1, 1, 1)}, overheads=Overheads(0.5, 0.0, 0.25, 0.125)
+    )
     runner.submit(0, point(4, 0.1), 1.0)
     outcome = runner.outcome(runner.wait_any([0])[0])
     assert (outcome.started, outcome.finished, outcome.fit_s) == pytest.approx((0.75, 1.875, 1.0))
@@ -109,7 +129,9 @@ def test_simulated_search_seq_elastic_and_fixed():
     # every slot busy until the tail: one-thread trials beat one 4-thread trial at a time here
     assert elastic["wall_s"] < seq["wall_s"]
     assert [t["trial_id"] for t in elastic["trials"]] == list(range(12))
-    batch = simulate(cost, loss, SimLayout("4x1-fixed", 1, 4, 4, 1, elastic=False), 12, mode="batch", **common)
+    batch = simulate(
+        cost, loss, SimLayout("4x1-fixed", 1, 4, 4, 1, elastic=False), 12, mode="batch", **common
+    )
     assert batch["wall_s"] >= fixed["wall_s"] - 1e-9  # a batch waits for its slowest trial
     # ... on all the cores, with elastic threads: a batch's early finishers free theirs at once
     batch_elastic = simulate(cost, loss, SimLayout("4x1", 1, 4, 4, 1), 12, mode="batch", **common)
@@ -123,14 +145,36 @@ def synthetic_bench(tmp_path):
         t, trials = 0.0, []
         for i, s in enumerate(samples):
             seconds = s.seconds / (1.9 if threads == 2 else 1.0)
-            trials.append({"trial_id": i, "params": s.params, "loss": s.loss, "started": t, "finished": t + seconds + 0.1,
-                           "fit_s": seconds, "train_s": seconds, "threads_mean": float(threads),
-                           "worker": f"w{i % slots}", "error": None})
+            trials.append(
+                {
+                    "trial_id": i,
+                    "params": s.params,
+                    "loss": s.loss,
+                    "started": t,
+                    "finished": t + seconds + 0.1,
+                    "fit_s": seconds,
+                    "train_s": seconds,
+                    "threads_mean": float(threads),
+                    "worker": f"w{i % slots}",
+                    "error": None,
+                }
+            )
             t += (seconds + 0.2) / slots
-        runs.append({"layout": layout, "repeat": 0, "slots": slots, "cores": 2, "wall_s": t, "trials": trials})
-    bench = {"machine": {"cores": 2, "cores_usable": 2},
-             "settings": {"trials": 8, "rounds": 10, "max_depth": 40, "seed": 1, "mode": "async",
-                          "layouts": ["seq", "2x1"]}, "runs": runs}
+        runs.append(
+            {"layout": layout, "repeat": 0, "slots": slots, "cores": 2, "wall_s": t, "trials": trials}
+        )
+    bench = {
+        "machine": {"cores": 2, "cores_usable": 2},
+        "settings": {
+            "trials": 8,
+            "rounds": 10,
+            "max_depth": 40,
+            "seed": 1,
+            "mode": "async",
+            "layouts": ["seq", "2x1"],
+        },
+        "runs": runs,
+    }
     path = tmp_path / "bench.json"
     path.write_text(json.dumps(bench))
     return path
@@ -138,8 +182,23 @@ def synthetic_bench(tmp_path):
 
 def test_plan_fits_the_bench_and_prints_a_table(tmp_path, capsys):
     source = synthetic_bench(tmp_path)
-    code = cli.main(["plan", "--from", str(source), "--check", "--hosts", "1,2,4", "--layouts", "seq,2x1,2x1-fixed",
-                     "--trials", "16", "--out", str(tmp_path / "plan"), "--json"])
+    code = cli.main(
+        [
+            "plan",
+            "--from",
+            str(source),
+            "--check",
+            "--hosts",
+            "1,2,4",
+            "--layouts",
+            "seq,2x1,2x1-fixed",
+            "--trials",
+            "16",
+            "--out",
+            str(tmp_path / "plan"),
+            "--json",
+        ]
+    )
     assert code == 0
     out = json.loads(capsys.readouterr().out)
     # the same points on 1 and 2 threads, 1.9x apart: Amdahl's serial share 2/1.9 - 1
@@ -153,9 +212,15 @@ def test_plan_fits_the_bench_and_prints_a_table(tmp_path, capsys):
     assert (tmp_path / "plan" / "plan.png").read_bytes()[:4] == b"\x89PNG"
 
 
-@pytest.mark.parametrize("flags, message", [(["--from", "missing.json"], "not a readable bench.json"),
-                                            (["--hosts", "0"], "--hosts"), (["--speedup", "1:2"], "--speedup"),
-                                            (["--layouts", "2y1"], "not seq or WxT")])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--from", "missing.json"], "not a readable bench.json"),
+        (["--hosts", "0"], "--hosts"),
+        (["--speedup", "1:2"], "--speedup"),
+        (["--layouts", "2y1"], "not seq or WxT"),
+    ],
+)
 def test_plan_bad_input_is_one_line_and_exit_2(tmp_path, capsys, flags, message):
     source = synthetic_bench(tmp_path)
     args = ["plan", "--from", str(source), *flags] if flags[0] != "--from" else ["plan", *flags]

@@ -38,14 +38,14 @@ def plan_two_workers(elastic=True, base=1) -> ThreadPlan:
 def test_a_trial_alone_takes_the_idle_core_and_gives_it_back():
     plan = plan_two_workers()
     worker, threads = plan.place(0, weight=1.0)
-    assert (worker, threads) == ("w1", 2)           # the other slot is idle: both cores
-    plan.pending_changes()                           # (what was sent with the submission)
+    assert (worker, threads) == ("w1", 2)  # the other slot is idle: both cores
+    plan.pending_changes()  # (what was sent with the submission)
     worker, threads = plan.place(1, weight=1.0)
     assert (worker, threads) == ("w2", 1)
     assert plan.pending_changes() == {"w1": {0: 1}}  # trial 0 gives its second core back
     plan.finish(1)
     assert plan.pending_changes() == {"w1": {0: 2}}  # the tail: trial 0 takes it again
-    assert plan.pending_changes() == {}              # nothing new: nothing to send
+    assert plan.pending_changes() == {}  # nothing new: nothing to send
 
 
 def test_a_refill_before_the_send_sends_nothing():
@@ -54,8 +54,8 @@ def test_a_refill_before_the_send_sends_nothing():
     plan.place(1, 1.0)
     plan.pending_changes()
     plan.finish(1)
-    plan.place(2, 1.0)                               # the slot is refilled at once
-    assert plan.pending_changes() == {}              # trial 0 keeps one thread: no give-and-take-back
+    plan.place(2, 1.0)  # the slot is refilled at once
+    assert plan.pending_changes() == {}  # trial 0 keeps one thread: no give-and-take-back
 
 
 def test_fixed_threads_never_change():
@@ -69,10 +69,10 @@ def test_fixed_threads_never_change():
 
 def test_placement_prefers_the_pool_with_the_most_idle_cores():
     plan = ThreadPlan({"a1": ("A", 2), "b1": ("B", 1), "b2": ("B", 1)}, {"A": 4, "B": 2}, base=1)
-    assert plan.place(0, 1.0)[0] == "a1"   # A: 4 idle cores
-    assert plan.place(1, 1.0)[0] == "a1"   # A: 3 idle, B: 2
+    assert plan.place(0, 1.0)[0] == "a1"  # A: 4 idle cores
+    assert plan.place(1, 1.0)[0] == "a1"  # A: 3 idle, B: 2
     assert plan.place(2, 1.0)[0] in {"b1", "b2"}
-    assert plan.allocation() == {0: 2, 1: 2, 2: 2}   # each pool's cores split among its trials
+    assert plan.allocation() == {0: 2, 1: 2, 2: 2}  # each pool's cores split among its trials
     plan.place(3, 1.0)
     assert plan.place(4, 1.0) == (None, 1)  # every slot taken: Dask decides, base threads
 

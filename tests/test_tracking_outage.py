@@ -11,10 +11,10 @@ import http.client
 import http.server
 import json
 import os
-import threading
 import signal
 import subprocess
 import sys
+import threading
 import urllib.request
 
 import pytest
@@ -31,14 +31,29 @@ class MlflowServer:
     def __init__(self, root):
         self.port = free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
-        self.args = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
-                     "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
-                     "--artifacts-destination", str(root / "server-artifacts"), "--workers", "1"]
-        self.log = open(root / "mlflow-server.log", "a")
+        self.args = [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--backend-store-uri",
+            f"sqlite:///{root / 'server.db'}",
+            "--artifacts-destination",
+            str(root / "server-artifacts"),
+            "--workers",
+            "1",
+        ]
+        self.log = open(root / "mlflow-server.log", "a")  # noqa: SIM115 - the server writes to it until stop()
         self.proc = None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.args, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         wait_for(self._healthy, 90, "mlflow server health")
 
     def _healthy(self) -> bool:
@@ -115,10 +130,27 @@ def mlflow_server(tmp_path_factory):
 
 def test_tracking_server_outage_loses_no_trial(prefect_api_url, data_dir, workdir, mlflow_server):
     outage = Outage(mlflow_server.port)
-    proc = start_cli(workdir, prefect_api_url, "--data-dir", str(data_dir), "--trials", "6", "--workers", "2",
-                     "--rounds", "30", "--max-depth", "10", "--no-register", "--no-report",
-                     "--experiment", "outage", "--tracking-uri", outage.uri)
-    client = MlflowClient(mlflow_server.uri)   # the test itself reads the server directly
+    proc = start_cli(
+        workdir,
+        prefect_api_url,
+        "--data-dir",
+        str(data_dir),
+        "--trials",
+        "6",
+        "--workers",
+        "2",
+        "--rounds",
+        "30",
+        "--max-depth",
+        "10",
+        "--no-register",
+        "--no-report",
+        "--experiment",
+        "outage",
+        "--tracking-uri",
+        outage.uri,
+    )
+    client = MlflowClient(mlflow_server.uri)  # the test itself reads the server directly
 
     def finished_trials():
         experiment = client.get_experiment_by_name("outage")
@@ -150,11 +182,39 @@ def test_json_is_all_of_stdout_with_a_tracking_server(prefect_api_url, data_dir,
     """MLflow prints "View run ... at" to stdout for each run it ends on a tracking server, from
     the flow and from the workers; under --json stdout holds the object alone. The printing is
     left on here, so what keeps stdout clean is the redirection, not MLflow's switch."""
-    env = {**os.environ, "PREFECT_API_URL": prefect_api_url, "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "false"}
-    proc = subprocess.run([sys.executable, "-m", "taxi_hpo.cli", "run", "--data-dir", str(data_dir), "--trials", "2",
-                           "--rounds", "3", "--max-depth", "5", "--no-register", "--no-report",
-                           "--experiment", "json-stdout", "--tracking-uri", mlflow_server.uri, "--json"],
-                          cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": prefect_api_url,
+        "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "false",
+    }
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "taxi_hpo.cli",
+            "run",
+            "--data-dir",
+            str(data_dir),
+            "--trials",
+            "2",
+            "--rounds",
+            "3",
+            "--max-depth",
+            "5",
+            "--no-register",
+            "--no-report",
+            "--experiment",
+            "json-stdout",
+            "--tracking-uri",
+            mlflow_server.uri,
+            "--json",
+        ],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads(proc.stdout)  # the whole of it
     assert summary["trials_done"] == 2 and summary["mlflow_ui"].startswith(mlflow_server.uri)

@@ -16,11 +16,18 @@ from taxi_hpo.search import TPESearcher, reference_space, run_search
 
 pytestmark = pytest.mark.integration
 
-GOOD = {"max_depth": 4, "learning_rate": 0.5, "reg_alpha": 0.02, "reg_lambda": 0.01,
-        "min_child_weight": 1.0, "objective": "reg:squarederror", "seed": 42}
+GOOD = {
+    "max_depth": 4,
+    "learning_rate": 0.5,
+    "reg_alpha": 0.02,
+    "reg_lambda": 0.01,
+    "min_child_weight": 1.0,
+    "objective": "reg:squarederror",
+    "seed": 42,
+}
 BAD = {
-    0: {**GOOD, "max_depth": -1},          # XGBoost rejects it
-    1: {**GOOD, "learning_rate": 1e30},     # diverges: NaN RMSE
+    0: {**GOOD, "max_depth": -1},  # XGBoost rejects it
+    1: {**GOOD, "learning_rate": 1e30},  # diverges: NaN RMSE
 }
 
 
@@ -38,14 +45,28 @@ def test_failing_trials_are_retried_then_recorded_as_failed(prefect_api_url, pre
     ctx = tracking.TrackingContext(tracking_uri, experiment_id, parent, "sha")
     searcher = ScriptedSearcher(reference_space(6), seed=42)
 
-    @flow(task_runner=DaskTaskRunner(cluster_kwargs={"n_workers": 1, "threads_per_worker": 2,
-                                                     "processes": False, "dashboard_address": ":0"}))
+    @flow(
+        task_runner=DaskTaskRunner(
+            cluster_kwargs={
+                "n_workers": 1,
+                "threads_per_worker": 2,
+                "processes": False,
+                "dashboard_address": ":0",
+            }
+        )
+    )
     def search_with_failures():
         client = FlowRunContext.get().task_runner.client
-        data = worker_data.share(client, prepared)   # as the flow sends it: a worker plugin
+        data = worker_data.share(client, prepared)  # as the flow sends it: a worker plugin
         try:
-            runner = DaskTrialRunner(flows.trial.submit, data, ctx, rounds=3, nthread=1,
-                                     on_failed=functools.partial(tracking.mark_trial_failed, ctx))
+            runner = DaskTrialRunner(
+                flows.trial.submit,
+                data,
+                ctx,
+                rounds=3,
+                nthread=1,
+                on_failed=functools.partial(tracking.mark_trial_failed, ctx),
+            )
             with client.as_current():
                 return run_search(searcher, runner, 4, mode="async", in_flight=2)
         finally:
