@@ -158,6 +158,9 @@ def trial_runner(
     """
     client = cluster.client
     warmed = cluster_workers.gather_by_worker(client, warming)
+    # Read: their results need not stay on the workers (a worker Dask retires would first have to
+    # move them to another one, a frozen or busy one included).
+    warming.clear()
     timeline.mark("workers_warm")
     plan = cluster_workers.thread_plan(client, warmed, cfg.threads_per_worker, cfg.elastic_threads)
     warm_tags = {i: {tracking.WARM_FROM_TAG: w["from"]} for i, w in enumerate(history.warm)}
