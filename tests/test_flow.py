@@ -22,7 +22,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from helpers import free_port
-from taxi_hpo import cli, tracking
+from taxi_hpo import cli, environ, tracking
 
 SMALL = ["--rounds", "10", "--max-depth", "10", "--no-report"]
 
@@ -43,11 +43,7 @@ def _local_cluster(workers: int, api_url: str):
     saved = {name: os.environ.get(name) for name in THREAD_ENV}
     start = ClusterSpec(workers=workers).start_local({"PREFECT_API_URL": api_url})
     address = start.address()
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
+    environ.restore(saved)  # the nanny's OMP_NUM_THREADS out of this process at once
     return start, address
 
 
