@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import sqlite3
+import tempfile
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +18,7 @@ from typing import TypeVar
 
 from taxi_hpo.config import is_local_uri
 from taxi_hpo.errors import DISK_ERRNOS, TrackingError
-from taxi_hpo.tracking._mlflow import Metric, MlflowClient, MlflowException, Param, RunTag
+from taxi_hpo.tracking._mlflow import Metric, MlflowClient, MlflowException, Param, RunTag, mlflow
 from taxi_hpo.tracking.names import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
 
 T = TypeVar("T")
@@ -107,10 +113,12 @@ def ui_link(tracking_uri: str, experiment_id: str, run_id: str | None = None) ->
 def prepare_store(tracking_uri: str, experiment: str, artifact_root: Path | None = None) -> str:
     """Create (or open) the store and the experiment from this process; returns its id.
 
-    Called by the flow process before any worker writes: several processes creating one
-    sqlite store at once race in its schema migration.
+    Called by the flow process before any worker writes. A new local sqlite store is seeded
+    (:func:`seed_sqlite_store`), so that searches started at once on a new folder do not race
+    in MLflow's schema migration, and an experiment made meanwhile by another is used.
     """
     check_reachable(tracking_uri)
+    seed_sqlite_store(tracking_uri)
     client = MlflowClient(tracking_uri=tracking_uri)
     try:
         found = client.get_experiment_by_name(experiment)
@@ -123,9 +131,14 @@ def prepare_store(tracking_uri: str, experiment: str, artifact_root: Path | None
         location = None
         if artifact_root is not None and is_local_uri(tracking_uri):
             location = (Path(artifact_root).resolve() / experiment).as_uri()
-        return client.create_experiment(
-            experiment, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
-        )
+        try:
+            return client.create_experiment(
+                experiment, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+            )
+        except MlflowException as exc:  # another search made it just now: use theirs
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            return client.get_experiment_by_name(experiment).experiment_id
     except MlflowException as exc:
         raise TrackingError(
             f"tracking store {tracking_uri} cannot be used ({exc.message}): fix --tracking-uri"
@@ -134,6 +147,63 @@ def prepare_store(tracking_uri: str, experiment: str, artifact_root: Path | None
         raise TrackingError(
             f"tracking store {tracking_uri} cannot be used ({exc}): fix --tracking-uri"
         ) from exc
+
+
+def cache_dir() -> Path:
+    """Where taxi-hpo keeps what it can rebuild: ``$TAXI_HPO_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/taxi-hpo`` (``~/.cache/taxi-hpo``)."""
+    if os.environ.get("TAXI_HPO_CACHE_DIR"):
+        return Path(os.environ["TAXI_HPO_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "taxi-hpo"
+
+
+def seed_sqlite_store(tracking_uri: str) -> bool:
+    """A new sqlite store starts as a copy of an empty, fully migrated one; True if seeded.
+
+    MLflow creates a sqlite store by running its ~60 schema migrations, which is seconds of a
+    small search and not safe across processes (two searches started at once on a fresh folder
+    can leave it half-migrated). The migrated empty store is made once per MLflow version under
+    :func:`cache_dir` and written into place with ``link``, which never replaces a store another
+    process has just made. Nothing in it depends on the path: MLflow adds the ``Default``
+    experiment (with this store's artifact root) when it first opens the copy. Where anything
+    here fails, MLflow creates the store itself as before.
+    """
+    if not tracking_uri.startswith("sqlite:///"):
+        return False
+    target = Path(tracking_uri.removeprefix("sqlite:///"))
+    if target.exists() or not target.parent.is_dir():
+        return False
+    try:
+        template = _empty_store_template()
+        tmp = target.parent / f".{target.name}.seed-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:
+            with open(template, "rb") as src, open(tmp, "xb") as dst:  # the umask's mode, as MLflow's
+                shutil.copyfileobj(src, dst)
+            os.link(tmp, target)  # fails if the store appeared meanwhile: theirs is kept
+        finally:
+            os.unlink(tmp)
+    except Exception:  # noqa: BLE001 - the copy is an optimisation: MLflow's own path follows
+        return False
+    return True
+
+
+def _empty_store_template() -> Path:
+    """The empty migrated sqlite store of the installed MLflow, made on first use."""
+    folder = cache_dir()
+    template = folder / f"mlflow-{mlflow.__version__}-empty.db"
+    if template.is_file():
+        return template
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder) as scratch:
+        db = Path(scratch) / "empty.db"
+        MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments()  # migrates
+        with contextlib.closing(sqlite3.connect(db)) as conn, conn:
+            # the Default experiment names an artifact root under *this* folder: MLflow makes
+            # it again, where the copy lives, when it finds none
+            conn.execute("delete from experiment_tags where experiment_id = 0")
+            conn.execute("delete from experiments where experiment_id = 0")
+        os.replace(db, template)  # whole or absent, also with several makers at once
+    return template
 
 
 def start_parent_run(
