@@ -164,9 +164,9 @@ def seed_sqlite_store(tracking_uri: str) -> bool:
     small search and not safe across processes (two searches started at once on a fresh folder
     can leave it half-migrated). The migrated empty store is made once per MLflow version under
     :func:`cache_dir` and written into place with ``link``, which never replaces a store another
-    process has just made. Nothing in it depends on the path: MLflow adds the ``Default``
-    experiment (with this store's artifact root) when it first opens the copy. Where anything
-    here fails, MLflow creates the store itself as before.
+    process has just made. Nothing in it depends on where it lives: the copy has no ``Default``
+    experiment, and MLflow adds one (rooted at ``./mlruns``, as for a store it makes itself) when
+    it first opens it. Where anything here fails, MLflow creates the store itself as before.
     """
     if not tracking_uri.startswith("sqlite:///"):
         return False
@@ -198,8 +198,8 @@ def _empty_store_template() -> Path:
         db = Path(scratch) / "empty.db"
         MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments()  # migrates
         with contextlib.closing(sqlite3.connect(db)) as conn, conn:
-            # the Default experiment names an artifact root under *this* folder: MLflow makes
-            # it again, where the copy lives, when it finds none
+            # the Default experiment's artifact root was resolved from this process's working
+            # folder: MLflow makes it again, for the process that opens the copy, when it finds none
             conn.execute("delete from experiment_tags where experiment_id = 0")
             conn.execute("delete from experiments where experiment_id = 0")
         os.replace(db, template)  # whole or absent, also with several makers at once
