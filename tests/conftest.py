@@ -52,6 +52,16 @@ def _source(month: str) -> Path:
         )
 
 
+def pytest_configure(config):
+    """Every month the tests read is found (or fetched) once, before any test or xdist worker
+    starts: a clone with no ../shared and no network gets one line saying what to provide (a
+    fixture calling ``pytest.exit`` inside an xdist worker shows as crashed workers instead)."""
+    if hasattr(config, "workerinput") or config.option.help or config.option.collectonly:
+        return  # an xdist worker (the controller looked already), or nothing will run
+    for month in MONTHS:
+        _source(month)
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """A writable copy of the test months (read-only at the source)."""

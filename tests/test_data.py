@@ -186,7 +186,7 @@ class _CountingHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-def _pytest_in_a_clone(tmp_path, url: str) -> subprocess.CompletedProcess:
+def _pytest_in_a_clone(tmp_path, url: str, *flags: str) -> subprocess.CompletedProcess:
     """This repository's own tests/test_data.py::test_bad_files (it needs the months), run as in
     a clone that has no ../shared/data: TAXI_HPO_SHARED_DATA names an empty folder."""
     env = {
@@ -203,6 +203,7 @@ def _pytest_in_a_clone(tmp_path, url: str) -> subprocess.CompletedProcess:
             "-q",
             "-p",
             "no:cacheprovider",
+            *flags,
             f"{REPO}/tests/test_data.py::test_bad_files",
         ],
         cwd=REPO,
@@ -237,7 +238,8 @@ def test_a_clone_without_shared_data_fetches_the_months_once(data_dir, tmp_path)
 
 @pytest.mark.integration  # a nested pytest
 def test_a_clone_that_cannot_fetch_says_how_to_provide_the_months(tmp_path):
-    proc = _pytest_in_a_clone(tmp_path, "http://127.0.0.1:9/{name}")
+    # in xdist workers, as `make test` runs the tests: a worker must not crash on it
+    proc = _pytest_in_a_clone(tmp_path, "http://127.0.0.1:9/{name}", "-n", "2")
     out = proc.stdout + proc.stderr
     assert proc.returncode == 2, out[-2000:]
     said = [line for line in out.splitlines() if "TAXI_HPO_SHARED_DATA" in line]
