@@ -28,6 +28,13 @@ def rmse(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     return float(np.sqrt(np.mean((np.asarray(y_true) - np.asarray(y_pred)) ** 2)))
 
 
+def linear_baseline_version() -> str:
+    """What the baseline's result depends on besides the data: the library that fits it."""
+    import sklearn
+
+    return f"sklearn-{sklearn.__version__}"
+
+
 def linear_baseline(data: PreparedData) -> float:
     """Validation RMSE of a plain LinearRegression (the reference: 7.7587 on 2021-01/02)."""
     model = LinearRegression()

@@ -51,12 +51,33 @@ def log_preprocessor(ctx: tracking.TrackingContext, blob: bytes) -> bool:
     return tracking.log_preprocessor_once(ctx, blob)
 
 
+def _baseline_key(_context, parameters) -> str:
+    return f"taxi-hpo-baseline-{parameters['prepared'].key}-{models.linear_baseline_version()}"
+
+
+@task(
+    name="fit-linear-baseline",
+    cache_key_fn=_baseline_key,
+    persist_result=True,
+    cache_expiration=timedelta(days=30),
+)
+def fit_linear_baseline(prepared: PreparedData) -> float:
+    """The reference's LinearRegression fitted on the training month; its validation RMSE.
+
+    Cached like the preprocessing, by the data's content (and scikit-learn's version): a second
+    search on the same months skips the fit (2.6 s of the flow's start measured on 2 cores).
+    """
+    return models.linear_baseline(prepared)
+
+
 @task(name="linear-baseline", cache_policy=NO_CACHE)
 def linear_baseline(prepared: PreparedData, ctx: tracking.TrackingContext) -> float:
     """The reference's LinearRegression, logged as a child run; its validation RMSE."""
-    rmse = models.linear_baseline(prepared)
+    state = fit_linear_baseline(prepared, return_state=True)
+    rmse = state.result()
     run_id = tracking.start_child_run(ctx, "linear-regression", {"model": "LinearRegression"})
-    tracking.finish_child_run(ctx, run_id, {"model": "LinearRegression"}, {"rmse_valid": rmse})
+    cached = {"cached": str(state.name == "Cached").lower()}  # the fit of an earlier search
+    tracking.finish_child_run(ctx, run_id, {"model": "LinearRegression"}, {"rmse_valid": rmse}, tags=cached)
     timeline.mark("baseline_done")
     return rmse
 
