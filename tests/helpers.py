@@ -218,7 +218,8 @@ def wait_gone(pids, what: str, timeout: float = 60) -> None:
 
 
 def worker_processes(proc) -> list[int]:
-    """The Dask worker processes (multiprocessing children) under a :func:`start_cli` process."""
+    """The Dask worker processes under a :func:`start_cli` process: spawned ones, or forks of the
+    fork server (a child of the server, whose command line it shares)."""
     import psutil
 
     try:
@@ -228,7 +229,9 @@ def worker_processes(proc) -> list[int]:
     out = []
     for child in children:
         try:
-            if "spawn_main" in " ".join(child.cmdline()):
+            command = " ".join(child.cmdline())
+            forked = "multiprocessing.forkserver" in command and child.ppid() != proc.pid
+            if "spawn_main" in command or forked:
                 out.append(child.pid)
         except psutil.NoSuchProcess:
             pass

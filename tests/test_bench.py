@@ -261,6 +261,8 @@ def test_process_roles():
         == "prefect_server"
     )
     assert process_role(13, ["python", "-c", "from multiprocessing.spawn import spawn_main"], 10) == "trials"
+    forked = ["python", "-c", "from multiprocessing.forkserver import main; main(3, 4, ['distributed'])"]
+    assert process_role(16, forked, 10) == "trials"  # a forked worker, or the fork server's imports
     assert process_role(14, ["python", "/x/reference_script.py", "--train"], 10) == "trials"
     assert process_role(15, ["sh"], 10) == "other"
 

@@ -179,8 +179,10 @@ def prefect_api(startup_timeout_s: int = 60) -> Iterator[str]:
                     yield url
                 finally:
                     flush_to_api()
+                    timeline.mark("api_flushed")
     finally:
         server.stop()
+        timeline.mark("api_stopped")
 
 
 def flush_to_api(timeout_s: float = 5.0) -> bool:
@@ -241,6 +243,17 @@ def cache_settings_serialization() -> None:
 
 
 _HYDRATED: dict = {}
+
+
+def refresh_settings() -> None:
+    """Prefect's settings read again from this process's environment.
+
+    Prefect reads them once, when it is imported. A local worker forked from the fork server
+    (``cluster.forkserver``) inherits the server's import, while its nanny has since set the
+    worker's own environment (the flow's API URL among it)."""
+    from prefect.context import refresh_global_settings_context
+
+    refresh_global_settings_context()
 
 
 def cache_context_hydration() -> None:

@@ -225,8 +225,10 @@ def process_role(pid: int, cmdline: list[str], root_pid: int) -> str:
         return "flow"  # the bench itself, or a whole `taxi-hpo run` command's own process
     if "uvicorn" in text or "prefect.server" in text:
         return "prefect_server"
-    if "reference_script.py" in text or "spawn_main" in text:
-        return "trials"  # a Dask worker process, or the reference script (all of it)
+    if "reference_script.py" in text or "spawn_main" in text or "multiprocessing.forkserver" in text:
+        # a Dask worker process (spawned, or forked from the fork server: the server's imports
+        # are the workers'), or the reference script (all of it)
+        return "trials"
     return "other"
 
 

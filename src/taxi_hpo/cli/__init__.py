@@ -100,9 +100,12 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*type hints to the `predict` method.*")
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def cmd_run(args: argparse.Namespace, whole_process: bool = False) -> int:
     """``taxi-hpo run``: check the inputs, run the search and print its summary (``--json``: one
     JSON object on standard output); exit status 0.
+
+    ``whole_process``: this process is the command (:func:`entry`), so local workers may be
+    forked from a server started now (:mod:`taxi_hpo.cluster.forkserver`).
 
     With ``--resume``, the search's settings come from its parent run; a search that is already
     complete runs nothing and says so.
@@ -111,8 +114,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     timeline.reset()  # this command's steps only (a process may run several, as the tests do)
     cfg = run_config(args)
-    # The API server takes seconds to start: launched before the heavy imports and the checks.
-    prefect_api.start_early()
+    # The API server takes seconds to start: launched before the heavy imports and the checks;
+    # so is the fork server of a local cluster's workers (the command's own process only: a
+    # caller of main() keeps its environment its own, see cluster.forkserver).
+    api_url = prefect_api.start_early()
+    if whole_process and cfg.local_cluster:
+        from taxi_hpo.flows import warm
+
+        # its forks, the workers, keep its standard output: under --json, standard error
+        with _stdout_to_stderr() if args.json else contextlib.nullcontext():
+            warm.start_fork_server(api_url, cfg.threads_per_worker)
     from taxi_hpo import preflight, tracking
     from taxi_hpo.cli.progress import ProgressBar, download_progress
 
@@ -240,18 +251,19 @@ def _interrupted_exit() -> int:
     return 130
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, whole_process: bool = False) -> int:
     """Run the ``taxi-hpo`` command line ``argv`` (default: ``sys.argv[1:]``); returns the exit
     status.
 
     Our own errors and a full or read-only disk are one line on standard error (status 2), Ctrl-C is
-    status 130; any other exception is raised.
+    status 130; any other exception is raised. ``whole_process``: this process is the command
+    and ends with it (see :func:`cmd_run`).
     """
     args = build_parser().parse_args(argv)
     _quiet_libraries()
     try:
         if args.command == "run":
-            return cmd_run(args)
+            return cmd_run(args, whole_process)
         if args.command == "bench":
             from taxi_hpo import bench
 
@@ -311,7 +323,7 @@ def entry() -> None:
     """
     import atexit
 
-    code = main()
+    code = main(whole_process=True)
     try:
         atexit._run_exitfuncs()
     finally:

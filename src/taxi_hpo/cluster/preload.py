@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 import threading
 
 ENV = "TAXI_HPO_WARM_IMPORTS"
@@ -32,6 +33,15 @@ def warm_imports(spec: str) -> None:
 
 
 def dask_setup(worker=None) -> None:
-    """Called by distributed when the worker starts."""
+    """Called by distributed when the worker starts: the imports in a background thread, or, in
+    a worker forked from a process that has imported them all (``cluster.forkserver``), the
+    calls at once, before the worker takes a task."""
     spec = os.environ.get(ENV, "")
+    if all(_module(entry) in sys.modules for entry in spec.split(",") if entry.strip()):
+        warm_imports(spec)
+        return
     threading.Thread(target=warm_imports, args=(spec,), name="taxi-hpo-imports", daemon=True).start()
+
+
+def _module(entry: str) -> str:
+    return entry.strip().partition(":")[0]

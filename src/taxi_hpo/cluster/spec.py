@@ -19,9 +19,9 @@ import distributed
 from prefect_dask import DaskTaskRunner
 
 from taxi_hpo import environ, timeline
+from taxi_hpo.cluster import forkserver
+from taxi_hpo.cluster.forkserver import THREAD_ENV
 from taxi_hpo.errors import ClusterError
-
-THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 #: Dask's own periodic work, turned down for a search. Each Dask server wakes every 20 ms to
 #: measure its event loop, every worker samples its threads' stacks every 10 ms for the
@@ -50,10 +50,13 @@ def configure_dask(threads_per_worker: int) -> None:
     """Process-wide Dask settings for clusters this process creates: quiet periodic work, and the
     nanny's pre-spawn ``OMP_NUM_THREADS`` set to the trial's threads instead of 1."""
     threads = str(threads_per_worker)
+    # Local workers forked from the fork server this process started (see cluster.forkserver).
+    start = {"distributed.worker.multiprocessing-method": "forkserver"} if forkserver.running() else {}
     dask.config.set(
         {
             **QUIET_DASK,
             **ADAPTIVE_HINTS,
+            **start,
             "distributed.nanny.pre-spawn-environ": {
                 **dask.config.get("distributed.nanny.pre-spawn-environ", {}),
                 **{n: threads for n in THREAD_ENV},
@@ -234,6 +237,7 @@ class LocalClusterStart:
         try:
             if self._cluster is not None:
                 self._cluster.close()
+                timeline.mark("cluster_closed")
         finally:
             environ.restore(self._saved_env)
 

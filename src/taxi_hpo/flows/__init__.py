@@ -7,22 +7,31 @@
 - :mod:`~taxi_hpo.flows.summary`: a finished search as a value, and its summary;
 - :mod:`~taxi_hpo.flows.reporting`: the progress sink and the report;
 - :mod:`~taxi_hpo.flows.signals`: Ctrl-C;
-- :mod:`~taxi_hpo.flows.run`: :func:`execute`, the flow run against the Prefect API and the cluster.
+- :mod:`~taxi_hpo.flows.run`: :func:`execute`, the flow run against the Prefect API and the cluster;
+- :mod:`~taxi_hpo.flows.warm`: what local workers import before their first trial, and the
+  fork server they start from.
 """
 
-from taxi_hpo.flows.recipe import preprocess, search
-from taxi_hpo.flows.reporting import Reporter, current_reporter
-from taxi_hpo.flows.run import WARM_IMPORTS, execute
-from taxi_hpo.flows.signals import interrupted
-from taxi_hpo.flows.tasks import trial
+from importlib import import_module
 
-__all__ = [
-    "WARM_IMPORTS",
-    "Reporter",
-    "current_reporter",
-    "execute",
-    "interrupted",
-    "preprocess",
-    "search",
-    "trial",
-]
+#: name -> the module that holds it. Loaded on first use: a Dask worker importing
+#: ``taxi_hpo.flows.tasks`` for its first trial does not also import the flows, the cluster
+#: code and the report the flow process needs.
+_NAMES = {
+    "WARM_IMPORTS": "taxi_hpo.flows.warm",
+    "Reporter": "taxi_hpo.flows.reporting",
+    "current_reporter": "taxi_hpo.flows.reporting",
+    "execute": "taxi_hpo.flows.run",
+    "interrupted": "taxi_hpo.flows.signals",
+    "preprocess": "taxi_hpo.flows.recipe",
+    "search": "taxi_hpo.flows.recipe",
+    "trial": "taxi_hpo.flows.tasks",
+}
+
+__all__ = sorted(_NAMES)
+
+
+def __getattr__(name: str):
+    if name in _NAMES:
+        return getattr(import_module(_NAMES[name]), name)
+    raise AttributeError(f"module 'taxi_hpo.flows' has no attribute {name!r}")

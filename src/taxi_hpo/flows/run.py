@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-from taxi_hpo import cluster
-from taxi_hpo.cluster import preload
+from taxi_hpo import cluster, timeline
 from taxi_hpo.config import RunConfig
 from taxi_hpo.flows.recipe import search
 from taxi_hpo.flows.reporting import Reporter, reporting_to
 from taxi_hpo.flows.signals import watching_sigint
+from taxi_hpo.flows.warm import worker_env
 from taxi_hpo.prefect_api import cache_settings_serialization, prefect_api, start_early
-
-#: What a local worker imports while it waits for its first trial (``cluster.preload`` reads it
-#: from the worker's environment): Prefect's task engine, the trial task and what it calls.
-WARM_IMPORTS = (
-    "prefect.task_engine",
-    "taxi_hpo.flows.tasks",
-    "taxi_hpo.flows.trials",
-    "taxi_hpo.prefect_api:cache_context_hydration",
-)
 
 
 def execute(cfg: RunConfig, reporter: Reporter | None = None) -> dict:
@@ -26,10 +17,6 @@ def execute(cfg: RunConfig, reporter: Reporter | None = None) -> dict:
     A local cluster and the Prefect API server start side by side (each takes seconds).
     ``reporter``: where progress goes (the CLI's progress bar), or None.
     """
-    # Workers get the API's URL in their environment: a worker process without one starts a
-    # temporary API server of its own the first time anything Prefect runs there outside a task
-    # (measured: two extra servers, ~5 s before the first trial on 2 cores).
-    worker_env = {"PREFECT_API_URL": start_early(), preload.ENV: ",".join(WARM_IMPORTS)}
     with (
         reporting_to(reporter),
         watching_sigint(),
@@ -40,9 +27,11 @@ def execute(cfg: RunConfig, reporter: Reporter | None = None) -> dict:
             cfg.cluster_class,
             dict(cfg.cluster_kwargs),
             cfg.adapt,
-            worker_env,
+            worker_env(start_early()),
         ) as where,
     ):
         cache_settings_serialization()  # ~30 ms less of the flow per submitted trial (see there)
         with prefect_api():
-            return search.with_options(task_runner=where.runner())(cfg.to_dict())
+            summary = search.with_options(task_runner=where.runner())(cfg.to_dict())
+            timeline.mark("flow_ended")
+            return summary
