@@ -207,9 +207,10 @@ def test_the_search_in_the_mlflow_and_prefect_uis(services, data_dir, tmp_path, 
         page.get_by_text("rmse_valid").first.wait_for()
         text = page.inner_text("body")
         assert sum(f"trial {i} on " in text for i in range(6)) == 6  # each worker's trial line
-        # six trial-N task runs beside the preprocessor log, the baseline and the registration
-        # (the graph that names them is a canvas; its header counts them)
-        assert "9 Task runs" in text
+        # six trial-N task runs beside the preprocessor log, the baseline (its logging and its
+        # cached fit) and the registration (the graph that names them is a canvas; its header
+        # counts them)
+        assert "10 Task runs" in text
         _shot(page, "prefect-flow-run.png")
         browser.close()
 
