@@ -341,8 +341,9 @@ def test_the_time_budget_starts_nothing_after_it_and_resume_runs_the_rest(
     prefect_api_url, data_dir, workdir, capsys, two_workers
 ):
     # When the budget runs out against a fake clock is tests/test_search.py's; here: the flow
-    # ends on it with trials not started, none stopped, and --resume runs exactly those.
-    common = ["--data-dir", str(data_dir), "--no-register", *SMALL, *two_workers]
+    # ends on it with trials not started, none stopped, and --resume runs exactly those, ending
+    # as the search was to end (its threshold, above any of these small trials' RMSE; no report).
+    common = ["--data-dir", str(data_dir), "--max-rmse", "10", "--no-report", *SMALL, *two_workers]
     s = run_cli(capsys, *common, "--trials", "10", "--timeout", "1s")
     assert s["ended_on_timeout"] and s["trials_not_started"] > 0 and s["trials_cancelled"] == 0
     assert len(s["trials"]) == 10 - s["trials_not_started"]
@@ -350,16 +351,16 @@ def test_the_time_budget_starts_nothing_after_it_and_resume_runs_the_rest(
     assert started == list(range(len(started))) and all(t["error"] is None for t in s["trials"])
     client = MlflowClient(s["tracking_uri"])
     assert client.get_run(s["parent_run_id"]).data.tags["ended_on_timeout"] == "true"
-    rest = run_cli(
-        capsys,
-        "--data-dir",
-        str(data_dir),
-        "--resume",
-        s["parent_run_id"],
-        "--no-register",
-        "--no-report",
-        *two_workers,
-    )
+    rest = run_cli(capsys, "--data-dir", str(data_dir), "--resume", s["parent_run_id"], *two_workers)
+    assert (
+        rest["stderr"]
+        .splitlines()[0]
+        .endswith(
+            "registering below RMSE 10 (the search's own) and 2e-05 s a row (the search's own), "
+            "report off (the search's own)"
+        )
+    ), rest["stderr"][:500]
+    assert rest["registered_version"] is not None and rest["report"] is None
     assert rest["trials_done"] == 10 and not rest["ended_on_timeout"]
     assert rest["parent_run_id"] == s["parent_run_id"]
     # the trials of the first part are not run again: their runs are the ones it made

@@ -15,7 +15,14 @@ import sys
 import warnings
 
 import taxi_hpo
-from taxi_hpo.cli.args import EXIT_USAGE, Parser, add_run_flags, add_search_flags, run_config
+from taxi_hpo.cli.args import (
+    EXIT_USAGE,
+    Parser,
+    add_run_flags,
+    add_search_flags,
+    outcome_flags_given,
+    run_config,
+)
 from taxi_hpo.errors import DISK_ERRNOS, TaxiHpoError
 
 DESCRIPTION = """\
@@ -135,7 +142,10 @@ def cmd_run(args: argparse.Namespace, whole_process: bool = False) -> int:
         tracking.check_reachable(cfg.resolved_tracking_uri)
         remote.check_credentials(cfg.resolved_tracking_uri, None)
         record = tracking.load_search(cfg.resolved_tracking_uri, cfg.resume)  # one read for both
-        cfg = preflight.resume_config(cfg, record, data_dir_given=args.data_dir != default_data_dir())
+        given = outcome_flags_given(args)
+        cfg = preflight.resume_config(
+            cfg, record, data_dir_given=args.data_dir != default_data_dir(), given=given
+        )
         done = preflight.complete_search(cfg, record)
         if done is not None:  # nothing to run twice: say so, exit 0
             best = f"; best RMSE {done['best_rmse']:.4f}" if done["best_rmse"] is not None else ""
@@ -146,6 +156,7 @@ def cmd_run(args: argparse.Namespace, whole_process: bool = False) -> int:
             if args.json:
                 print(json.dumps(done))
             return 0
+        sys.stderr.write(preflight.resume_line(cfg, record, given) + "\n")
     timeline.mark("cli_imports_done")
     preflight.check(cfg, download_progress())
     timeline.mark("checks_done")

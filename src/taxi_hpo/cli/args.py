@@ -48,10 +48,12 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     from taxi_hpo.search.pruning import RULES as PRUNE_RULES
     from taxi_hpo.search.scheduler import MODES
 
-    p.add_argument("--no-register", action="store_true", help="do not register the best model")
+    # default None: given or not, for --resume (which keeps the search's own, see OUTCOME_FLAGS)
+    p.add_argument("--no-register", action="store_true", default=None, help="do not register the best model")
     p.add_argument(
         "--no-report",
         action="store_true",
+        default=None,
         help="no report (pictures and an HTML page under report/ on the parent run) at the end",
     )
     p.add_argument("--trials", type=int, default=20, help="number of TPE trials (default 20)")
@@ -142,12 +144,17 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
         "--tracking-uri", default=None, help="MLflow tracking URI (default sqlite:///$PWD/mlflow.db)"
     )
     p.add_argument("--experiment", default="nyc-taxi-hpo", help="MLflow experiment (default nyc-taxi-hpo)")
-    p.add_argument("--max-rmse", type=float, default=6.5, help="register only below this RMSE (default 6.5)")
+    p.add_argument(
+        "--max-rmse",
+        type=float,
+        default=None,
+        help="register only below this RMSE (default 6.5; with --resume, the search's own)",
+    )
     p.add_argument(
         "--max-inference-time",
         type=float,
-        default=20e-6,
-        help="register only below this many seconds per row (default 20e-6)",
+        default=None,
+        help="register only below this many seconds per row (default 20e-6; with --resume, the search's own)",
     )
 
 
@@ -192,10 +199,29 @@ def run_config(args: argparse.Namespace, **overrides):
         max_depth=args.max_depth,
         tracking_uri=args.tracking_uri,
         experiment=args.experiment,
-        max_rmse=args.max_rmse,
-        max_inference_time=args.max_inference_time,
-        register=not args.no_register,
-        report=not args.no_report,
         resume=getattr(args, "resume", None),
     )
+    outcome = {
+        "max_rmse": args.max_rmse,
+        "max_inference_time": args.max_inference_time,
+        "register": None if args.no_register is None else not args.no_register,
+        "report": None if args.no_report is None else not args.no_report,
+    }
+    # a flag not given leaves RunConfig's default (6.5, 20e-6, register, report)
+    values.update({field: value for field, value in outcome.items() if value is not None})
     return RunConfig(**{**values, **overrides})
+
+
+#: The settings that decide how a search ends, by RunConfig field, and their flags: a resumed
+#: search keeps the ones it started with unless the flag is given with --resume.
+OUTCOME_FLAGS = {
+    "max_rmse": "max_rmse",
+    "max_inference_time": "max_inference_time",
+    "register": "no_register",
+    "report": "no_report",
+}
+
+
+def outcome_flags_given(args: argparse.Namespace) -> frozenset[str]:
+    """The :data:`OUTCOME_FLAGS` fields whose flag the command line gave."""
+    return frozenset(field for field, dest in OUTCOME_FLAGS.items() if getattr(args, dest) is not None)

@@ -261,6 +261,11 @@ def parent_params(cfg: RunConfig, prepared: PreparedData, slots: int, in_flight:
         "max_depth": cfg.max_depth,
         "batch_size": cfg.batch_size or "",
         "address": cfg.address or "local",
+        # how it ends: a --resume keeps these (preflight.resume_config)
+        "max_rmse": cfg.max_rmse,
+        "max_inference_time": cfg.max_inference_time,
+        "register": cfg.register,
+        "report": cfg.report,
         "train_sha256": prepared.train_sha256,
         "valid_sha256": prepared.valid_sha256,
         "n_features": prepared.preprocessor.n_features,

@@ -9,18 +9,36 @@ from taxi_hpo import tracking
 from taxi_hpo.config import RunConfig
 from taxi_hpo.core import data
 
+#: How a search ends (registration thresholds and switches, the report): RunConfig field -> how
+#: its parent-run parameter reads back.
+OUTCOME = {
+    "max_rmse": float,
+    "max_inference_time": float,
+    "register": lambda text: text == "True",
+    "report": lambda text: text == "True",
+}
 
-def resume_config(cfg: RunConfig, record: tracking.SearchRecord, data_dir_given: bool = False) -> RunConfig:
+
+def resume_config(
+    cfg: RunConfig,
+    record: tracking.SearchRecord,
+    data_dir_given: bool = False,
+    given: frozenset[str] = frozenset(),
+) -> RunConfig:
     """For ``--resume``: the search-defining settings come from the parent run (``record``,
     from :func:`tracking.load_search`), not the flags.
 
-    The data folder too, unless ``--data-dir`` was given explicitly.
+    The data folder too, unless ``--data-dir`` was given explicitly; and how the search ends
+    (:data:`OUTCOME`), unless its flag is in ``given`` (RunConfig field names) or the search did
+    not record it (a search of taxi-hpo 0.1: the flags, or their defaults).
     """
     p = record.params
     batch = p.get("mode") == "batch"
     data_dir = cfg.data_dir if data_dir_given or not p.get("data_dir") else p["data_dir"]
+    kept = {field: read(p[field]) for field, read in OUTCOME.items() if field not in given and field in p}
     return replace(
         cfg,
+        **kept,
         data_dir=data_dir,
         train=p["train"],
         valid=p["valid"],
@@ -32,6 +50,30 @@ def resume_config(cfg: RunConfig, record: tracking.SearchRecord, data_dir_given:
         prune=p.get("prune", "none"),
         batch_size=int(p["in_flight"]) if batch and p.get("in_flight") else cfg.batch_size,
         experiment=tracking.experiment_name(cfg.resolved_tracking_uri, record.experiment_id),
+    )
+
+
+def resume_line(cfg: RunConfig, record: tracking.SearchRecord, given: frozenset[str] = frozenset()) -> str:
+    """The first line ``--resume`` prints: the search it goes on with and how it will end, each
+    setting said to be the search's own, given now, or a default."""
+
+    def source(field: str) -> str:
+        if field in given:
+            return "given now"
+        return "the search's own" if field in record.params else "default: the search did not record it"
+
+    ended = len(set(record.trials) | set(record.failed))
+    if cfg.register:
+        register = (
+            f"registering below RMSE {cfg.max_rmse:g} ({source('max_rmse')}) and "
+            f"{cfg.max_inference_time:g} s a row ({source('max_inference_time')})"
+        )
+    else:
+        register = f"not registering ({source('register')})"
+    report = f"report {'on' if cfg.report else 'off'} ({source('report')})"
+    return (
+        f"taxi-hpo: resuming search {record.run_id} ({ended} of {cfg.trials} trials ended): "
+        f"{register}, {report}"
     )
 
 
