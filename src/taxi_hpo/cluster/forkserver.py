@@ -26,6 +26,7 @@ from __future__ import annotations
 import multiprocessing
 import multiprocessing.forkserver
 import os
+import sys
 from collections.abc import Iterable, Mapping
 
 from taxi_hpo import environ
@@ -57,8 +58,9 @@ _STATE: dict[str, bool] = {}
 
 
 def wanted() -> bool:
-    """Whether local workers are forked (the default on Linux), per :data:`ENV`."""
-    method = os.environ.get(ENV, "forkserver").strip().lower()
+    """Whether local workers are forked, per :data:`ENV`: the default on Linux; elsewhere spawned
+    (macOS's system libraries are not safe to fork without exec once loaded)."""
+    method = os.environ.get(ENV, "forkserver" if sys.platform == "linux" else "spawn").strip().lower()
     return method == "forkserver" and "forkserver" in multiprocessing.get_all_start_methods()
 
 
