@@ -14,7 +14,7 @@
 Names of ``spec`` load on first use, so a preload importing this package stays light.
 """
 
-from importlib import import_module
+from taxi_hpo._lazy import attach
 
 _SPEC = (
     "ADAPTIVE_HINTS",
@@ -34,7 +34,4 @@ _SPEC = (
 __all__ = sorted(_SPEC)
 
 
-def __getattr__(name: str):
-    if name in _SPEC:
-        return getattr(import_module("taxi_hpo.cluster.spec"), name)
-    raise AttributeError(f"module 'taxi_hpo.cluster' has no attribute {name!r}")
+__getattr__ = attach(__name__, dict.fromkeys(_SPEC, "spec"))

@@ -12,26 +12,23 @@
   fork server they start from.
 """
 
-from importlib import import_module
+from taxi_hpo._lazy import attach
 
 #: name -> the module that holds it. Loaded on first use: a Dask worker importing
 #: ``taxi_hpo.flows.tasks`` for its first trial does not also import the flows, the cluster
 #: code and the report the flow process needs.
 _NAMES = {
-    "WARM_IMPORTS": "taxi_hpo.flows.warm",
-    "Reporter": "taxi_hpo.flows.reporting",
-    "current_reporter": "taxi_hpo.flows.reporting",
-    "execute": "taxi_hpo.flows.run",
-    "interrupted": "taxi_hpo.flows.signals",
-    "preprocess": "taxi_hpo.flows.recipe",
-    "search": "taxi_hpo.flows.recipe",
-    "trial": "taxi_hpo.flows.tasks",
+    "WARM_IMPORTS": "warm",
+    "Reporter": "reporting",
+    "current_reporter": "reporting",
+    "execute": "run",
+    "interrupted": "signals",
+    "preprocess": "recipe",
+    "search": "recipe",
+    "trial": "tasks",
 }
 
 __all__ = sorted(_NAMES)
 
 
-def __getattr__(name: str):
-    if name in _NAMES:
-        return getattr(import_module(_NAMES[name]), name)
-    raise AttributeError(f"module 'taxi_hpo.flows' has no attribute {name!r}")
+__getattr__ = attach(__name__, _NAMES)

@@ -3,7 +3,7 @@
 Names load on first use: the CLI reads constants from here before anything needs hyperopt.
 """
 
-from importlib import import_module
+from taxi_hpo._lazy import attach
 
 _WHERE = {
     "MIN_MAX_DEPTH": "space",
@@ -19,7 +19,4 @@ _WHERE = {
 __all__ = sorted(_WHERE)
 
 
-def __getattr__(name: str):
-    if name in _WHERE:
-        return getattr(import_module(f"taxi_hpo.search.{_WHERE[name]}"), name)
-    raise AttributeError(f"module 'taxi_hpo.search' has no attribute {name!r}")
+__getattr__ = attach(__name__, _WHERE)
