@@ -30,6 +30,7 @@ import sys
 from collections.abc import Iterable, Mapping
 
 from taxi_hpo import environ
+from taxi_hpo.cluster import preload
 
 #: Set to ``spawn`` to start local workers as fresh interpreters (Dask's default) instead.
 ENV = "TAXI_HPO_WORKER_START"
@@ -78,7 +79,7 @@ def start(modules: Iterable[str], env: Mapping[str, str], threads_per_worker: in
     if not wanted():
         _STATE["running"] = False
         return False
-    names = [*BASE_MODULES, *(m.partition(":")[0] for m in modules if m.strip())]
+    names = [*BASE_MODULES, *(preload.module_of(m) for m in modules if m.strip())]
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(list(dict.fromkeys(names)))
     server_env = {**PRE_SPAWN, **dict.fromkeys(THREAD_ENV, str(threads_per_worker)), **env}

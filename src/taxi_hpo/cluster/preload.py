@@ -23,7 +23,7 @@ def warm_imports(spec: str) -> None:
     """Import each entry of ``spec`` in order, calling ``module:function`` entries; stop at the
     first failure (the trial imports it again and reports the error)."""
     for entry in filter(None, (part.strip() for part in spec.split(","))):
-        module, _, function = entry.partition(":")
+        module, _, function = entry.partition(":")  # module_of(entry), and the function
         try:
             imported = importlib.import_module(module)
             if function:
@@ -37,11 +37,12 @@ def dask_setup(worker=None) -> None:
     a worker forked from a process that has imported them all (``cluster.forkserver``), the
     calls at once, before the worker takes a task."""
     spec = os.environ.get(ENV, "")
-    if all(_module(entry) in sys.modules for entry in spec.split(",") if entry.strip()):
+    if all(module_of(entry) in sys.modules for entry in spec.split(",") if entry.strip()):
         warm_imports(spec)
         return
     threading.Thread(target=warm_imports, args=(spec,), name="taxi-hpo-imports", daemon=True).start()
 
 
-def _module(entry: str) -> str:
+def module_of(entry: str) -> str:
+    """The module an entry of the imports list names (``module`` or ``module:function``)."""
     return entry.strip().partition(":")[0]

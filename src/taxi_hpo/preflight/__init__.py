@@ -62,7 +62,7 @@ def resume_line(cfg: RunConfig, record: tracking.SearchRecord, given: frozenset[
             return "given now"
         return "the search's own" if field in record.params else "default: the search did not record it"
 
-    ended = len(set(record.trials) | set(record.failed))
+    ended = len(_ended(record))
     if cfg.register:
         register = (
             f"registering below RMSE {cfg.max_rmse:g} ({source('max_rmse')}) and "
@@ -81,7 +81,7 @@ def complete_search(cfg: RunConfig, record: tracking.SearchRecord) -> dict | Non
     """For ``--resume`` of a search (``record``) whose every trial has ended (finished, pruned or
     failed for good) and whose parent run is closed: what to say instead of running anything;
     else None. A search that stopped on its time budget has trials left: it is not complete."""
-    ended = set(record.trials) | set(record.failed)
+    ended = _ended(record)
     if record.status != "FINISHED" or not set(range(cfg.trials)) <= ended:
         return None
     losses = [
@@ -120,3 +120,8 @@ def check(cfg: RunConfig, progress: data.ProgressFn | None = None) -> None:
     tracking.prepare_store(cfg.resolved_tracking_uri, cfg.experiment, cfg.artifact_root)
     if cfg.warm_start and cfg.warm_start != "latest" and not cfg.resume:
         tracking.load_search(cfg.resolved_tracking_uri, cfg.warm_start)  # one line if it is no search
+
+
+def _ended(record: tracking.SearchRecord) -> set:
+    """The search's trials that have ended: finished (pruned ones too) or failed for good."""
+    return set(record.trials) | set(record.failed)
