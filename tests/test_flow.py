@@ -272,6 +272,17 @@ def test_batch_mode_is_reproducible_preprocessing_reused_and_registering_needs_a
     assert one["trial_rmse"] == two["trial_rmse"]
     assert {t["threads_mean"] for t in one["trials"]} != {1.0}
     assert two["preprocess_cached"] is True
+    # ... and so is the baseline's fit: the second search logs the same RMSE from the cache
+    baselines = MlflowClient(two["tracking_uri"]).search_runs(
+        [two["experiment_id"]], "attributes.run_name = 'linear-regression'"
+    )
+    by_parent = {r.data.tags["mlflow.parentRunId"]: r for r in baselines}
+    assert by_parent[two["parent_run_id"]].data.tags["cached"] == "true"
+    assert (
+        round(by_parent[two["parent_run_id"]].data.metrics["rmse_valid"], 4)
+        == two["lr_rmse"]
+        == one["lr_rmse"]
+    )
     assert one["registered_version"] is None and two["registered_version"] is None
     assert MlflowClient(two["tracking_uri"]).search_registered_models() == []
 
