@@ -9,10 +9,13 @@ decides every running trial's thread count (:class:`~taxi_hpo.search.threads.Thr
 when counts change it posts them to the workers concerned (``Client.run``, a message through
 the scheduler, a few milliseconds), where :func:`thread_source` lets the trial read its own
 count between boosting rounds without any call of its own. Local and remote workers alike.
+Posts are not waited for: a worker that died since the last look costs the scheduler its
+connect timeout (30 s by default), which must not hold up the search.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import threading
 import time
@@ -130,6 +133,7 @@ class DaskTrialRunner:
         self.resubmits: dict[int, int] = {}
         self.submit_bytes: dict[int, int] = {}
         self.thread_posts = 0
+        self._posts: set = set()  # posts not answered yet (see _post)
         # following the cluster (see follow): workers counted, workers warming up, slot-seconds
         self._warm: Callable | None = None
         self._known: dict[str, int] = {}
@@ -190,6 +194,8 @@ class DaskTrialRunner:
         if self._slot_clock is not None:
             self._mark_slots(self._slot_clock[1])
         self._warm = None
+        for post in list(self._posts):  # a trial that ended needs no thread count any more
+            post.cancel()
 
     def _mark_slots(self, slots: int) -> None:
         now = time.time()
@@ -241,18 +247,10 @@ class DaskTrialRunner:
         if not self.elastic or self._client is None:
             return
         for worker, threads in self.plan.pending_changes().items():
-            try:
-                self._client.run(
-                    post_threads,
-                    self._search_key,
-                    next(self._versions),
-                    threads,
-                    workers=[worker],
-                    on_error="ignore",
-                )
-                self.thread_posts += 1
-            except Exception:  # noqa: BLE001 - a worker that left: its trials are resubmitted anyway
-                pass
+            if self._warm is not None and worker not in self._known:
+                continue  # it left: its trials are resubmitted, placed again
+            self._post(post_threads, self._search_key, next(self._versions), threads, workers=[worker])
+            self.thread_posts += 1
 
     def stop(self, handles) -> None:
         """The time budget ran out: the running trials stop at their next boosting round."""
@@ -260,10 +258,22 @@ class DaskTrialRunner:
             return
         where = {self.plan.worker_of(h) for h in handles} if self.plan is not None else {None}
         workers = None if None in where else sorted(where)  # not placed: ask every worker
+        self._post(post_stop, self._search_key, list(handles), workers=workers)
+
+    def _post(self, fn: Callable, *args, workers: list[str] | None) -> None:
+        """``fn(*args)`` on ``workers`` (None: all) through the scheduler, without waiting.
+
+        The scheduler connects to each address it is given, and to one that is gone it retries
+        for ``distributed.comm.timeouts.connect`` (30 s): waited for, a worker killed since the
+        last look held the whole search for that long. A post that fails is lost, as when the
+        worker is gone: its trials come back lost and are resubmitted."""
         try:
-            self._client.run(post_stop, self._search_key, list(handles), workers=workers, on_error="ignore")
-        except Exception:  # noqa: BLE001 - a worker that left: its trials come back lost anyway
-            pass
+            run = self._client.run(fn, *args, workers=workers, on_error="ignore", asynchronous=True)
+            post = asyncio.run_coroutine_threadsafe(run, self._client.loop.asyncio_loop)
+        except Exception:  # noqa: BLE001 - a client closing: nothing left to tell the workers
+            return
+        self._posts.add(post)
+        post.add_done_callback(self._posts.discard)
 
     def wait_any(self, handles, timeout: float | None = None):
         """Send the changed thread counts, then wait for the first of ``handles`` to finish and
