@@ -217,9 +217,9 @@ def wait_gone(pids, what: str, timeout: float = 60) -> None:
     wait_for(lambda: not alive(pids), timeout, f"{what} to exit (still alive: {alive(pids)})", interval=0.05)
 
 
-def worker_processes(proc) -> list[int]:
+def worker_processes(proc, forked_only: bool = False) -> list[int]:
     """The Dask worker processes under a :func:`start_cli` process: spawned ones, or forks of the
-    fork server (a child of the server, whose command line it shares)."""
+    fork server (a child of the server, whose command line it shares); ``forked_only``: the forks."""
     import psutil
 
     try:
@@ -231,7 +231,7 @@ def worker_processes(proc) -> list[int]:
         try:
             command = " ".join(child.cmdline())
             forked = "multiprocessing.forkserver" in command and child.ppid() != proc.pid
-            if "spawn_main" in command or forked:
+            if forked or ("spawn_main" in command and not forked_only):
                 out.append(child.pid)
         except psutil.NoSuchProcess:
             pass

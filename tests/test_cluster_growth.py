@@ -14,7 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from helpers import finish, finished_once, freeze_running_trial, start_cli, trial_runs, wait_for
+from helpers import (
+    finish,
+    finished_once,
+    freeze_running_trial,
+    start_cli,
+    trial_runs,
+    wait_for,
+    worker_processes,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -22,8 +30,9 @@ pytestmark = pytest.mark.integration
 #: provably present or gone), not on trials long enough for the event to happen meanwhile.
 TRIALS = ["--rounds", "10", "--max-depth", "8", "--no-register", "--no-report"]
 #: ... except where Dask's Adaptive must start workers before the search is over: it starts them
-#: only while it sees trials queued, so the first trials must outlast a worker's start.
-ADAPT_TRIALS = ["--rounds", "30", "--max-depth", "12", "--no-register", "--no-report"]
+#: only while it sees trials queued, so the first trials must outlast a worker's start (a fork of
+#: the command's fork server: a fraction of a second).
+ADAPT_TRIALS = ["--rounds", "15", "--max-depth", "10", "--no-register", "--no-report"]
 
 
 def workers_of(db: Path, missing_ok: bool = False) -> dict[int, set[str]]:
@@ -128,29 +137,16 @@ def test_a_worker_that_leaves_takes_its_slot_and_loses_no_trial(
     assert runs_on(db, leaving_pid) == ran_there  # nothing started on the retired worker after it left
 
 
-@pytest.mark.parametrize(
-    "cluster_class, kwargs",
-    [
-        ("distributed.LocalCluster",
-         {"n_workers": 1, "threads_per_worker": 1, "processes": True, "dashboard_address": ":0"}),
-        ("distributed.SpecCluster",
-         {"scheduler": {"cls": "distributed.Scheduler",
-                        "options": {"dashboard_address": ":0", "host": "127.0.0.1"}},
-          "workers": {"w0": {"cls": "distributed.Nanny", "options": {"nthreads": 1, "host": "127.0.0.1"}}},
-          "worker": {"cls": "distributed.Nanny", "options": {"nthreads": 1, "host": "127.0.0.1"}}}),
-    ],
-)  # fmt: skip
-def test_a_cluster_manager_by_dotted_path_adapts_between_1_and_3_workers(
-    cluster_class, kwargs, data_dir, workdir, prefect_api_url, tmp_path
-):
-    """The search queues trials for MAX workers, so the cluster a manager creates grows."""
+def adapting_search(workdir, api_url, data_dir, cluster_class, kwargs, trials, *args):
+    """``taxi-hpo run`` on a cluster that ``cluster_class`` creates from ``kwargs`` (given as a
+    YAML file, the file form of --cluster-kwargs), adapting between 1 and 3 workers."""
     import yaml
 
-    spec = tmp_path / "cluster.yaml"
-    spec.write_text(yaml.safe_dump(kwargs))  # the YAML file form of --cluster-kwargs
-    proc = start_cli(
+    spec = workdir / "cluster.yaml"
+    spec.write_text(yaml.safe_dump(kwargs))
+    return start_cli(
         workdir,
-        prefect_api_url,
+        api_url,
         "--cluster-class",
         cluster_class,
         "--cluster-kwargs",
@@ -160,8 +156,24 @@ def test_a_cluster_manager_by_dotted_path_adapts_between_1_and_3_workers(
         "--data-dir",
         str(data_dir),
         "--trials",
-        "9",
-        *ADAPT_TRIALS,
+        str(trials),
+        *args,
+    )
+
+
+def test_a_spec_cluster_by_dotted_path_adapts_between_1_and_3_workers(data_dir, workdir, prefect_api_url):
+    """The search queues trials for MAX workers, so the cluster a manager creates grows."""
+    nanny = {"cls": "distributed.Nanny", "options": {"nthreads": 1, "host": "127.0.0.1"}}
+    kwargs = {
+        "scheduler": {
+            "cls": "distributed.Scheduler",
+            "options": {"dashboard_address": ":0", "host": "127.0.0.1"},
+        },
+        "workers": {"w0": nanny},
+        "worker": nanny,
+    }
+    proc = adapting_search(
+        workdir, prefect_api_url, data_dir, "distributed.SpecCluster", kwargs, 9, *ADAPT_TRIALS
     )
     summary = finish(proc)
     assert (summary["trials_done"], summary["trials_failed"]) == (9, 0)
@@ -171,41 +183,33 @@ def test_a_cluster_manager_by_dotted_path_adapts_between_1_and_3_workers(
     assert len({pid for pids in workers_of(workdir / "mlflow.db").values() for pid in pids}) >= 2
 
 
-def test_with_adapt_the_cluster_shrinks_as_the_tail_leaves_workers_idle(
+def test_a_local_cluster_by_dotted_path_grows_then_shrinks_as_the_tail_leaves_workers_idle(
     data_dir, workdir, prefect_api_url, monkeypatch
 ):
-    """Once no trial is left to queue, the workers the tail leaves idle are retired by Dask's
-    Adaptive (told here to act after one idle 200 ms interval instead of three 1 s ones). A worker
-    frozen under the tail's trial kept the others from retiring (Dask moves what a retiring worker
-    holds, and a frozen peer never answers): the tail here is a trial still running."""
+    """It grows while trials are queued; once no trial is left to queue, the workers the tail
+    leaves idle are retired by Dask's Adaptive (told here to act after one idle 200 ms interval
+    instead of three 1 s ones). A worker frozen under the tail's trial kept the others from
+    retiring (Dask moves what a retiring worker holds, and a frozen peer never answers): the
+    tail here is a trial still running."""
     monkeypatch.setenv("DASK_DISTRIBUTED__ADAPTIVE__INTERVAL", "200ms")
     monkeypatch.setenv("DASK_DISTRIBUTED__ADAPTIVE__WAIT_COUNT", "1")
     kwargs = {"n_workers": 1, "threads_per_worker": 1, "processes": True, "dashboard_address": ":0"}
-    proc = start_cli(
-        workdir,
-        prefect_api_url,
-        "--cluster-class",
-        "distributed.LocalCluster",
-        "--cluster-kwargs",
-        json.dumps(kwargs),
-        "--adapt",
-        "1:3",
-        "--data-dir",
-        str(data_dir),
-        "--trials",
-        "7",
-        "--rounds",
-        "60",
-        "--max-depth",
-        "14",
-        "--no-register",
-        "--no-report",
+    proc = adapting_search(
+        workdir, prefect_api_url, data_dir, "distributed.LocalCluster", kwargs, 7, *ADAPT_TRIALS
     )
-    summary = finish(proc)
-    assert summary["trials_done"] == 7
+    # its workers are forks of the command's fork server, as a LocalCluster's of its own are
+    wait_for(lambda: worker_processes(proc, forked_only=True), 120, "a forked worker of the created cluster")
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]  # the workers Adaptive retired were no error
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert (summary["trials_done"], summary["trials_failed"]) == (7, 0)
+    finished_once(workdir / "mlflow.db", 7)
     slots = [n for _, n in summary["slots_seen"]]
     peak = slots.index(max(slots))
-    assert max(slots) >= 2 and min(slots[peak:]) < max(slots), summary["slots_seen"]
+    assert slots[0] == 1 and max(slots) >= 2, summary["slots_seen"]  # grew while trials were queued
+    assert min(slots[peak:]) < max(slots), summary["slots_seen"]  # and shrank before the end
+    assert len({pid for pids in workers_of(workdir / "mlflow.db").values() for pid in pids}) >= 2
 
 
 def test_workers_of_a_created_cluster_are_checked_before_the_search(data_dir, workdir, prefect_api_url):

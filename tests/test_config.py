@@ -80,3 +80,20 @@ def test_durations_and_budget_flags():
         RunConfig(timeout_kill=True)
     with pytest.raises(ConfigError, match="--prune must be one of"):
         RunConfig(prune="hyperband")
+
+
+@pytest.mark.parametrize(
+    "settings, local",
+    [
+        ({}, True),  # the LocalCluster this process starts
+        ({"address": "tcp://10.0.0.2:8786"}, False),
+        ({"cluster_class": "distributed.LocalCluster"}, True),
+        ({"cluster_class": "distributed.LocalCluster", "cluster_kwargs": {"processes": False}}, False),
+        ({"cluster_class": "distributed.deploy.spec.SpecCluster"}, True),
+        ({"cluster_class": "dask_jobqueue.SLURMCluster"}, False),  # its workers start elsewhere
+        ({"cluster_class": "mypackage.LocalCluster"}, False),
+    ],
+)
+def test_worker_processes_on_this_host_are_those_of_dasks_own_managers(settings, local):
+    """Where the command forks its workers from its fork server (cluster.forkserver)."""
+    assert RunConfig(**settings).local_worker_processes is local

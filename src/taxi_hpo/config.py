@@ -220,6 +220,19 @@ class RunConfig:
         return self.address is None and self.cluster_class is None
 
     @property
+    def local_worker_processes(self) -> bool:
+        """Trials run in worker processes this process starts: its LocalCluster, or a created
+        cluster of Dask's own managers (``distributed.LocalCluster`` with processes, or
+        ``distributed.SpecCluster``), whose nannies start their workers on this host. Other
+        managers (dask-jobqueue's, Kubernetes') start theirs elsewhere."""
+        if self.local_cluster:
+            return True
+        module, _, name = (self.cluster_class or "").rpartition(".")
+        if module.split(".")[0] != "distributed" or name not in ("LocalCluster", "SpecCluster"):
+            return False
+        return name == "SpecCluster" or self.cluster_kwargs.get("processes", True) is not False
+
+    @property
     def artifact_root(self) -> Path:
         """Where a new local store keeps its artifacts: ``mlartifacts`` beside the working folder."""
         return Path(self.workdir) / "mlartifacts"

@@ -122,10 +122,11 @@ def cmd_run(args: argparse.Namespace, whole_process: bool = False) -> int:
     timeline.reset()  # this command's steps only (a process may run several, as the tests do)
     cfg = run_config(args)
     # The API server takes seconds to start: launched before the heavy imports and the checks;
-    # so is the fork server of a local cluster's workers (the command's own process only: a
-    # caller of main() keeps its environment its own, see cluster.forkserver).
+    # so is the fork server of the workers this process starts, its LocalCluster's or a created
+    # one's (the command's own process only: a caller of main() keeps its environment its own,
+    # see cluster.forkserver).
     api_url = prefect_api.start_early()
-    if whole_process and cfg.local_cluster:
+    if whole_process and cfg.local_worker_processes:
         from taxi_hpo.flows import warm
 
         # its forks, the workers, keep its standard output: under --json, standard error

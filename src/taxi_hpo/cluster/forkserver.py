@@ -5,7 +5,10 @@ MLflow, XGBoost and our trial code before its first trial: ~5 CPU-seconds each, 
 cores, where the flow process is importing and preparing the months at the same time. With
 ``multiprocessing``'s forkserver, one server process imports them once, started as the command
 begins (beside the flow's own imports), and every worker of the LocalCluster, restarts included,
-is a fork of it: ready in a fraction of a second, its imported pages shared.
+is a fork of it: ready in a fraction of a second, its imported pages shared. So are the workers
+of a cluster that Dask's own managers create in this process (``--cluster-class
+distributed.LocalCluster`` or ``distributed.SpecCluster``, see
+:attr:`taxi_hpo.config.RunConfig.local_worker_processes`), ``--adapt`` included.
 
 Dask supports the method (``distributed.worker.multiprocessing-method``); what it changes, and
 what :func:`start` does about it:
@@ -55,6 +58,11 @@ THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 #: starts, so it must be in the server's environment to hold in a forked worker.
 PRE_SPAWN = {"MALLOC_TRIM_THRESHOLD_": "65536"}
 
+#: Read when ``distributed`` is imported, which the server does for its forks: Dask's loggers at
+#: ERROR, as a created cluster's spawned workers get them from the flow's environment (a
+#: LocalCluster's workers are silenced by its ``silence_logs`` anyway).
+QUIET = {"DASK_LOGGING__DISTRIBUTED": "error"}
+
 _STATE: dict[str, bool] = {}
 
 
@@ -82,7 +90,7 @@ def start(modules: Iterable[str], env: Mapping[str, str], threads_per_worker: in
     names = [*BASE_MODULES, *(preload.module_of(m) for m in modules if m.strip())]
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(list(dict.fromkeys(names)))
-    server_env = {**PRE_SPAWN, **dict.fromkeys(THREAD_ENV, str(threads_per_worker)), **env}
+    server_env = {**PRE_SPAWN, **QUIET, **dict.fromkeys(THREAD_ENV, str(threads_per_worker)), **env}
     try:
         with environ.restored(server_env):
             os.environ.update(server_env)

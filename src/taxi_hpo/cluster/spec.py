@@ -7,6 +7,7 @@ every worker thread is a slot and XGBoost uses ``threads_per_worker`` threads pe
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -69,7 +70,15 @@ def quiet_logs() -> None:
     """Dask's loggers at ERROR in this process (the command's terminal), also once distributed
     is imported: it sets its loggers from the dask config then."""
     logging.getLogger("distributed").setLevel(logging.ERROR)
+    logging.getLogger("distributed.nanny").addFilter(_not_a_cancelled_close)
     dask.config.set({"logging.distributed": "error"})
+
+
+def _not_a_cancelled_close(record: logging.LogRecord) -> bool:
+    """False for the traceback a created cluster's nanny logs at ERROR when ``Adaptive`` retires
+    its worker (``Nanny._on_worker_exit`` -> ``close`` -> ``rpc.close``: CancelledError): the
+    retirement went as planned, and the terminal gets no traceback for it."""
+    return not (record.exc_info and isinstance(record.exc_info[1], asyncio.CancelledError))
 
 
 @dataclass(frozen=True)
