@@ -77,9 +77,21 @@ def chromium_path() -> str:
 
 
 @pytest.fixture
-def services(tmp_path, chromium_path):
-    """A Prefect server with its UI and an MLflow tracking server, on free loopback ports."""
+def services(tmp_path, chromium_path, prefect_api_url):
+    """A Prefect server with its UI and an MLflow tracking server, on free loopback ports.
+
+    Their databases start migrated, as a user's do after the first start (the migrations are
+    not what this test looks at, and cost ~12 s of a 2-core machine): Prefect's a copy of the
+    session's API server's, MLflow's seeded as ``taxi-hpo run`` seeds a new store."""
+    import sqlite3
+
+    from taxi_hpo.tracking.store import seed_sqlite_store
+
     prefect_port, mlflow_port = free_port(), free_port()
+    (tmp_path / "prefect").mkdir()
+    session_db = Path(os.environ["PREFECT_HOME"]) / "prefect.db"
+    with sqlite3.connect(session_db) as src, sqlite3.connect(tmp_path / "prefect" / "prefect.db") as dst:
+        src.backup(dst)
     env = {
         **os.environ,
         "PREFECT_HOME": str(tmp_path / "prefect"),
@@ -89,6 +101,7 @@ def services(tmp_path, chromium_path):
     }
     env.pop("PREFECT_API_URL", None)
     db = tmp_path / "mlflow.db"
+    seed_sqlite_store(f"sqlite:///{db}")
     procs = [
         subprocess.Popen(
             [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)],

@@ -288,12 +288,11 @@ def _search(cwd: Path, api_url: str | None, *args: str) -> subprocess.CompletedP
 
 
 @pytest.mark.integration
-def test_a_full_disk_under_the_store_and_artifacts(tmpfs, data_dir):
+def test_a_full_disk_under_the_store_and_artifacts(tmpfs, data_dir, prefect_api_url):
     full = tmpfs("work", "size=1m")  # the sqlite store fits, the preprocessor artifact does not
-    # Its own Prefect server, as before: on the session's (already up) the flow fails so early
-    # that the workers' warm-up tasks run after the data is withdrawn and log a traceback (a
-    # flows bug, reported to the lead).
-    proc = _search(full, None, "--data-dir", str(data_dir))
+    # On the session's API (already up) the flow fails before the workers' warm-ups have ended:
+    # they are waited for before the data is taken back, so none logs a traceback.
+    proc = _search(full, prefect_api_url, "--data-dir", str(data_dir))
     assert proc.returncode == 2, proc.stderr[-3000:]
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert "Traceback" not in proc.stderr and lines, proc.stderr[-3000:]

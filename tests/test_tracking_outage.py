@@ -51,6 +51,9 @@ class MlflowServer:
         self.proc = None
 
     def start(self) -> None:
+        from taxi_hpo.tracking.store import seed_sqlite_store
+
+        seed_sqlite_store(self.args[self.args.index("--backend-store-uri") + 1])  # migrated: see there
         self.proc = subprocess.Popen(
             self.args, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
         )
@@ -140,9 +143,9 @@ def test_tracking_server_outage_loses_no_trial(prefect_api_url, data_dir, workdi
         "--workers",
         "2",
         "--rounds",
-        "30",
-        "--max-depth",
         "10",
+        "--max-depth",
+        "8",
         "--no-register",
         "--no-report",
         "--experiment",
