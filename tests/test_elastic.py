@@ -16,7 +16,7 @@ from taxi_hpo.search import xgb_params
 pytestmark = pytest.mark.integration  # every test fits on the real months
 
 #: Rounds of the Dask test: enough for the long trial to outlast the short one by far.
-ROUNDS = 30
+ROUNDS = 20
 
 POINT = {
     "max_depth": 10,
