@@ -264,3 +264,20 @@ def test_cached_serialization_equals_prefects_own():
         finally:
             SettingsContext.serialize = original
             prefect_api._SETTINGS_CACHE.clear()
+
+
+def test_a_flow_run_started_without_heartbeats_beats_none_and_others_still_do():
+    """The preprocess subflow's end does not wait for a heartbeat thread (see without_heartbeats);
+    the flow engine reads the setting when it starts a run, so that is what is asserted."""
+    from prefect import flow
+    from prefect.flow_engine import FlowRunEngine
+
+    from taxi_hpo.prefect_api import without_heartbeats
+
+    @flow
+    def nothing():
+        return None
+
+    with without_heartbeats():
+        assert FlowRunEngine(flow=nothing).heartbeat_seconds is None
+    assert FlowRunEngine(flow=nothing).heartbeat_seconds is not None  # the search keeps its own

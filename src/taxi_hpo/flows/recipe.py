@@ -31,7 +31,7 @@ from taxi_hpo.flows.history import History, load_history
 from taxi_hpo.flows.reporting import current_reporter, finish_report, layout_line, start_report
 from taxi_hpo.flows.signals import interrupted
 from taxi_hpo.flows.summary import SearchResult, TrialsRun
-from taxi_hpo.prefect_api import flush_to_api
+from taxi_hpo.prefect_api import flush_to_api, without_heartbeats
 from taxi_hpo.search import TPESearcher, reference_space, run_search
 from taxi_hpo.search.pruning import Pruner
 from taxi_hpo.search.scheduler import Budget
@@ -54,7 +54,8 @@ def search(config: dict) -> dict:
     cfg, started = RunConfig.from_dict(config), time.time()
     timeline.mark("flow_started", started)
     experiment_id = tracking.prepare_store(cfg.resolved_tracking_uri, cfg.experiment, cfg.artifact_root)
-    months = preprocess(*month_paths(cfg))
+    with without_heartbeats():  # a second or less: the search's own heartbeats cover it
+        months = preprocess(*month_paths(cfg))
     prepared: PreparedData = months["data"]
     history = load_history(cfg, cfg.resolved_tracking_uri, experiment_id)
     cluster = connect(cfg, history)
