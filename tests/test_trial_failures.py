@@ -89,3 +89,58 @@ def test_failing_trials_are_retried_then_recorded_as_failed(prefect_api_url, pre
     record = tracking.load_search(tracking_uri, parent)
     assert set(record.failed) == {0, 1} and set(record.trials) == {2, 3}
     assert record.failed[1]["params"]["learning_rate"] == 1e30
+
+
+def test_a_trial_on_a_worker_without_the_data_is_placed_again_not_retried_there(
+    prefect_api_url, prepared, workdir, tracking_uri
+):
+    """A worker that holds no copy of the data (one closing under a trial: Dask tears its
+    plugins down as it closes) is no reason to fail the trial, nor to retry it there: the flow
+    submits it again. The in-process worker here shares this process's copy, so the test takes
+    it away before the trial and gives it back when the trial is submitted again."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
+
+    experiment_id = tracking.prepare_store(tracking_uri, "data-missing", workdir / "mlartifacts")
+    parent = tracking.start_parent_run(tracking_uri, experiment_id, {}, {"taxi_hpo.role": "search"})
+    ctx = tracking.TrackingContext(tracking_uri, experiment_id, parent, "sha")
+    kwargs = {"n_workers": 1, "threads_per_worker": 1, "processes": False, "dashboard_address": ":0"}
+
+    @flow(task_runner=DaskTaskRunner(cluster_kwargs=kwargs))
+    def search_on_a_worker_that_lost_the_data():
+        client = FlowRunContext.get().task_runner.client
+        data = worker_data.share(client, prepared)
+        held = worker_data._STASH.pop(data.key)  # as a closing worker's torn-down plugin
+        try:
+            runner = DaskTrialRunner(
+                flows.trial.submit,
+                data,
+                ctx,
+                rounds=3,
+                nthread=1,
+                on_failed=functools.partial(tracking.mark_trial_failed, ctx),
+            )
+            resubmit = runner._resubmit
+
+            def back_then_resubmit(trial_id):  # placed again: on a worker that holds the data
+                worker_data._STASH[data.key] = held
+                resubmit(trial_id)
+
+            runner._resubmit = back_then_resubmit
+            with client.as_current():
+                outcomes = run_search(TPESearcher(reference_space(6), seed=42), runner, 1, in_flight=1)
+            return outcomes, dict(runner.resubmits), FlowRunContext.get().flow_run.id
+        finally:
+            worker_data.unshare(client, data)
+
+    outcomes, resubmits, flow_run_id = search_on_a_worker_that_lost_the_data()
+    assert outcomes[0].ok and resubmits == {0: 1}, outcomes
+    # the attempt without data opened no run; the one placed again is the trial's one run
+    statuses = [r.info.status for r in tracking.child_runs(tracking_uri, parent)]
+    assert statuses == ["FINISHED"]
+    assert tracking.load_search(tracking_uri, parent).failed == {}
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(any_=["trial-0"])))
+    runs = [r for r in runs if r.flow_run_id == flow_run_id]
+    states = sorted((r.state.name, r.run_count) for r in runs)
+    assert states == [("Completed", 1), ("Failed", 1)], states  # not retried where the data was missing

@@ -25,6 +25,7 @@ import cloudpickle
 import dask
 import distributed
 
+from taxi_hpo.cluster import worker_data
 from taxi_hpo.search import TrialOutcome
 from taxi_hpo.search.pruning import Pruner
 from taxi_hpo.search.threads import ThreadPlan
@@ -294,7 +295,8 @@ class DaskTrialRunner:
             except (TimeoutError, distributed.TimeoutError):
                 return []
             for h, future in futures.items():
-                if future.cancelled() and self.resubmits.get(h, 0) < self.MAX_RESUBMITS:
+                lost = future.cancelled() or _landed_without_data(future)
+                if lost and self.resubmits.get(h, 0) < self.MAX_RESUBMITS:
                     self._resubmit(h)
             done = [h for h in handles if self._futures[h].wrapped_future.done()]
             if done:
@@ -329,3 +331,15 @@ class DaskTrialRunner:
         if self._on_failed is not None:  # the flow records it (the trial's tags on the parent run)
             self._on_failed(trial_id, params, error)
         return TrialOutcome(trial_id, params, None, error=error)
+
+
+def _landed_without_data(future) -> bool:
+    """Whether a finished trial task failed because its worker held no copy of the data
+    (``worker_data.DataMissing``: a worker closing under it), which another worker can run."""
+    if future.status != "finished":
+        return False
+    try:
+        state = future.result()
+    except Exception:  # noqa: BLE001 - not a state to read: handled as the task's outcome
+        return False
+    return bool(getattr(state, "is_failed", lambda: False)()) and worker_data.MISSING in (state.message or "")

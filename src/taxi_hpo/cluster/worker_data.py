@@ -75,6 +75,17 @@ def unshare(client, ref: DataRef | None) -> None:
         pass
 
 
+#: What :class:`DataMissing` says first: the flow recognises the failure by it in the task's state.
+MISSING = "this worker holds no copy of the search's data"
+
+
+class DataMissing(RuntimeError):
+    """The worker a trial landed on holds no copy of the data: it is closing (Dask's ``Adaptive``
+    retired it just after the trial was placed there, and its plugins are torn down as it
+    closes), the search has ended, or the plugin failed to set up. Not the trial's fault: the
+    trial is not retried there, and the flow submits it again (see ``cluster.runner``)."""
+
+
 def resolve(data):
     """On a worker: the data a :class:`DataRef` names (anything else is returned as it is)."""
     if not isinstance(data, DataRef):
@@ -82,7 +93,7 @@ def resolve(data):
     try:
         return _STASH[data.key]
     except KeyError:
-        raise RuntimeError(
-            f"this worker holds no copy of the search's data ({data.key}): the search that "
-            f"shared it has ended, or the worker plugin failed to set up"
+        raise DataMissing(
+            f"{MISSING} ({data.key}): the worker is closing, the search that shared it has "
+            f"ended, or the worker plugin failed to set up"
         ) from None

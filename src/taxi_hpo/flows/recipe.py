@@ -28,7 +28,13 @@ from taxi_hpo.core import features
 from taxi_hpo.core.features import PreparedData
 from taxi_hpo.flows import tasks
 from taxi_hpo.flows.history import History, load_history
-from taxi_hpo.flows.reporting import current_reporter, finish_report, layout_line, start_report
+from taxi_hpo.flows.reporting import (
+    current_reporter,
+    finish_report,
+    layout_line,
+    prepare_report,
+    start_report,
+)
 from taxi_hpo.flows.signals import interrupted
 from taxi_hpo.flows.summary import SearchResult, TrialsRun
 from taxi_hpo.prefect_api import flush_to_api, without_heartbeats
@@ -68,6 +74,7 @@ def search(config: dict) -> dict:
         ):
             tasks.log_preprocessor(ctx, prepared.preprocessor.to_bytes())
             lr_rmse = history.lr_rmse if history.lr_rmse is not None else tasks.linear_baseline(prepared, ctx)
+            prepare_report(cfg)  # its imports, while the trials run
             run = run_trials(cfg, cluster, data, ctx, history, warming)
             parent.ended_children.update(o.run_id for o in run.outcomes if o.run_id)
             report = start_report(parent.tracking_uri, parent.run_id, run, lr_rmse) if cfg.report else None

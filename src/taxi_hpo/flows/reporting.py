@@ -9,6 +9,7 @@ model registers.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextvars import ContextVar
@@ -84,6 +85,16 @@ def layout_line(cfg: RunConfig, workers: int, slots: int, plan: ThreadPlan) -> s
             "no thread waiting on another; a freed core goes to the trials still running)"
         )
     return line
+
+
+def prepare_report(cfg: RunConfig) -> None:
+    """When the search draws a report: import what drawing it needs, in a thread, while the
+    search's trials run (the flow process mostly waits on them)."""
+    if not cfg.report:
+        return
+    from taxi_hpo import report
+
+    threading.Thread(target=report.import_drawing, name="taxi-hpo-report-imports", daemon=True).start()
 
 
 def start_report(tracking_uri: str, parent_run_id: str, run: TrialsRun, lr_rmse: float) -> Future:

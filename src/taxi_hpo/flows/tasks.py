@@ -82,7 +82,20 @@ def linear_baseline(prepared: PreparedData, ctx: tracking.TrackingContext) -> fl
     return rmse
 
 
-@task(name="trial", task_run_name="trial-{trial_id}", retries=1, retry_delay_seconds=1, cache_policy=NO_CACHE)
+def _worth_retrying(task, task_run, state) -> bool:
+    """A trial is retried once where it ran, unless that worker holds no copy of the data (the
+    flow places it again elsewhere: ``cluster.runner``)."""
+    return worker_data.MISSING not in (state.message or "")
+
+
+@task(
+    name="trial",
+    task_run_name="trial-{trial_id}",
+    retries=1,
+    retry_delay_seconds=1,
+    retry_condition_fn=_worth_retrying,
+    cache_policy=NO_CACHE,
+)
 def trial(
     trial_id: int,
     params: dict,

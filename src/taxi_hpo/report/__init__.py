@@ -230,6 +230,13 @@ def _hyperparameters(params: dict) -> dict:
 # -- the pictures --------------------------------------------------------------------------------
 
 
+def import_drawing() -> None:
+    """Import the drawing library now (matplotlib, ~0.5 s of this 2-core machine): the search
+    calls it in a thread while its trials run, where the flow process mostly waits, instead of
+    on the way to the end of the command."""
+    _pyplot()
+
+
 def _pyplot():
     import matplotlib
 
