@@ -132,6 +132,7 @@ class DaskTrialRunner:
         self._params: dict[int, dict] = {}
         self._priority: dict[int, float] = {}
         self.resubmits: dict[int, int] = {}
+        self._states: dict[int, object] = {}  # finished trials' Prefect states, fetched once
         self.submit_bytes: dict[int, int] = {}
         self.thread_posts = 0
         self._posts: set = set()  # posts not answered yet (see _post)
@@ -295,7 +296,7 @@ class DaskTrialRunner:
             except (TimeoutError, distributed.TimeoutError):
                 return []
             for h, future in futures.items():
-                lost = future.cancelled() or _landed_without_data(future)
+                lost = future.cancelled() or self._landed_without_data(h, future)
                 if lost and self.resubmits.get(h, 0) < self.MAX_RESUBMITS:
                     self._resubmit(h)
             done = [h for h in handles if self._futures[h].wrapped_future.done()]
@@ -305,7 +306,24 @@ class DaskTrialRunner:
                         self.plan.finish(handle)
                 return done
 
+    def _landed_without_data(self, handle: int, future) -> bool:
+        """Whether a finished trial task failed because its worker held no copy of the data
+        (``worker_data.DataMissing``: a worker closing under it), which another worker can run.
+        The state is fetched once and kept for :meth:`outcome` (a result travels once)."""
+        if future.status != "finished":
+            return False
+        if handle not in self._states:
+            try:
+                self._states[handle] = future.result()
+            except Exception:  # noqa: BLE001 - not a state to read: handled as the task's outcome
+                return False
+        state = self._states[handle]
+        return bool(getattr(state, "is_failed", lambda: False)()) and worker_data.MISSING in (
+            state.message or ""
+        )
+
     def _resubmit(self, trial_id: int) -> None:
+        self._states.pop(trial_id, None)
         self.resubmits[trial_id] = self.resubmits.get(trial_id, 0) + 1
         if self.plan is not None:
             self.plan.finish(trial_id)  # placed again, maybe elsewhere
@@ -320,7 +338,7 @@ class DaskTrialRunner:
         if self.plan is not None:
             self.plan.finish(handle)
         try:
-            state = future.wrapped_future.result()
+            state = self._states.pop(handle, None) or future.wrapped_future.result()
         except Exception as exc:  # noqa: BLE001 - e.g. KilledWorker: a failed trial, not a crash
             return self._failed(handle, params, f"{type(exc).__name__}: {exc}")
         if state.is_completed():
@@ -331,15 +349,3 @@ class DaskTrialRunner:
         if self._on_failed is not None:  # the flow records it (the trial's tags on the parent run)
             self._on_failed(trial_id, params, error)
         return TrialOutcome(trial_id, params, None, error=error)
-
-
-def _landed_without_data(future) -> bool:
-    """Whether a finished trial task failed because its worker held no copy of the data
-    (``worker_data.DataMissing``: a worker closing under it), which another worker can run."""
-    if future.status != "finished":
-        return False
-    try:
-        state = future.result()
-    except Exception:  # noqa: BLE001 - not a state to read: handled as the task's outcome
-        return False
-    return bool(getattr(state, "is_failed", lambda: False)()) and worker_data.MISSING in (state.message or "")
