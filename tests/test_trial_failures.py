@@ -39,6 +39,18 @@ class ScriptedSearcher(TPESearcher):
         return BAD.get(trial_id, params)
 
 
+def trial_runner(data, ctx) -> DaskTrialRunner:
+    """The flow's trial runner, 3 rounds a trial, failures recorded on the parent run as the flow does."""
+    return DaskTrialRunner(
+        flows.trial.submit,
+        data,
+        ctx,
+        rounds=3,
+        nthread=1,
+        on_failed=functools.partial(tracking.mark_trial_failed, ctx),
+    )
+
+
 def test_failing_trials_are_retried_then_recorded_as_failed(prefect_api_url, prepared, workdir, tracking_uri):
     experiment_id = tracking.prepare_store(tracking_uri, "failures", workdir / "mlartifacts")
     parent = tracking.start_parent_run(tracking_uri, experiment_id, {}, {"taxi_hpo.role": "search"})
@@ -59,14 +71,7 @@ def test_failing_trials_are_retried_then_recorded_as_failed(prefect_api_url, pre
         client = FlowRunContext.get().task_runner.client
         data = worker_data.share(client, prepared)  # as the flow sends it: a worker plugin
         try:
-            runner = DaskTrialRunner(
-                flows.trial.submit,
-                data,
-                ctx,
-                rounds=3,
-                nthread=1,
-                on_failed=functools.partial(tracking.mark_trial_failed, ctx),
-            )
+            runner = trial_runner(data, ctx)
             with client.as_current():
                 return run_search(searcher, runner, 4, mode="async", in_flight=2)
         finally:
@@ -112,14 +117,7 @@ def test_a_trial_on_a_worker_without_the_data_is_placed_again_not_retried_there(
         data = worker_data.share(client, prepared)
         held = worker_data._STASH.pop(data.key)  # as a closing worker's torn-down plugin
         try:
-            runner = DaskTrialRunner(
-                flows.trial.submit,
-                data,
-                ctx,
-                rounds=3,
-                nthread=1,
-                on_failed=functools.partial(tracking.mark_trial_failed, ctx),
-            )
+            runner = trial_runner(data, ctx)
             resubmit = runner._resubmit
 
             def back_then_resubmit(trial_id):  # placed again: on a worker that holds the data
