@@ -317,10 +317,7 @@ class DaskTrialRunner:
                 self._states[handle] = future.result()
             except Exception:  # noqa: BLE001 - not a state to read: handled as the task's outcome
                 return False
-        state = self._states[handle]
-        return bool(getattr(state, "is_failed", lambda: False)()) and worker_data.MISSING in (
-            state.message or ""
-        )
+        return worker_data.failed_for_missing_data(self._states[handle])
 
     def _resubmit(self, trial_id: int) -> None:
         self._states.pop(trial_id, None)

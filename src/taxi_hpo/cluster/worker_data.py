@@ -86,6 +86,11 @@ class DataMissing(RuntimeError):
     trial is not retried there, and the flow submits it again (see ``cluster.runner``)."""
 
 
+def failed_for_missing_data(state) -> bool:
+    """Whether a trial task's Prefect ``state`` is a failure by :class:`DataMissing`."""
+    return state.is_failed() and MISSING in (state.message or "")
+
+
 def resolve(data):
     """On a worker: the data a :class:`DataRef` names (anything else is returned as it is)."""
     if not isinstance(data, DataRef):

@@ -85,7 +85,7 @@ def linear_baseline(prepared: PreparedData, ctx: tracking.TrackingContext) -> fl
 def _worth_retrying(task, task_run, state) -> bool:
     """A trial is retried once where it ran, unless that worker holds no copy of the data (the
     flow places it again elsewhere: ``cluster.runner``)."""
-    return worker_data.MISSING not in (state.message or "")
+    return not worker_data.failed_for_missing_data(state)
 
 
 @task(
