@@ -12,10 +12,12 @@ TEST_JOBS ?= 2
 
 .PHONY: run test lint format bench serve-model screenshots install clean
 
+# uv installs the same releases as pip (same resolution here) in 12 s instead of 56 s on 2 cores
+# (fresh venv, 2026-12-04); pip does it where uv cannot be had.
 $(BIN)/taxi-hpo: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	( $(BIN)/python -m pip install --quiet uv && $(BIN)/uv pip install --quiet --python $(BIN)/python -e '.[test]' ) \
+	  || $(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
 install: $(BIN)/taxi-hpo

@@ -288,13 +288,11 @@ def _search(cwd: Path, api_url: str | None, *args: str) -> subprocess.CompletedP
 
 
 @pytest.mark.integration
-def test_a_full_disk_under_the_store_and_artifacts(tmpfs, data_dir):
+def test_a_full_disk_under_the_store_and_artifacts(tmpfs, data_dir, prefect_api_url):
     full = tmpfs("work", "size=1m")  # the sqlite store fits, the preprocessor artifact does not
-    # Its own Prefect server, as before: on the session's (already up) the flow fails so early
-    # that a local worker still heartbeats to the closing scheduler and logs a traceback
-    # ("Failed to communicate with scheduler during heartbeat", CI 2026-12-04; open, see the
-    # closing note of stop 26).
-    proc = _search(full, None, "--data-dir", str(data_dir))
+    # The flow fails before the first trial and the local cluster closes at once: a closing worker's
+    # in-flight heartbeat logged a traceback here on busy cores (cluster.watchdog; CI 2026-12-04).
+    proc = _search(full, prefect_api_url, "--data-dir", str(data_dir))
     assert proc.returncode == 2, proc.stderr[-3000:]
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert "Traceback" not in proc.stderr and lines, proc.stderr[-3000:]

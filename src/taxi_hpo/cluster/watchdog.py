@@ -1,22 +1,33 @@
-"""Dask worker preload: a local worker exits when the process that started it is gone.
+"""Dask worker preload for local workers: how a worker ends.
 
 A LocalCluster's nannies live in the flow process. If that process is SIGKILLed, its worker
 processes would run on as orphans, finishing trials and writing runs a resumed search would
 duplicate. Each worker polls its parent pid and exits within a second of losing it.
+
+And a worker that is closing says nothing about the heartbeat it had in flight: ``Worker.close``
+stops the heartbeat's periodic callback but closes its connections while a heartbeat may still be
+waiting on one, and distributed then logs "Failed to communicate with scheduler during heartbeat"
+at ERROR with two tracebacks (dask/distributed's known shutdown noise). On 2 busy cores it
+reached the user's terminal after a search that had failed cleanly (CI, 2026-12-04). A running
+worker that loses its scheduler still logs it.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
 
 POLL_S = 0.2
 
+#: The message distributed logs when a heartbeat's connection fails (``Worker.heartbeat``).
+HEARTBEAT_FAILED = "Failed to communicate with scheduler during heartbeat"
+
 
 def dask_setup(worker=None) -> None:  # called by distributed when the worker starts
     """Start a daemon thread that ends the worker process (exit status 3) once its parent process is
-    gone, polled every :data:`POLL_S` seconds."""
+    gone, polled every :data:`POLL_S` seconds; and quiet the heartbeat of the worker's own close."""
     parent = os.getppid()
 
     def watch() -> None:
@@ -26,3 +37,22 @@ def dask_setup(worker=None) -> None:  # called by distributed when the worker st
                 os._exit(3)
 
     threading.Thread(target=watch, name="taxi-hpo-parent-watchdog", daemon=True).start()
+    if worker is not None:
+        logging.getLogger("distributed.worker").addFilter(ClosingHeartbeat(worker))
+
+
+class ClosingHeartbeat(logging.Filter):
+    """Drops :data:`HEARTBEAT_FAILED` while ``worker`` is closing or closed; keeps everything else."""
+
+    def __init__(self, worker):
+        super().__init__()
+        self._worker = worker
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """False for the heartbeat failure of a closing worker."""
+        if not str(record.msg).startswith(HEARTBEAT_FAILED):
+            return True
+        from distributed.core import Status
+
+        closing = {Status.closing, Status.closed, Status.closing_gracefully, Status.failed}
+        return self._worker.status not in closing
