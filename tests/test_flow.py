@@ -198,6 +198,7 @@ def test_the_registered_model_serves_raw_rows_over_rest(first_search, data_dir):
     import signal
     import subprocess
     import sys
+    import urllib.error
     import urllib.request
     from pathlib import Path
 
@@ -248,6 +249,26 @@ def test_the_registered_model_serves_raw_rows_over_rest(first_search, data_dir):
         local = mlflow.pyfunc.load_model("models:/nyc-taxi-duration@staging").predict(raw)
         assert minutes == pytest.approx([float(x) for x in local], rel=1e-5)
         assert len(minutes) == 5 and all(0 < m < 120 for m in minutes)
+        # the model states its interface: a row without a column it reads is told which
+        without = raw.drop(columns=["DOLocationID"])
+        body = json.dumps({"dataframe_split": json.loads(without.to_json(orient="split", date_format="iso"))})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            data=body.encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=60)
+        answer = json.loads(refused.value.read())
+        assert refused.value.code == 400 and "missing inputs ['DOLocationID']" in answer["message"], answer
+        assert "Traceback" not in answer["message"] and "KeyError" not in answer["message"], answer
+        info = mlflow.models.get_model_info("models:/nyc-taxi-duration@staging")
+        assert [c["name"] for c in info.signature.inputs.to_dict()] == [
+            "PULocationID",
+            "DOLocationID",
+            "trip_distance",
+        ]
+        assert info.saved_input_example_info is not None
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         try:

@@ -39,6 +39,30 @@ class DurationPyfunc(mlflow.pyfunc.PythonModel):
         return self._predictor.predict(model_input)
 
 
+def model_signature():
+    """What the registered model reads and returns: the three TLC columns it uses (other columns of
+    a raw row are ignored) and minutes out. The location ids are typed ``any``: the TLC's files
+    and our data layouts store them as integers, floats or strings, and the model reads all three
+    (``data.location_ids``); the distance is a double in every layout. MLflow shows it in the UI
+    and checks requests against it: a row without ``DOLocationID`` gets "Model is missing inputs
+    ['DOLocationID']" (HTTP 400 from the server) instead of a pandas KeyError."""
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import AnyType, ColSpec, Schema
+
+    inputs = Schema(
+        [
+            ColSpec(AnyType(), "PULocationID"),
+            ColSpec(AnyType(), "DOLocationID"),
+            ColSpec("double", "trip_distance"),
+        ]
+    )
+    return ModelSignature(inputs=inputs, outputs=Schema([ColSpec("double", "duration")]))
+
+
+#: Two raw rows as a request sends them (the first two trips of the 2021-02 green month).
+INPUT_EXAMPLE = {"PULocationID": [130, 152], "DOLocationID": [205, 244], "trip_distance": [3.66, 1.10]}
+
+
 def register_model(
     ctx: TrackingContext, run_id: str, preprocessor_blob: bytes, booster_path: Path, requirements: list[str]
 ) -> str:
@@ -46,7 +70,7 @@ def register_model(
     import taxi_hpo
 
     mlflow.set_tracking_uri(ctx.tracking_uri)
-    # Its warnings (no signature inferred, cloudpickle caution) are expected for this model.
+    # Its warnings (cloudpickle caution) are expected for this model.
     logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory() as tmp:
         pre_path = Path(tmp) / PREPROCESSOR_FILE
@@ -59,6 +83,8 @@ def register_model(
                 artifacts={"preprocessor": str(pre_path), "booster": str(booster_path)},
                 pip_requirements=requirements,
                 code_paths=[str(Path(taxi_hpo.__file__).parent)],
+                signature=model_signature(),
+                input_example=pd.DataFrame(INPUT_EXAMPLE),
             )
     # MLflow prints "Successfully registered model ..." / "Created version ..." to stderr
     # unconditionally; the run's summary says what was registered, once.
