@@ -121,6 +121,26 @@ def search_run(db: Path) -> str:
 # -- real dask scheduler and worker processes -------------------------------------------------
 
 
+def local_cluster(workers: int, api_url: str, threads_per_worker: int = 1):
+    """A LocalCluster as the command starts one: workers forked from this process's fork server
+    (started here as ``taxi-hpo run`` starts it; a spawned worker imports the trial code itself,
+    ~4 CPU-s), the preloads, the API's URL in the workers' environment. The nanny's
+    OMP_NUM_THREADS is taken out of this process at once. Returns (the start, its address)."""
+    from taxi_hpo import environ
+    from taxi_hpo.cluster import ClusterSpec
+    from taxi_hpo.cluster.spec import THREAD_ENV
+    from taxi_hpo.flows import warm
+
+    warm.start_fork_server(api_url, threads_per_worker)
+    saved = {name: os.environ.get(name) for name in THREAD_ENV}
+    start = ClusterSpec(workers=workers, threads_per_worker=threads_per_worker).start_local(
+        {"PREFECT_API_URL": api_url}
+    )
+    address = start.address()
+    environ.restore(saved)
+    return start, address
+
+
 class DaskProcesses:
     """A ``dask scheduler`` on loopback and ``dask worker`` processes that come and go."""
 

@@ -98,6 +98,8 @@ def services(tmp_path, chromium_path, prefect_api_url):
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_UI_API_URL": f"http://127.0.0.1:{prefect_port}/api",
         "PATH": f"{BIN}:{os.environ['PATH']}",
+        # as cluster/local/start-mlflow.sh: no GenAI job consumers (7 processes importing MLflow)
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
     }
     env.pop("PREFECT_API_URL", None)
     db = tmp_path / "mlflow.db"
@@ -121,6 +123,8 @@ def services(tmp_path, chromium_path, prefect_api_url):
                 "127.0.0.1",
                 "--port",
                 str(mlflow_port),
+                "--workers",
+                "1",
             ],
             env=env,
             cwd=tmp_path,

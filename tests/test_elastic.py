@@ -10,6 +10,7 @@ import textwrap
 
 import pytest
 
+from helpers import local_cluster
 from taxi_hpo.core import models
 from taxi_hpo.search import xgb_params
 
@@ -167,11 +168,9 @@ class TwoPoints:
 @pytest.fixture(scope="module")
 def two_workers(prefect_api_url):
     """One LocalCluster of two one-thread workers for both modes (its lifecycle is not under test)."""
-    from taxi_hpo.cluster import ClusterSpec
-
-    local = ClusterSpec(workers=2, threads_per_worker=1).start_local()
+    local, address = local_cluster(2, prefect_api_url)
     try:
-        yield local.address()
+        yield address
     finally:
         local.close()
 

@@ -21,8 +21,8 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from helpers import free_port
-from taxi_hpo import cli, environ, tracking
+from helpers import free_port, local_cluster
+from taxi_hpo import cli, tracking
 
 SMALL = ["--rounds", "10", "--max-depth", "10", "--no-report"]
 
@@ -34,23 +34,10 @@ def run_cli(capsys, *args) -> dict:
     return {**json.loads(out.strip().splitlines()[-1]), "stderr": err}
 
 
-def _local_cluster(workers: int, api_url: str):
-    """A LocalCluster as the flow starts one (preloads, thread settings, the API's URL in the
-    workers' environment); the nanny's OMP_NUM_THREADS is taken out of this process at once."""
-    from taxi_hpo.cluster import ClusterSpec
-    from taxi_hpo.cluster.spec import THREAD_ENV
-
-    saved = {name: os.environ.get(name) for name in THREAD_ENV}
-    start = ClusterSpec(workers=workers).start_local({"PREFECT_API_URL": api_url})
-    address = start.address()
-    environ.restore(saved)  # the nanny's OMP_NUM_THREADS out of this process at once
-    return start, address
-
-
 @pytest.fixture(scope="module")
 def one_worker(prefect_api_url):
     """``--address`` of a LocalCluster of one worker, shared by the module's searches."""
-    start, address = _local_cluster(1, prefect_api_url)
+    start, address = local_cluster(1, prefect_api_url)
     yield ["--address", address]
     start.close()
 
@@ -58,7 +45,7 @@ def one_worker(prefect_api_url):
 @pytest.fixture(scope="module")
 def two_workers(prefect_api_url):
     """``--address`` of a LocalCluster of two workers, shared by the module's searches."""
-    start, address = _local_cluster(2, prefect_api_url)
+    start, address = local_cluster(2, prefect_api_url)
     yield ["--address", address]
     start.close()
 

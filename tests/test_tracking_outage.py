@@ -54,8 +54,10 @@ class MlflowServer:
         from taxi_hpo.tracking.store import seed_sqlite_store
 
         seed_sqlite_store(self.args[self.args.index("--backend-store-uri") + 1])  # migrated: see there
+        # as cluster/local/start-mlflow.sh: no GenAI job consumers (7 processes importing MLflow)
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         self.proc = subprocess.Popen(
-            self.args, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+            self.args, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True, env=env
         )
         wait_for(self._healthy, 90, "mlflow server health")
 
