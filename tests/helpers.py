@@ -54,6 +54,17 @@ def start_cli(workdir: Path, api_url: str, *args: str) -> subprocess.Popen:
     )
 
 
+def run_here(capsys, *args: str) -> dict:
+    """``taxi-hpo run ARGS --json`` in this process (its imports and fork server already there: a
+    search that is not about a fresh process); it must exit 0. Its summary, and ``stderr``."""
+    from taxi_hpo import cli
+
+    code = cli.main(["run", *args, "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    return {**json.loads(out.strip().splitlines()[-1]), "stderr": err}
+
+
 def finish(proc: subprocess.Popen, timeout: float = 300) -> dict:
     """Wait for a :func:`start_cli` process; it must exit 0. Its ``--json`` summary."""
     out, err = proc.communicate(timeout=timeout)
@@ -119,6 +130,19 @@ def search_run(db: Path) -> str:
 
 
 # -- real dask scheduler and worker processes -------------------------------------------------
+
+
+def migrated_prefect_home(home: Path) -> Path:
+    """``home`` made a PREFECT_HOME whose database is a copy of the session API server's (sqlite
+    backup): migrated, as a user's is after the first start. A fresh one costs a server ~5 CPU-s
+    of migrations, which the session's own server start already tests."""
+    import sqlite3
+
+    home.mkdir(parents=True, exist_ok=True)
+    session_db = Path(os.environ["PREFECT_HOME"]) / "prefect.db"
+    with sqlite3.connect(session_db) as src, sqlite3.connect(home / "prefect.db") as dst:
+        src.backup(dst)
+    return home
 
 
 def local_cluster(workers: int, api_url: str, threads_per_worker: int = 1):

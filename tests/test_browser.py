@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import free_port
+from helpers import free_port, migrated_prefect_home
 
 pytestmark = pytest.mark.integration
 
@@ -83,15 +83,10 @@ def services(tmp_path, chromium_path, prefect_api_url):
     Their databases start migrated, as a user's do after the first start (the migrations are
     not what this test looks at, and cost ~12 s of a 2-core machine): Prefect's a copy of the
     session's API server's, MLflow's seeded as ``taxi-hpo run`` seeds a new store."""
-    import sqlite3
-
     from taxi_hpo.tracking.store import seed_sqlite_store
 
     prefect_port, mlflow_port = free_port(), free_port()
-    (tmp_path / "prefect").mkdir()
-    session_db = Path(os.environ["PREFECT_HOME"]) / "prefect.db"
-    with sqlite3.connect(session_db) as src, sqlite3.connect(tmp_path / "prefect" / "prefect.db") as dst:
-        src.backup(dst)
+    migrated_prefect_home(tmp_path / "prefect")
     env = {
         **os.environ,
         "PREFECT_HOME": str(tmp_path / "prefect"),

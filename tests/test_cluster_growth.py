@@ -64,43 +64,13 @@ def frozen(pid: int):
             os.kill(pid, signal.SIGCONT)
 
 
-def test_a_worker_that_joins_mid_search_gets_trials(dask_processes, data_dir, workdir, prefect_api_url):
-    dask_processes.worker("w1")
-    proc = start_cli(
-        workdir,
-        prefect_api_url,
-        "--address",
-        dask_processes.address,
-        "--data-dir",
-        str(data_dir),
-        "--trials",
-        "8",
-        *TRIALS,
-    )
-    db = workdir / "mlflow.db"
-    # w1 stopped while it runs a trial: the search cannot end, or go on, without the new worker
-    _, w1 = freeze_running_trial(db)
-    with frozen(w1):
-        dask_processes.worker("w2")  # joins while the search runs on one worker
-        joined = dask_processes.pid("w2")
-        wait_for(
-            lambda: str(joined) in {p for ps in workers_of(db, True).values() for p in ps},
-            120,
-            "a trial on the worker that joined",
-        )
-    summary = finish(proc)
-    assert (summary["trials_done"], summary["trials_failed"]) == (8, 0)
-    finished_once(db, 8)
-    # the slots the search saw: one worker, then two
-    assert [n for _, n in summary["slots_seen"]][:2] == [1, 2]
-
-
-def test_a_worker_that_leaves_takes_its_slot_and_loses_no_trial(
+def test_a_worker_that_joins_mid_search_gets_trials_and_when_it_leaves_loses_no_trial(
     dask_processes, data_dir, workdir, prefect_api_url
 ):
+    """An elastic cluster's life in one search: w2 joins while w1 is stuck, takes trials, and is
+    retired while it provably holds a running one; that trial runs again on w1, and nothing
+    starts on w2 after it left."""
     dask_processes.worker("w1")
-    leaving = dask_processes.worker("w2")
-    leaving_pid = dask_processes.pid("w2")
     proc = start_cli(
         workdir,
         prefect_api_url,
@@ -113,9 +83,14 @@ def test_a_worker_that_leaves_takes_its_slot_and_loses_no_trial(
         *TRIALS,
     )
     db = workdir / "mlflow.db"
-    # the leaving worker provably holds a running trial when it is told to go
-    held, _ = freeze_running_trial(db, where=lambda trial, pid: pid == leaving_pid)
-    with frozen(leaving_pid):
+    # w1 stopped while it runs a trial: the search cannot go on without the worker that joins
+    _, w1 = freeze_running_trial(db)
+    with frozen(w1):
+        leaving = dask_processes.worker("w2")  # joins while the search runs on one worker
+        w2 = dask_processes.pid("w2")
+        # the joined worker gets a trial, and holds it (stopped) when it is told to go
+        held, _ = freeze_running_trial(db, where=lambda trial, pid: pid == w2)
+    with frozen(w2):
         retire = threading.Thread(
             target=dask_processes.client.retire_workers, args=([leaving],), kwargs={"close_workers": True}
         )
@@ -128,13 +103,15 @@ def test_a_worker_that_leaves_takes_its_slot_and_loses_no_trial(
     retire.join(120)
     assert not retire.is_alive()
     wait_for(lambda: dask_processes.address_of("w2") is None, 60, "the retired worker to leave")
-    ran_there = runs_on(db, leaving_pid)
-    assert held in {t for t, _, w in trial_runs(db) if f":{leaving_pid}:" in w}
+    ran_there = runs_on(db, w2)
+    assert held in {t for t, _, w in trial_runs(db) if f":{w2}:" in w}
     summary = finish(proc)
     assert (summary["trials_done"], summary["trials_failed"]) == (8, 0)
     finished_once(db, 8)  # each trial exactly one FINISHED run, none left RUNNING: the held one too
-    assert summary["slots_seen"][-1][1] == 1
-    assert runs_on(db, leaving_pid) == ran_there  # nothing started on the retired worker after it left
+    # the slots the search saw: one worker, then two, then one again
+    slots = [n for _, n in summary["slots_seen"]]
+    assert slots[:2] == [1, 2] and slots[-1] == 1, summary["slots_seen"]
+    assert runs_on(db, w2) == ran_there  # nothing started on the retired worker after it left
 
 
 def adapting_search(workdir, api_url, data_dir, cluster_class, kwargs, trials, *args):

@@ -14,6 +14,7 @@ from helpers import (  # noqa: F401 - test_tracking_outage imports finish, start
     finished_once,
     finished_trials,
     freeze_running_trial,
+    run_here,
     running_trials,
     search_run,
     start_cli,
@@ -83,7 +84,9 @@ def test_a_trial_that_kills_its_worker_every_time_is_a_failed_trial(
     assert tracking.run_status(f"sqlite:///{db}", parent) == "FINISHED"
 
 
-def test_killed_flow_resumes_with_the_same_batch_suggestions(prefect_api_url, data_dir, workdir, tmp_path):
+def test_killed_flow_resumes_with_the_same_batch_suggestions(
+    prefect_api_url, data_dir, workdir, tmp_path, monkeypatch, capsys
+):
     args = [
         "--data-dir",
         str(data_dir),
@@ -97,9 +100,12 @@ def test_killed_flow_resumes_with_the_same_batch_suggestions(prefect_api_url, da
         "2",
         *SMALL,
     ]
+    # the uninterrupted search, in this process (what is under test is the killed one's)
     reference_dir = tmp_path / "reference"
     reference_dir.mkdir()
-    reference = finish(start_cli(reference_dir, prefect_api_url, *args))
+    monkeypatch.chdir(reference_dir)
+    reference = run_here(capsys, *args)
+    monkeypatch.chdir(workdir)
 
     proc = start_cli(workdir, prefect_api_url, *args)
     db = workdir / "mlflow.db"
@@ -118,7 +124,7 @@ def test_killed_flow_resumes_with_the_same_batch_suggestions(prefect_api_url, da
     assert tracking.run_status(uri, parent) == "RUNNING"
     assert len(finished_trials(db)) < 6
     # ... and --resume goes on with it
-    resumed = finish(start_cli(workdir, prefect_api_url, "--resume", parent, "--workers", "1"))
+    resumed = run_here(capsys, "--resume", parent, "--workers", "1")
     assert resumed["parent_run_id"] == parent
     assert resumed["trial_params"] == reference["trial_params"]
     assert resumed["trials_done"] == 6 and resumed["preprocessor_artifacts"] == 1
@@ -126,7 +132,7 @@ def test_killed_flow_resumes_with_the_same_batch_suggestions(prefect_api_url, da
     assert tracking.run_status(uri, parent) == "FINISHED"
 
 
-def test_ctrl_c_kills_run_cleans_up_and_resumes(prefect_api_url, data_dir, workdir):
+def test_ctrl_c_kills_run_cleans_up_and_resumes(prefect_api_url, data_dir, workdir, capsys):
     proc = start_cli(
         workdir, prefect_api_url, "--data-dir", str(data_dir), "--trials", "6", "--workers", "2", *SMALL
     )
@@ -143,6 +149,6 @@ def test_ctrl_c_kills_run_cleans_up_and_resumes(prefect_api_url, data_dir, workd
     assert tracking.run_status(uri, parent) == "KILLED"
     assert not [r for r in trial_runs(db) if r[1] == "RUNNING"]
     assert len(finished_trials(db)) < 6  # something was left for --resume to run
-    resumed = finish(start_cli(workdir, prefect_api_url, "--resume", parent))
+    resumed = run_here(capsys, "--resume", parent)
     assert resumed["trials_done"] == 6
     finished_once(db, 6)

@@ -21,17 +21,10 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from helpers import free_port, local_cluster
+from helpers import free_port, local_cluster, run_here
 from taxi_hpo import cli, tracking
 
 SMALL = ["--rounds", "10", "--max-depth", "10", "--no-report"]
-
-
-def run_cli(capsys, *args) -> dict:
-    code = cli.main(["run", *args, "--json"])
-    out, err = capsys.readouterr()
-    assert code == 0, err
-    return {**json.loads(out.strip().splitlines()[-1]), "stderr": err}
 
 
 @pytest.fixture(scope="module")
@@ -270,9 +263,9 @@ def test_batch_mode_is_reproducible_preprocessing_reused_and_registering_needs_a
     prefect_api_url, data_dir, workdir, capsys, one_worker, two_workers
 ):
     common = ["--data-dir", str(data_dir), "--trials", "4", "--mode", "batch", "--batch-size", "2", *SMALL]
-    one = run_cli(capsys, *common, *one_worker, "--no-register")
+    one = run_here(capsys, *common, *one_worker, "--no-register")
     # registering on: no trial is below an RMSE of 1.0, so nothing qualifies
-    two = run_cli(capsys, *common, *two_workers, "--max-rmse", "1.0")
+    two = run_here(capsys, *common, *two_workers, "--max-rmse", "1.0")
     assert (one["slots"], two["slots"]) == (1, 2)
     assert one["trial_params"] == two["trial_params"]
     # One worker gives each trial both cores, two share them (elastic threads): the models, and
@@ -335,8 +328,8 @@ def test_pruning_is_reproducible_in_batch_mode_and_never_registers_a_pruned_tria
         "100",
         "--no-report",
     ]
-    one = run_cli(capsys, *common, *one_worker, "--no-register")
-    two = run_cli(capsys, *common, *two_workers)
+    one = run_here(capsys, *common, *one_worker, "--no-register")
+    two = run_here(capsys, *common, *two_workers)
     assert one["trial_params"] == two["trial_params"] and one["trial_rmse"] == two["trial_rmse"]
     pruned = [t for t in two["trials"] if t["pruned_at"] is not None]
     assert [t["pruned_at"] for t in one["trials"]] == [t["pruned_at"] for t in two["trials"]]
@@ -363,14 +356,14 @@ def test_the_time_budget_starts_nothing_after_it_and_resume_runs_the_rest(
     # ends on it with trials not started, none stopped, and --resume runs exactly those, ending
     # as the search was to end (its threshold, above any of these small trials' RMSE; no report).
     common = ["--data-dir", str(data_dir), "--max-rmse", "10", "--no-report", *SMALL, *two_workers]
-    s = run_cli(capsys, *common, "--trials", "10", "--timeout", "1s")
+    s = run_here(capsys, *common, "--trials", "10", "--timeout", "1s")
     assert s["ended_on_timeout"] and s["trials_not_started"] > 0 and s["trials_cancelled"] == 0
     assert len(s["trials"]) == 10 - s["trials_not_started"]
     started = sorted(t["trial_id"] for t in s["trials"])
     assert started == list(range(len(started))) and all(t["error"] is None for t in s["trials"])
     client = MlflowClient(s["tracking_uri"])
     assert client.get_run(s["parent_run_id"]).data.tags["ended_on_timeout"] == "true"
-    rest = run_cli(capsys, "--data-dir", str(data_dir), "--resume", s["parent_run_id"], *two_workers)
+    rest = run_here(capsys, "--data-dir", str(data_dir), "--resume", s["parent_run_id"], *two_workers)
     assert (
         rest["stderr"]
         .splitlines()[0]
@@ -392,7 +385,7 @@ def test_a_killing_budget_stops_running_trials_and_ends_their_runs_killed(
 ):
     # deep trees, many rounds, a slow learning rate at seed 7's first points: running when the
     # budget ends
-    s = run_cli(
+    s = run_here(
         capsys,
         "--data-dir",
         str(data_dir),
@@ -426,10 +419,10 @@ def test_a_warm_start_first_evaluates_the_best_points_of_the_last_search(
     prefect_api_url, data_dir, workdir, capsys, two_workers
 ):
     common = ["--data-dir", str(data_dir), "--no-register", "--no-report", "--rounds", "10", *two_workers]
-    cold = run_cli(capsys, *common, "--trials", "6", "--max-depth", "12", "--seed", "3")
+    cold = run_here(capsys, *common, "--trials", "6", "--max-depth", "12", "--seed", "3")
     best3 = sorted(cold["trials"], key=lambda t: t["loss"])[:3]
     # latest: the cold search; depth capped lower this time, so the points are kept inside the space
-    warm = run_cli(
+    warm = run_here(
         capsys,
         *common,
         "--trials",
@@ -462,7 +455,7 @@ def test_a_warm_start_first_evaluates_the_best_points_of_the_last_search(
         == warm["warm_start"][0]
     )
     # an explicit parent run id works the same; one that is no search is refused before anything runs
-    again = run_cli(
+    again = run_here(
         capsys, *common, "--trials", "1", "--warm-start", cold["parent_run_id"], "--warm-start-trials", "1"
     )
     assert again["warm_start"] == warm["warm_start"][:1]

@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from helpers import wait_for
+from helpers import migrated_prefect_home, wait_for
 
 PROBE = textwrap.dedent("""
     import sys
@@ -99,9 +99,9 @@ GONE_WITHIN_S = 120
 
 @pytest.mark.integration
 @pytest.mark.parametrize("how", ["Ctrl-C", "SIGKILL"])
-def test_temporary_server_serves_and_ends_with_its_process(tmp_path, how):
+def test_temporary_server_serves_and_ends_with_its_process(tmp_path, how, prefect_api_url):
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    env["PREFECT_HOME"] = str(tmp_path / "prefect")
+    env["PREFECT_HOME"] = str(migrated_prefect_home(tmp_path / "prefect"))
     holder = subprocess.Popen(
         [sys.executable, "-c", SERVER_HOLDER],
         env=env,
@@ -128,11 +128,11 @@ def test_temporary_server_serves_and_ends_with_its_process(tmp_path, how):
 
 
 @pytest.mark.integration
-def test_a_run_without_an_api_starts_exactly_one_server(data_dir, tmp_path):
+def test_a_run_without_an_api_starts_exactly_one_server(data_dir, tmp_path, prefect_api_url):
     """`taxi-hpo run` with no PREFECT_API_URL: one temporary server for the flow and its workers
     (a worker without the URL would start its own), and none left when the run ends."""
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    env["PREFECT_HOME"] = str(tmp_path / "prefect")
+    env["PREFECT_HOME"] = str(migrated_prefect_home(tmp_path / "prefect"))
     cli = Path(sys.executable).with_name("taxi-hpo")
     run = subprocess.Popen(
         [

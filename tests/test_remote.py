@@ -31,7 +31,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
 from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
-from helpers import free_port
+from helpers import free_port, migrated_prefect_home
 from taxi_hpo import cli, cluster, tracking
 from taxi_hpo.cluster import credentials
 from taxi_hpo.config import RunConfig
@@ -394,6 +394,16 @@ def stop_cluster(net: Net, run_subdir: str) -> None:
     stop_all([net.hosts[host].run_dir / run_subdir for host in ("w1", "w2", "sched")])
 
 
+def seed_client_stores(net) -> None:
+    """The client host's MLflow and Prefect databases start migrated, as a user's are after the
+    first start (~10 CPU-s of migrations, which other tests make)."""
+    from taxi_hpo.tracking.store import seed_sqlite_store
+
+    run_dir = net.hosts["client"].run_dir
+    migrated_prefect_home(run_dir / "prefect")
+    seed_sqlite_store(f"sqlite:///{run_dir / 'mlflow.db'}")
+
+
 @pytest.fixture(scope="module")
 def stack(net, tmp_path_factory) -> Stack:
     """MLflow and Prefect on the client host (with the credentials their scripts made), a
@@ -401,6 +411,7 @@ def stack(net, tmp_path_factory) -> Stack:
     environment while the module runs (MlflowClient reads them there)."""
     client = net.hosts["client"]
     mlflow_port, prefect_port = free_port(client.ip), free_port(client.ip)
+    seed_client_stores(net)
     wait_all(
         {
             "mlflow": net.script(

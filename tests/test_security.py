@@ -44,6 +44,7 @@ from test_remote import (
     read_env_file,
     require_namespaces,
     search_command,
+    seed_client_stores,
     server_credentials,
     start_cluster,
     summary_of,
@@ -209,6 +210,7 @@ def secure(tmp_path_factory):
             capture_output=True,
         )
         mlflow_port, prefect_port = free_port(client.ip), free_port(client.ip)
+        seed_client_stores(net)
         procs = {  # the scripts' defaults: no credentials given, no opt-out
             "mlflow": net.script(
                 "client", "start-mlflow.sh", env={"MLFLOW_PORT": str(mlflow_port), "MLFLOW_WORKERS": "1"}
