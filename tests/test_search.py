@@ -410,3 +410,12 @@ def test_a_batch_keeps_a_fixed_size():
         run_search(
             TPESearcher(reference_space(20), seed=1), PoolRunner(1), 2, mode="batch", in_flight=lambda: 2
         )
+
+
+def test_a_depth_range_of_one_depth_is_searched_at_that_depth():
+    """``--max-depth 4`` (the space's lower bound, which the error for 3 asks for) is a search at
+    depth 4, random start-up and TPE alike (hyperopt refuses a range with low == high)."""
+    runner = PoolRunner(workers=2)
+    searcher = TPESearcher(reference_space(4), seed=3, n_startup_jobs=3)
+    outcomes = run_search(searcher, runner, 8, mode="async", in_flight=2)
+    assert [o.params["max_depth"] for o in outcomes] == [4] * 8

@@ -17,6 +17,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import prefect.settings
 from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -82,7 +83,7 @@ class TemporaryServer:
             "on",
         ]
         self.process = subprocess.Popen(
-            [sys.executable, "-c", _BOOT, str(os.getpid()), *uvicorn_args], env=env
+            [sys.executable, "-c", _BOOT, str(os.getpid()), migration_lock(), *uvicorn_args], env=env
         )
         atexit.register(self.stop)  # a run that fails before prefect_api() takes it over
         return self
@@ -119,8 +120,27 @@ class TemporaryServer:
         self.process = None
 
 
+def migration_lock() -> str:
+    """The lock file under which a temporary server brings its database's schema up to date.
+
+    Prefect's server migrates its database as it starts; two servers starting at once on one
+    new (or older) database both migrate it, and the loser dies with alembic's "Online migration
+    expected to match one row" (measured: 4 searches at once on a fresh ``PREFECT_HOME``). A
+    sqlite database's lock sits beside its file (every home that shares it shares the lock);
+    any other database's in ``PREFECT_HOME``.
+    """
+    settings = prefect.settings.get_current_settings()
+    url = settings.server.database.connection_url
+    url = url.get_secret_value() if url is not None else ""
+    if url.startswith("sqlite") and ":///" in url and ":memory:" not in url:
+        return url.split(":///", 1)[1].split("?", 1)[0] + ".migrate.lock"
+    return str(Path(settings.home).expanduser() / "server-migrate.lock")
+
+
 # ``python -m uvicorn ARGS`` that first asks Linux to SIGTERM it when this process dies (set in
-# the child itself: no preexec_fn, which is unsafe in a threaded parent).
+# the child itself: no preexec_fn, which is unsafe in a threaded parent), then migrates the
+# database under ``migration_lock()`` (one server at a time; at the head revision, a quick check)
+# instead of in the app's start-up, where concurrent servers race.
 _BOOT = """
 import os, runpy, signal, sys
 parent = int(sys.argv[1])
@@ -129,7 +149,16 @@ if sys.platform == "linux":
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     if os.getppid() != parent:
         sys.exit(0)
-sys.argv = ["uvicorn", *sys.argv[2:]]
+import prefect.settings
+if prefect.settings.get_current_settings().server.database.migrate_on_start:
+    import asyncio
+    from filelock import FileLock
+    from prefect.server.database import provide_database_interface
+    os.makedirs(os.path.dirname(os.path.abspath(sys.argv[2])), exist_ok=True)
+    with FileLock(sys.argv[2]):
+        asyncio.run(provide_database_interface().create_db())  # what the app's start-up runs
+    os.environ["PREFECT_SERVER_DATABASE_MIGRATE_ON_START"] = "false"
+sys.argv = ["uvicorn", *sys.argv[3:]]
 runpy.run_module("uvicorn", run_name="__main__", alter_sys=True)
 """
 

@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         return {"loss": rmse, "status": STATUS_OK}
 
     space = {
-        "max_depth": scope.int(hp.quniform("max_depth", 4, args.max_depth, 1)),
+        "max_depth": scope.int(hp.quniform("max_depth", 4, max(args.max_depth, 4.49), 1)),
         "learning_rate": hp.loguniform("learning_rate", -3, 0),
         "reg_alpha": hp.loguniform("reg_alpha", -5, -1),
         "reg_lambda": hp.loguniform("reg_lambda", -6, -1),

@@ -22,8 +22,10 @@ def reference_space(max_depth: int = DEFAULT_MAX_DEPTH) -> dict:
             f"--max-depth {max_depth} is below the space's lower bound {MIN_MAX_DEPTH}: "
             f"give {MIN_MAX_DEPTH} or more"
         )
+    # hyperopt needs low < high: a range of one depth is drawn from [4, 4.49), rounded to 4
+    high = max_depth if max_depth > MIN_MAX_DEPTH else MIN_MAX_DEPTH + 0.49
     return {
-        "max_depth": scope.int(hp.quniform("max_depth", MIN_MAX_DEPTH, max_depth, 1)),
+        "max_depth": scope.int(hp.quniform("max_depth", MIN_MAX_DEPTH, high, 1)),
         "learning_rate": hp.loguniform("learning_rate", -3, 0),
         "reg_alpha": hp.loguniform("reg_alpha", -5, -1),
         "reg_lambda": hp.loguniform("reg_lambda", -6, -1),
