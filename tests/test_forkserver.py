@@ -19,8 +19,9 @@ from taxi_hpo.cluster import forkserver, spec
 from taxi_hpo.flows import warm
 
 # the server is started with one API URL, the workers' nanny gives them another
-forked = warm.start_fork_server("http://127.0.0.1:9/api", 2)
-local = spec.ClusterSpec(workers=2, threads_per_worker=2).start_local(warm.worker_env("http://127.0.0.1:10/api"))
+forked = warm.start_fork_server("http://127.0.0.1:9/api", 2, "sqlite:///mlflow.db")
+local = spec.ClusterSpec(workers=2, threads_per_worker=2).start_local(
+    warm.worker_env("http://127.0.0.1:10/api", "sqlite:///mlflow.db"))
 
 def probe():
     import os, sys
@@ -29,7 +30,8 @@ def probe():
              "MALLOC_TRIM_THRESHOLD_", "TAXI_HPO_WARM_IMPORTS")
     return {"ppid": os.getppid(), "env": {n: os.environ.get(n) for n in names},
             "api_url": PREFECT_API_URL.value(),
-            "imported": all(m in sys.modules for m in ("xgboost", "mlflow", "taxi_hpo.flows.tasks"))}
+            "imported": all(m in sys.modules for m in ("xgboost", "mlflow", "taxi_hpo.flows.tasks")),
+            "database_store": "mlflow.store.tracking.sqlalchemy_store" in sys.modules}
 
 try:
     with distributed.Client(local.address()) as client:
@@ -69,6 +71,16 @@ def test_forked_workers_are_what_spawned_ones_are(tmp_path):
         assert {k: worker["env"][k] for k in expected} == expected, worker
         assert worker["api_url"] == "http://127.0.0.1:10/api", worker  # the nanny's, not the server's
     assert all(w["imported"] for w in forked["workers"])  # before the worker took any task
+    assert all(w["database_store"] for w in forked["workers"])  # a sqlite store: MLflow's ORM too
+
+
+def test_only_a_database_store_is_imported_ahead():
+    from taxi_hpo.flows import warm
+
+    for uri in ("sqlite:///mlflow.db", "postgresql://u@h/db", "postgresql+psycopg://u@h/db"):
+        assert warm.warm_imports(uri)[-1] == warm.DATABASE_STORE, uri
+    for uri in ("http://head:5000", "https://head", "file:///tmp/mlruns", None):
+        assert warm.DATABASE_STORE not in warm.warm_imports(uri), uri
 
 
 def test_the_server_keeps_dasks_own_pre_spawn_default():

@@ -131,7 +131,7 @@ def cmd_run(args: argparse.Namespace, whole_process: bool = False) -> int:
 
         # its forks, the workers, keep its standard output: under --json, standard error
         with _stdout_to_stderr() if args.json else contextlib.nullcontext():
-            warm.start_fork_server(api_url, cfg.threads_per_worker)
+            warm.start_fork_server(api_url, cfg.threads_per_worker, cfg.resolved_tracking_uri)
     from taxi_hpo import preflight, tracking
     from taxi_hpo.cli.progress import ProgressBar, download_progress
 

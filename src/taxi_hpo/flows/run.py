@@ -27,7 +27,7 @@ def execute(cfg: RunConfig, reporter: Reporter | None = None) -> dict:
             cfg.cluster_class,
             dict(cfg.cluster_kwargs),
             cfg.adapt,
-            worker_env(start_early()),
+            worker_env(start_early(), cfg.resolved_tracking_uri),
         ) as where,
     ):
         cache_settings_serialization()  # ~30 ms less of the flow per submitted trial (see there)
