@@ -281,3 +281,37 @@ def test_a_flow_run_started_without_heartbeats_beats_none_and_others_still_do():
     with without_heartbeats():
         assert FlowRunEngine(flow=nothing).heartbeat_seconds is None
     assert FlowRunEngine(flow=nothing).heartbeat_seconds is not None  # the search keeps its own
+
+
+def test_a_flow_run_ends_without_waiting_for_its_heartbeat_thread():
+    """unjoined_heartbeats: leaving Prefect's heartbeat block (a flow run's end) returns while the
+    heartbeat thread still sleeps in its one-second step (joined, it would be gone), and the
+    thread ends by itself at its next step without beating again. Driven by an engine that
+    counts its beats, so the order is the same on a loaded machine."""
+    import threading
+
+    import prefect.flow_engine
+
+    from taxi_hpo.prefect_api import unjoined_heartbeats
+
+    class Engine:
+        heartbeat_seconds, flow_run, logger = 30, None, logging.getLogger("test-heartbeats")
+
+        def __init__(self):
+            self.beats, self.beat = 0, threading.Event()
+
+        def _build_heartbeat_event_template(self):
+            return None, None
+
+        def _emit_flow_run_heartbeat(self, resource, related):
+            self.beats += 1
+            self.beat.set()
+
+    unjoined_heartbeats()
+    engine, before = Engine(), set(threading.enumerate())
+    with prefect.flow_engine._send_heartbeats(engine):
+        assert engine.beat.wait(10), "no heartbeat"
+        (thread,) = set(threading.enumerate()) - before
+    assert thread.is_alive(), "the end of the run waited for its heartbeat thread"
+    wait_for(lambda: not thread.is_alive(), 10, "the heartbeat thread to end by itself")
+    assert engine.beats == 1

@@ -8,7 +8,7 @@ from taxi_hpo.flows.recipe import search
 from taxi_hpo.flows.reporting import Reporter, reporting_to
 from taxi_hpo.flows.signals import watching_sigint
 from taxi_hpo.flows.warm import worker_env
-from taxi_hpo.prefect_api import cache_settings_serialization, prefect_api, start_early
+from taxi_hpo.prefect_api import cache_settings_serialization, prefect_api, start_early, unjoined_heartbeats
 
 
 def execute(cfg: RunConfig, reporter: Reporter | None = None) -> dict:
@@ -31,6 +31,7 @@ def execute(cfg: RunConfig, reporter: Reporter | None = None) -> dict:
         ) as where,
     ):
         cache_settings_serialization()  # ~30 ms less of the flow per submitted trial (see there)
+        unjoined_heartbeats()  # the search's end does not wait for Prefect's heartbeat thread
         with prefect_api():
             summary = search.with_options(task_runner=where.runner())(cfg.to_dict())
             timeline.mark("flow_ended")
