@@ -41,9 +41,12 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
 # -- the CLI as a real process ----------------------------------------------------------------
 
 
-def start_cli(workdir: Path, api_url: str, *args: str) -> subprocess.Popen:
-    """``taxi-hpo run ARGS --json`` in ``workdir``, talking to the Prefect API at ``api_url``."""
-    env = {**os.environ, "PREFECT_API_URL": api_url, "PYTHONUNBUFFERED": "1"}
+def start_cli(workdir: Path, api_url: str | None, *args: str, env: dict | None = None) -> subprocess.Popen:
+    """``taxi-hpo run ARGS --json`` in ``workdir``, talking to the Prefect API at ``api_url`` (None:
+    none set, so the run starts its own); ``env``: the environment instead of this process's."""
+    env = {**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"}
+    env.pop("PREFECT_API_URL", None)
+    env.update({"PREFECT_API_URL": api_url} if api_url else {})
     return subprocess.Popen(
         [sys.executable, "-m", "taxi_hpo.cli", "run", *args, "--json"],
         cwd=workdir,

@@ -11,41 +11,22 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
+from helpers import start_cli
 from taxi_hpo import tracking
 
 SEARCH = ("--trials", "2", "--workers", "1", "--rounds", "2", "--max-depth", "4")
-SEARCH += ("--experiment", "shared", "--max-rmse", "100", "--no-report", "--json")
+SEARCH += ("--experiment", "shared", "--max-rmse", "100", "--no-report")
 
 
-def _start(folder: Path, data_dir: Path, seed: int, env: dict) -> subprocess.Popen:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "taxi_hpo.cli",
-            "run",
-            "--data-dir",
-            str(data_dir),
-            "--seed",
-            str(seed),
-            *SEARCH,
-        ],
-        cwd=folder,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def _together(folder: Path, data_dir: Path, seeds, env: dict) -> list[dict]:
-    procs = [_start(folder, data_dir, seed, env) for seed in seeds]
+def _together(folder: Path, data_dir: Path, seeds, api_url: str | None, env: dict) -> list[dict]:
+    procs = [
+        start_cli(folder, api_url, "--data-dir", str(data_dir), "--seed", str(s), *SEARCH, env=env)
+        for s in seeds
+    ]
     summaries = []
     for proc in procs:
         out, err = proc.communicate(timeout=400)
@@ -80,15 +61,14 @@ def test_four_searches_at_once_on_a_fresh_folder_then_four_more(tmp_path, data_d
     folder = tmp_path / "work"
     folder.mkdir()
     uri = f"sqlite:///{folder / 'mlflow.db'}"
-    fresh_prefect = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    fresh_prefect["PREFECT_HOME"] = str(tmp_path / "prefect-home")  # a new Prefect database
+    fresh_prefect = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home")}  # a new database
 
-    first = _together(folder, data_dir, (1, 2, 3, 4), fresh_prefect)
+    first = _together(folder, data_dir, (1, 2, 3, 4), None, fresh_prefect)
     _each_whole(uri, first)
     assert sorted(int(s["registered_version"]) for s in first) == [1, 2, 3, 4]
 
     # The same folder again, now with its store made, on the session's running Prefect API.
-    again = _together(folder, data_dir, (5, 6, 7, 8), {**os.environ, "PREFECT_API_URL": prefect_api_url})
+    again = _together(folder, data_dir, (5, 6, 7, 8), prefect_api_url, dict(os.environ))
     _each_whole(uri, first + again)
     assert sorted(int(s["registered_version"]) for s in again) == [5, 6, 7, 8]
     experiments = [e.name for e in MlflowClient(tracking_uri=uri).search_experiments()]

@@ -152,6 +152,7 @@ if sys.platform == "linux":
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     if os.getppid() != parent:
         sys.exit(0)
+import prefect.server.api.server  # the app's imports (seconds) before the lock, not under it
 from filelock import FileLock
 os.makedirs(os.path.dirname(os.path.abspath(sys.argv[2])), exist_ok=True)
 lock = FileLock(sys.argv[2], thread_local=False)
