@@ -125,8 +125,9 @@ def pytest_sessionfinish(session, exitstatus):
 
 
 #: The longest files first (their test-seconds in a CI run, 2026-12-06: 138 s down to 46 s): under
-#: ``--dist loadfile`` xdist hands files out in collection order, so the suite no longer ends with
-#: one core waiting on a long file that came late in the alphabet. Every other file keeps its place.
+#: ``--dist loadfile`` xdist hands files out in collection order, meant to keep the suite from
+#: ending with one core waiting on a long file late in the alphabet (not yet shown to shorten it:
+#: that evening's runs were confounded). Every other file keeps its place.
 LONGEST_FIRST = (
     "test_flow.py",
     "test_cluster_growth.py",

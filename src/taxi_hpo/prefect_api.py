@@ -165,7 +165,8 @@ def release_when_serving():
                 if response.status == 200:
                     break
         except OSError:
-            time.sleep(0.05)
+            pass
+        time.sleep(0.05)
     lock.release()
 threading.Thread(target=release_when_serving, daemon=True).start()
 sys.argv = ["uvicorn", *sys.argv[3:]]
@@ -266,8 +267,8 @@ def unjoined_heartbeats() -> None:
     """A flow run's end no longer waits for its heartbeat thread (process-wide, once).
 
     Prefect's flow engine beats from a daemon thread that sleeps in one-second steps and joins it
-    as the run ends (``prefect.flow_engine._send_heartbeats``): 0.45 s of every search's end, on
-    average, measured in the command's timeline (registered -> flow ended). The thread is told to
+    as the run ends (``prefect.flow_engine._send_heartbeats``): registered -> flow ended in the
+    command's timeline went from 0.40 s to 0.17 s without the wait (medians of 5 pairs). The thread is told to
     stop either way, and a stopped thread returns at its next step without emitting anything, so
     the wait buys nothing. A Prefect whose engine has no such function is left as it is.
     """
