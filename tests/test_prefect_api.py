@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -130,9 +131,12 @@ def test_temporary_server_serves_and_ends_with_its_process(tmp_path, how, prefec
 @pytest.mark.integration
 def test_a_run_without_an_api_starts_exactly_one_server(data_dir, tmp_path, prefect_api_url):
     """`taxi-hpo run` with no PREFECT_API_URL: one temporary server for the flow and its workers
-    (a worker without the URL would start its own), and none left when the run ends."""
+    (a worker without the URL would start its own), and none left when the run ends; nothing of
+    the server on the run's terminal, and its log file gone with it."""
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env["PREFECT_HOME"] = str(migrated_prefect_home(tmp_path / "prefect"))
+    env["TMPDIR"] = str(tmp_path / "tmp")
+    (tmp_path / "tmp").mkdir()
     cli = Path(sys.executable).with_name("taxi-hpo")
     run = subprocess.Popen(
         [
@@ -178,6 +182,45 @@ def test_a_run_without_an_api_starts_exactly_one_server(data_dir, tmp_path, pref
     assert summary["timeline"]["prefect_api_ready"] < summary["timeline"]["flow_started"]
     assert len(servers_seen) == 1, servers_seen
     wait_for(lambda: all(_gone(pid) for pid in servers_seen), GONE_WITHIN_S, f"servers {servers_seen} to end")
+    assert "Traceback" not in err and "uvicorn" not in err, err[-2000:]
+    assert not list((tmp_path / "tmp").glob("taxi-hpo-prefect-server-*")), "the server's log was left"
+
+
+@pytest.mark.integration
+def test_a_temporary_server_that_cannot_start_is_one_line_naming_its_log(data_dir, tmp_path):
+    """A database the server cannot reach: uvicorn exits 3, as for a taken port, but another port
+    does not help (it used to relaunch until the 60 s timeout); the run says why in one line,
+    keeps the server's log for the user and leaves no process behind."""
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect")
+    env["TMPDIR"] = str(tmp_path / "tmp")
+    (tmp_path / "tmp").mkdir()
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = f"postgresql+asyncpg://u:p@127.0.0.1:{closed}/prefect"
+    started = time.monotonic()
+    run = subprocess.run(
+        [sys.executable, "-m", "taxi_hpo.cli", "run", "--data-dir", str(data_dir), "--trials", "2"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    took = time.monotonic() - started
+    assert run.returncode == 2, run.stderr[-2000:]
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in run.stderr, run.stderr[-2000:]
+    assert lines[0].startswith("taxi-hpo: error: the temporary Prefect API server exited with code 3 (")
+    assert "ConnectionRefusedError" in lines[0] and "PREFECT_API_URL" in lines[0]
+    logs = list((tmp_path / "tmp").glob("taxi-hpo-prefect-server-*.log"))
+    assert len(logs) == 1 and str(logs[0]) in lines[0]
+    assert "Application startup failed" in logs[0].read_text()
+    assert took < 55, f"{took:.0f} s: relaunched until the start-up timeout instead of failing"
+    # the server and the cluster's workers all run in the run's folder
+    left = [p.info for p in psutil.process_iter(["pid", "cwd", "cmdline"]) if p.info["cwd"] == str(tmp_path)]
+    assert not left, left
 
 
 def test_drain_chatter_is_dropped_and_other_service_warnings_kept(caplog):

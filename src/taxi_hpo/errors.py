@@ -27,3 +27,7 @@ class ClusterError(TaxiHpoError):
 
 class TrackingError(TaxiHpoError):
     """The MLflow tracking store cannot be reached or holds something unexpected."""
+
+
+class PrefectApiError(TaxiHpoError):
+    """The Prefect API this run needs cannot be started or reached."""

@@ -10,9 +10,11 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -23,6 +25,7 @@ import prefect.settings
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from taxi_hpo import environ, timeline
+from taxi_hpo.errors import PrefectApiError
 
 
 def configured_credentials() -> tuple[str | None, str | None]:
@@ -43,11 +46,19 @@ class TemporaryServer:
     package into this process: 3.4 s of imports that would compete with the run's own start.
 
     On Linux the server is asked to end with this process, even on SIGKILL: no orphan server.
+
+    Its output goes to a log file, not to the run's terminal: stopping it mid-query cancels its
+    background services and their database sessions, which SQLAlchemy logs as an ERROR with a
+    traceback ("Exception during reset or similar ... CancelledError", CI 2026-12-06) on a search
+    that succeeded. The file is removed when the server stops; a server that fails to start
+    keeps it, and the error names it with its last line.
     """
 
     def __init__(self, port: int | None = None):
         self.port = port or _free_port()
         self.process: subprocess.Popen | None = None
+        self.log_path: Path | None = None
+        self.failed = False  # then its log stays, for the error that names it
 
     @property
     def api_url(self) -> str:
@@ -82,9 +93,17 @@ class TemporaryServer:
             "--lifespan",
             "on",
         ]
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", _BOOT, str(os.getpid()), migration_lock(), *uvicorn_args], env=env
-        )
+        self._remove_log()
+        fd, log_path = tempfile.mkstemp(prefix=f"taxi-hpo-prefect-server-{os.getpid()}-", suffix=".log")
+        self.log_path = Path(log_path)
+        with os.fdopen(fd, "wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", _BOOT, str(os.getpid()), migration_lock(), *uvicorn_args],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         atexit.register(self.stop)  # a run that fails before prefect_api() takes it over
         return self
 
@@ -92,12 +111,13 @@ class TemporaryServer:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             code = self.process.poll()
-            if code == 3:  # the port was taken between choosing and binding it: another one
+            if code == 3 and self._port_was_taken():  # between choosing and binding it: another
                 self.port = _free_port()
                 self.launch()
                 continue
             if code is not None:
-                raise RuntimeError(f"the temporary Prefect API server exited with code {code}")
+                self.failed = True
+                raise PrefectApiError(self._failure(f"exited with code {code}"))
             try:
                 with urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as response:
                     if response.status == 200:
@@ -105,19 +125,53 @@ class TemporaryServer:
             except OSError:
                 pass
             time.sleep(0.1)
+        self.failed = True
         self.stop()
-        raise RuntimeError(f"the temporary Prefect API server did not answer within {timeout_s:.0f} s")
+        raise PrefectApiError(self._failure(f"did not answer within {timeout_s:.0f} s"))
+
+    def _log_lines(self) -> list[str]:
+        if self.log_path is None or not self.log_path.exists():
+            return []
+        return [
+            line.strip() for line in self.log_path.read_text(errors="replace").splitlines() if line.strip()
+        ]
+
+    def _port_was_taken(self) -> bool:
+        # uvicorn exits 3 both when it cannot bind and when the app's start-up fails (a database
+        # it cannot reach): only the first is cured by another port
+        return any("address already in use" in line.lower() for line in self._log_lines())
+
+    def _failure(self, what: str) -> str:
+        lines = self._log_lines()
+        # the exception's own line says why; uvicorn's "Application startup failed" does not
+        last = next(
+            (line for line in reversed(lines) if _EXCEPTION_LINE.match(line)), lines[-1] if lines else ""
+        )
+        said = f" ({last[:300]})" if last else ""
+        return (
+            f"the temporary Prefect API server {what}{said}; its log is {self.log_path}. Set "
+            f"PREFECT_API_URL to a running server (`prefect server start`) to use that one instead"
+        )
+
+    def _remove_log(self) -> None:
+        if self.log_path is not None:
+            self.log_path.unlink(missing_ok=True)
+            self.log_path = None
 
     def stop(self) -> None:
-        if self.process is None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self.process = None
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+            self.process = None
+        if not self.failed:
+            self._remove_log()
+
+
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b")
 
 
 def migration_lock() -> str:
