@@ -62,6 +62,38 @@ def test_rungs(data_dir, tmp_path):
     assert [line.split("|")[1].strip().split()[0] for line in table[2:]] == ["1", "2", "3"]
 
 
+def test_fidelities(data_dir, tmp_path):
+    bench(
+        "fidelities.py",
+        "--points",
+        "4",
+        "--rounds",
+        "3",
+        "--max-depth",
+        "4",
+        "--fractions",
+        "1/9",
+        "--at-rounds",
+        "2",
+        "--data-dir",
+        str(data_dir),
+        "--out",
+        str(tmp_path / "out"),
+        cwd=tmp_path,
+    )
+    pair = json.loads((tmp_path / "out" / "fidelities.json").read_text())["pairs"][0]
+    assert set(pair["fits"][0]) == {"1", "1/9 uniform", "1/9 stratified"}
+    # a sample keeps about a ninth of the rows and, compacted, only the columns it has values in
+    assert all(
+        abs(n - pair["rows"] / 9) < pair["rows"] / 90 for k, n in pair["sample_rows"].items() if k != "1"
+    )
+    assert all(pair["sample_columns"][k] < pair["columns"] for k in pair["sample_columns"] if k != "1")
+    table = (tmp_path / "out" / "fidelities.md").read_text()
+    rows = [line.split(" | ")[0] for line in table.splitlines() if line.startswith("| ")]
+    starts = [r.split(" (")[0] for r in rows]
+    assert starts.count("| 1/9 uniform") == 2 and starts.count("| all") == 1  # rounds 2 and the end
+
+
 def test_sample_efficiency(data_dir, tmp_path):
     out = tmp_path / "out"
     bench(
