@@ -224,10 +224,10 @@ LADDERS = {
 
 
 def replay(pair: dict, ladder: list[tuple[str, int | None]], eta: int = 3, target_of: int = 32) -> dict:
-    """Asynchronous successive halving with promotion (ASHA's promote mode), one slot, on the
-    recorded fits, the points in TPE's order: each point is fitted at the lowest rung; after each
-    fit, any point in the best 1/eta of a rung's results (and not promoted yet) is fitted at the
-    next rung, the last one being the full fit (from scratch; a rounds rung at all rows is
+    """Asynchronous successive halving with promotion (``taxi_hpo.search.promotion``, ASHA's
+    promote mode), one slot, on the recorded fits, the points in TPE's order: each point is fitted
+    at the lowest rung; after each fit, the promotions due are fitted, highest rung first, the
+    last rung being the full fit (from scratch; a rounds rung at all rows is
     continued: its cost is counted once). Returns the CPU-s until a full fit reaches the best of
     the first ``target_of`` full fits (the plain sequential search's best-of-32), against the
     plain search's own time to it.
@@ -252,26 +252,24 @@ def replay(pair: dict, ladder: list[tuple[str, int | None]], eta: int = 3, targe
         name, r = ladder[rung]
         return at_round(fits[i][name]["cpu_s"], r)
 
-    results: list[dict[int, float]] = [{} for _ in ladder]
-    promoted: list[set[int]] = [set() for _ in ladder]
+    from taxi_hpo.search.promotion import COMPLETE, Promoter, Rung
+
+    promoter = Promoter([Rung(float(Fraction(name.split()[0])), r) for name, r in ladder] + [COMPLETE], eta)
     spent, best, reached, full_fits = 0.0, math.inf, None, 0
     for i in range(len(fits)):
-        queue = [(i, 0)]
-        while queue:
-            j, rung = queue.pop(0)
+        spent += cost(i, 0)
+        promoter.record(i, 0, score(i, 0))
+        while (promotion := promoter.take()) is not None:
+            j, rung = promotion
             spent += cost(j, rung)
-            if rung == len(ladder):
-                full_fits += 1
-                best = min(best, final[j])
-                if reached is None and final[j] <= target:
-                    reached = spent
+            if rung < promoter.top:
+                promoter.record(j, rung, score(j, rung))
                 continue
-            results[rung][j] = score(j, rung)
-            ranked = sorted(results[rung], key=results[rung].__getitem__)
-            for k in ranked[: len(ranked) // eta]:
-                if k not in promoted[rung]:
-                    promoted[rung].add(k)
-                    queue.append((k, rung + 1))
+            promoter.record(j, rung, final[j])
+            full_fits += 1
+            best = min(best, final[j])
+            if reached is None and final[j] <= target:
+                reached = spent
     return {
         "target": target,
         "plain_s": plain,

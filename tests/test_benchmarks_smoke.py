@@ -92,6 +92,11 @@ def test_fidelities(data_dir, tmp_path):
     rows = [line.split(" | ")[0] for line in table.splitlines() if line.startswith("| ")]
     starts = [r.split(" (")[0] for r in rows]
     assert starts.count("| 1/9 uniform") == 2 and starts.count("| all") == 1  # rounds 2 and the end
+    # the promotion ladders replayed on those fits (the ladders with samples it has not: "-")
+    replayed = bench("fidelities.py", "--replay", str(tmp_path / "out" / "fidelities.json"), cwd=tmp_path)[0]
+    ladders = {line.split(" | ")[0]: line for line in replayed.splitlines()[2:]}
+    assert "sooner" in ladders["| 1/9 rows, 9 rounds"] or "never" in ladders["| 1/9 rows, 9 rounds"]
+    assert ladders["| 1/3 rows, 9 rounds"].count(" - ") == 2
 
 
 def test_sample_efficiency(data_dir, tmp_path):
