@@ -38,6 +38,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sp
 
 
 def stratified_sample(groups: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
@@ -55,10 +56,6 @@ def stratified_sample(groups: np.ndarray, fraction: float, rng: np.random.Genera
         if k > 0
     ]
     return np.sort(np.concatenate(picked))
-
-
-def uniform_sample(n: int, fraction: float, rng: np.random.Generator) -> np.ndarray:
-    return np.sort(rng.choice(n, max(1, round(n * fraction)), replace=False))
 
 
 def measures(at: list[float], final: list[float], cost: list[float], eta: int = 3) -> dict:
@@ -123,22 +120,20 @@ def study_pair(args, train_spec: str, valid_spec: str) -> dict:
     build_s, columns = {}, {"1": prepared.X_train.shape[1]}
     for fraction in args.fractions:
         for how in ("uniform", "stratified"):
-            if how == "uniform":
-                rows = uniform_sample(len(groups), fraction, rng)
-            else:
-                rows = stratified_sample(groups, fraction, rng)
-            started = time.perf_counter()
-            x = prepared.X_train[rows]
             name = f"1/{round(1 / fraction)} {how}"
-            if args.columns == "compact":
-                # the columns the sample has values in: the same trees (a column without values
-                # offers no split), but XGBoost's cost per tree node grows with the columns
-                keep = np.flatnonzero(np.diff(x.tocsc().indptr))
-                x, valid_x = x[:, keep], prepared.X_valid[:, keep]
-                sample_valid = xgb.DMatrix(valid_x, label=prepared.y_valid)
+            started = time.perf_counter()
+            # the sample as the package builds it: kept to the columns it has values in
+            if how == "uniform":
+                sample = features.row_sample(prepared, fraction, seed=args.seed)
             else:
+                sample = features.keep_rows(prepared, stratified_sample(groups, fraction, rng), name)
+            x, sample_valid = sample.X_train, xgb.DMatrix(sample.X_valid, label=sample.y_valid)
+            if args.columns == "all":  # the same rows at all the preprocessor's columns
+                x = sp.csr_matrix(
+                    (x.data, sample.columns[x.indices], x.indptr), shape=(x.shape[0], columns["1"])
+                )
                 sample_valid = dvalid
-            samples[name] = (xgb.DMatrix(x, label=prepared.y_train[rows]), sample_valid)
+            samples[name] = (xgb.DMatrix(x, label=sample.y_train), sample_valid)
             build_s[name] = time.perf_counter() - started
             columns[name] = x.shape[1]
     searcher = TPESearcher(reference_space(args.max_depth), args.seed)

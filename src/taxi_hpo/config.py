@@ -97,13 +97,21 @@ def is_local_uri(uri: str) -> bool:
 
 #: The stores MLflow opens (a database scheme may carry its driver: postgresql+psycopg2://).
 TRACKING_SCHEMES = ("file", "sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
+#: Those MLflow opens through its SQLAlchemy store.
+DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
+
+
+def tracking_scheme(uri: str) -> str:
+    """A tracking URI's scheme, lower case, without its driver (``postgresql+psycopg2`` ->
+    ``postgresql``)."""
+    return uri.split(":", 1)[0].split("+", 1)[0].lower()
 
 
 def check_tracking_uri(uri: str) -> None:
     """One line for a tracking URI MLflow would reject deep in the run with a traceback."""
     if "://" not in uri and ":" not in uri.split("/", 1)[0]:
         return  # a folder: MLflow's file store
-    scheme = uri.split(":", 1)[0].split("+", 1)[0].lower()
+    scheme = tracking_scheme(uri)
     if scheme not in TRACKING_SCHEMES and len(scheme) > 1:  # one letter: a Windows drive
         raise ConfigError(
             f"--tracking-uri {uri}: unknown scheme '{scheme}'; give sqlite:///PATH.db, "

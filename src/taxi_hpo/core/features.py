@@ -157,12 +157,18 @@ def row_sample(data: PreparedData, rows: float, seed: int = 0) -> PreparedData:
     on it reads only its columns: it scores the sample's ``X_valid``, never raw rows through the
     preprocessor. The same data, share and seed always give the same sample.
     """
-    if data.sample:
-        raise ValueError("a sample of a sample: sample the whole month")
     if not 0.0 < rows <= 1.0:
         raise ValueError(f"rows is a share of the training rows in (0, 1], got {rows}")
     n = data.X_train.shape[0]
     picked = np.sort(np.random.default_rng(seed).choice(n, max(1, round(n * rows)), replace=False))
+    return keep_rows(data, picked, f"rows={rows:.6g}:seed={seed}")
+
+
+def keep_rows(data: PreparedData, picked: np.ndarray, sample: str) -> PreparedData:
+    """The training rows ``picked`` of ``data`` (however drawn; ``sample`` names the draw),
+    both months' matrices kept to the columns those rows have values in (see :func:`row_sample`)."""
+    if data.sample:
+        raise ValueError("a sample of a sample: sample the whole month")
     x_train = data.X_train[picked]
     columns = np.flatnonzero(np.diff(x_train.tocsc().indptr))
     return PreparedData(
@@ -173,6 +179,6 @@ def row_sample(data: PreparedData, rows: float, seed: int = 0) -> PreparedData:
         preprocessor=data.preprocessor,
         train_sha256=data.train_sha256,
         valid_sha256=data.valid_sha256,
-        sample=f"rows={rows:.6g}:seed={seed}",
+        sample=sample,
         columns=columns,
     )

@@ -7,6 +7,7 @@ imports, so that both happen at once (see :mod:`taxi_hpo.cluster.forkserver`).
 from __future__ import annotations
 
 from taxi_hpo.cluster import forkserver, preload
+from taxi_hpo.config import DATABASE_SCHEMES, tracking_scheme
 
 #: What a local worker imports while it waits for its first trial (``cluster.preload`` reads it
 #: from the worker's environment): Prefect's task engine, the trial task and what it calls. A
@@ -28,8 +29,7 @@ DATABASE_STORE = "mlflow.store.tracking.sqlalchemy_store"
 def warm_imports(tracking_uri: str | None = None) -> tuple[str, ...]:
     """:data:`WARM_IMPORTS`, and MLflow's database store where ``tracking_uri`` names a database
     (a tracking server's workers talk HTTP and never load it)."""
-    scheme = (tracking_uri or "").partition(":")[0].partition("+")[0]
-    database = scheme in ("sqlite", "postgresql", "mysql", "mssql")
+    database = tracking_scheme(tracking_uri or "") in DATABASE_SCHEMES
     return (*WARM_IMPORTS, DATABASE_STORE) if database else WARM_IMPORTS
 
 
