@@ -107,10 +107,6 @@ class Promoter:
         self._promoted[rung - 1].add(config)
         return config, rung
 
-    def results(self, rung: int) -> dict[int, float]:
-        """The losses recorded at ``rung`` (a failure as infinity)."""
-        return dict(self._results[rung])
-
     def model_rung(self, min_points: int) -> int:
         """The rung a model of the search should learn from: the highest one with at least
         ``min_points`` finite results, else the lowest (BOHB's rule)."""
