@@ -130,6 +130,8 @@ CASES = {
     "bad timeout": (["--timeout", "soon"], "--timeout 'soon' is not a duration"),
     "kill without a budget": (["--timeout-kill"], "--timeout-kill needs --timeout"),
     "unknown pruning rule": (["--prune", "hyperband"], "invalid choice: 'hyperband'"),
+    "unknown fidelity": (["--fidelity", "pixels"], "invalid choice: 'pixels'"),
+    "fidelity and pruning": (["--fidelity", "auto", "--prune", "asha"], "both screen trials: give one"),
     "warm start from no search": (["--warm-start", "0123456789abcdef"], "no search run 0123456789abcdef"),
     "batch size <= 0": (["--mode", "batch", "--batch-size", "0"], "--batch-size must be a positive"),
     "unreachable scheduler": (

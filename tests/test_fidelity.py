@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from taxi_hpo.core import features, models
-from taxi_hpo.search.promotion import AUTO, COMPLETE, Promoter, Rung
+from taxi_hpo.search import TrialOutcome, reference_space, run_search
+from taxi_hpo.search.multifidelity import MultiFidelitySearcher
+from taxi_hpo.search.promotion import AUTO, COMPLETE, Promoter, Rung, ladder
 
 # --- the row sample -------------------------------------------------------------------------
 
@@ -142,3 +144,113 @@ def test_the_same_results_in_the_same_order_make_the_same_promotions():
 
     assert run(1) == run(1) and run(1) != run(2)
     assert 40 // 3 <= len(run(1)) < 40  # at least the final best third, never everyone
+
+
+# --- the multi-fidelity searcher over the scheduler ------------------------------------------
+
+
+def _rung_loss(params: dict, fidelity: dict) -> float:
+    """A stand-in RMSE: best near depth 10, learning rate 0.3; a lower rung is worse and ranks a
+    little differently (a share of the depth term), as a row sample does."""
+    depth, rate = params["max_depth"], params["learning_rate"]
+    complete = (math.log(rate) - math.log(0.3)) ** 2 + (depth - 10) ** 2 / 100 + 6
+    return complete if fidelity["complete"] else complete + 0.5 + (depth % 7) / 20
+
+
+class LadderRunner:
+    """A real TrialRunner over a thread pool that fits each trial at the searcher's fidelity, with
+    random durations so trials finish in another order than they started."""
+
+    def __init__(self, searcher, workers: int = 3, seed: int = 0):
+        import concurrent.futures as cf
+        import random
+
+        self.searcher, self.cf = searcher, cf
+        self.pool, self.rng, self.futures = cf.ThreadPoolExecutor(workers), random.Random(seed), {}
+
+    def _work(self, trial_id, params, fidelity, delay):
+        import time
+
+        time.sleep(delay)
+        return TrialOutcome(trial_id, params, _rung_loss(params, fidelity), fidelity=fidelity)
+
+    def submit(self, trial_id, params, priority):
+        fidelity = self.searcher.fidelity(trial_id)
+        self.futures[trial_id] = self.pool.submit(
+            self._work, trial_id, params, fidelity, self.rng.random() * 0.01
+        )
+        return trial_id
+
+    def wait_any(self, handles, timeout=None):
+        done, _ = self.cf.wait([self.futures[h] for h in handles], return_when=self.cf.FIRST_COMPLETED)
+        return [h for h in handles if self.futures[h] in done]
+
+    def outcome(self, handle):
+        return self.futures.pop(handle).result()
+
+    def stop(self, handles):  # pragma: no cover - no budget here
+        pass
+
+
+def _search(mode: str, seed: int, jitter_seed: int, n: int = 40, known=None, searcher=None):
+    searcher = searcher or MultiFidelitySearcher(reference_space(20), seed, n_startup_jobs=10)
+    runner = LadderRunner(searcher, seed=jitter_seed)
+    outcomes = run_search(searcher, runner, n, mode=mode, in_flight=3, known=known)
+    runner.pool.shutdown()
+    return searcher, outcomes
+
+
+def test_batch_mode_with_a_ladder_repeats_exactly_whatever_the_finishing_order():
+    _, first = _search("batch", seed=5, jitter_seed=1)
+    _, again = _search("batch", seed=5, jitter_seed=2)
+    assert [(o.params, o.fidelity, o.loss) for o in first] == [(o.params, o.fidelity, o.loss) for o in again]
+    _, other_seed = _search("batch", seed=6, jitter_seed=1)
+    assert [o.params for o in other_seed] != [o.params for o in first]
+
+
+def test_the_best_third_of_a_rung_is_fitted_again_one_rung_up_and_only_complete_fits_count_as_best():
+    searcher, outcomes = _search("async", seed=3, jitter_seed=0)
+    by_id = {o.trial_id: o for o in outcomes}
+    low = [o for o in outcomes if o.fidelity["rung"] == 0]
+    promoted = [o for o in outcomes if o.fidelity["rung"] == 1]
+    assert low and promoted and len(low) + len(promoted) == 40
+    for o in promoted:
+        first = by_id[o.fidelity["promoted_from"]]
+        assert first.fidelity["rung"] == 0 and first.params == o.params
+        assert o.fidelity["config"] == first.trial_id and o.trial_id > first.trial_id
+        assert o.complete and not first.complete
+        # it ranked in the best third of the rung-0 results recorded before it was suggested
+    assert all(o.fidelity["rows"] == pytest.approx(1 / 9) and o.fidelity["rounds"] == 9 for o in low)
+    # promotions are of the rung's best: every promoted config beats the median rung-0 result
+    losses = sorted(o.loss for o in low)
+    assert all(by_id[o.fidelity["promoted_from"]].loss <= losses[len(losses) // 2] for o in promoted)
+    trial_id, loss = searcher.best()
+    assert by_id[trial_id].complete and loss == min(o.loss for o in promoted)
+
+
+def test_a_resumed_ladder_search_goes_on_with_the_trials_and_promotions_of_an_uninterrupted_one():
+    _, whole = _search("batch", seed=4, jitter_seed=0, n=30)
+    known = {o.trial_id: o for o in whole[:15]}
+    _, resumed = _search("batch", seed=4, jitter_seed=3, n=30, known=known)
+    assert [(o.params, o.fidelity) for o in resumed] == [(o.params, o.fidelity) for o in whole]
+    # async: the known trials are added with their rungs, the rest goes on from there
+    searcher = MultiFidelitySearcher(reference_space(20), 4, n_startup_jobs=10)
+    for o in whole[:15]:
+        searcher.add_finished(o.trial_id, o.params, o.loss, o.fidelity)
+    assert searcher.best() == min(
+        ((o.trial_id, o.loss) for o in whole[:15] if o.complete), key=lambda t: t[1], default=None
+    )
+    next_fit = searcher.suggest(15)
+    assert isinstance(next_fit, dict) and searcher.fidelity(15)["rung"] in (0, 1)
+    # a promotion already made is not made again
+    promoted_before = {o.fidelity["config"] for o in whole[:15] if o.fidelity["rung"] == 1}
+    if searcher.fidelity(15)["rung"] == 1:
+        assert searcher.fidelity(15)["config"] not in promoted_before
+
+
+def test_the_ladders_by_name():
+    assert ladder("auto") == AUTO
+    assert [r.complete for r in ladder("rows")] == [False, True] and ladder("rows")[0].rounds is None
+    assert ladder("rounds")[0] == Rung(1.0, 9)
+    with pytest.raises(ValueError):
+        ladder("none")

@@ -349,6 +349,68 @@ def test_pruning_is_reproducible_in_batch_mode_and_never_registers_a_pruned_tria
 
 
 @pytest.mark.integration
+def test_a_ladder_search_repeats_in_batch_mode_tags_each_rung_and_registers_only_a_complete_fit(
+    prefect_api_url, data_dir, workdir, capsys, one_worker, two_workers
+):
+    # --fidelity auto: 1/9 of the rows at 9 rounds, the best third fitted again completely.
+    # Batches of 3: the first batch is all new points, promotions come from the second batch on.
+    common = [
+        "--data-dir",
+        str(data_dir),
+        "--trials",
+        "9",
+        "--mode",
+        "batch",
+        "--batch-size",
+        "3",
+        "--rounds",
+        "18",
+        "--max-depth",
+        "10",
+        "--fidelity",
+        "auto",
+        "--max-rmse",
+        "100",
+        "--no-report",
+    ]
+    one = run_here(capsys, *common, *one_worker, "--no-register")
+    two = run_here(capsys, *common, *two_workers)
+    assert one["trial_params"] == two["trial_params"] and one["trial_rmse"] == two["trial_rmse"]
+    assert [t["fidelity"] for t in one["trials"]] == [t["fidelity"] for t in two["trials"]]
+    trials = {t["trial_id"]: t for t in two["trials"]}
+    low = [t for t in trials.values() if t["fidelity"]["rung"] == 0]
+    up = [t for t in trials.values() if t["fidelity"]["rung"] == 1]
+    assert all(t["fidelity"]["rung"] == 0 for t in two["trials"][:3])
+    assert up and all(not t["complete"] for t in low) and all(t["complete"] for t in up)
+    for t in up:  # the same point, fitted again on all rows and rounds
+        first = trials[t["fidelity"]["promoted_from"]]
+        assert first["fidelity"]["rung"] == 0 and t["trial_id"] > first["trial_id"] >= 0
+        assert two["trial_params"][t["trial_id"]] == two["trial_params"][first["trial_id"]]
+    assert two["fidelity"] == "auto" and two["trials_complete"] == len(up) and two["trials_pruned"] == 0
+    assert [(r["rung"], r["fits"], r["promoted"]) for r in two["ladder"]] == [
+        (0, len(low), 0),
+        (1, len(up), len(up)),
+    ]
+    # each run says what it fitted: the rung, its rows and rounds, what it was promoted from
+    client = MlflowClient(two["tracking_uri"])
+    low_run, up_run = client.get_run(low[0]["run_id"]), client.get_run(up[0]["run_id"])
+    assert json.loads(low_run.data.tags[tracking.FIDELITY_TAG])["rows"] == pytest.approx(1 / 9)
+    assert low_run.data.tags[tracking.RUNG_TAG] == "0" and low_run.data.params["rounds"] == "9"
+    assert tracking.PROMOTED_FROM_TAG not in low_run.data.tags
+    assert up_run.data.tags[tracking.PROMOTED_FROM_TAG] == str(up[0]["fidelity"]["promoted_from"])
+    assert up_run.data.params["rounds"] == "18"
+    # the best and the registered model are complete fits; --resume reads the rungs back
+    assert two["best_rmse"] == min(t["loss"] for t in up)
+    registered = client.get_model_version_by_alias("nyc-taxi-duration", "staging")
+    assert registered.run_id == min(up, key=lambda t: t["loss"])["run_id"]
+    record = tracking.load_search(two["tracking_uri"], two["parent_run_id"])
+    assert {tid: t["fidelity"] for tid, t in record.trials.items()} == {
+        t["trial_id"]: t["fidelity"] for t in two["trials"]
+    }
+    assert record.params["fidelity"] == "auto"
+
+
+@pytest.mark.integration
 def test_the_time_budget_starts_nothing_after_it_and_resume_runs_the_rest(
     prefect_api_url, data_dir, workdir, capsys, two_workers
 ):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from taxi_hpo.core.machine import usable_cores
 from taxi_hpo.errors import ConfigError
+from taxi_hpo.search.promotion import FIDELITIES
 from taxi_hpo.search.pruning import RULES as PRUNE_RULES
 from taxi_hpo.search.scheduler import MODES
 from taxi_hpo.search.space import DEFAULT_MAX_DEPTH, MIN_MAX_DEPTH
@@ -140,6 +141,7 @@ class RunConfig:
     rounds: int = 100
     max_depth: int = DEFAULT_MAX_DEPTH
     prune: str = "none"
+    fidelity: str = "none"  # a ladder of cheaper fits with promotion (search.multifidelity)
     timeout_s: float | None = None  # no trial starts after this many seconds of search
     timeout_kill: bool = False  # ... and the running ones are stopped
     warm_start: str | None = None  # a search's parent run id, or "latest" of the experiment
@@ -184,6 +186,13 @@ class RunConfig:
             )
         if self.prune not in PRUNE_RULES:
             raise ConfigError(f"--prune must be one of {', '.join(PRUNE_RULES)}, got {self.prune!r}")
+        if self.fidelity not in FIDELITIES:
+            raise ConfigError(f"--fidelity must be one of {', '.join(FIDELITIES)}, got {self.fidelity!r}")
+        if self.fidelity != "none" and self.prune != "none":
+            raise ConfigError(
+                f"--fidelity {self.fidelity} and --prune {self.prune} both screen trials: give one "
+                f"(--fidelity promotes the best of cheap fits; --prune stops trials early)"
+            )
         if self.max_depth < MIN_MAX_DEPTH:
             raise ConfigError(
                 f"--max-depth {self.max_depth} is below the space's lower bound {MIN_MAX_DEPTH}: "

@@ -231,9 +231,17 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def _print_summary(s: dict) -> None:
     best = f"{s['best_rmse']:.4f}" if s["best_rmse"] is not None else "none"
+    if s.get("ladder"):  # a multi-fidelity search: how many fits each rung made
+        screened = ", ".join(
+            f"{r['fits']} at rung {r['rung']} ({r['rows']:.3g} of the rows, {r['rounds'] or 'all'} rounds)"
+            for r in s["ladder"]
+        )
+        kinds = f"{s['trials_done']} done: {screened}"
+    else:
+        kinds = f"{s['trials_done']} done, {s['trials_pruned']} of them pruned"
     print(
         f"LinearRegression RMSE {s['lr_rmse']:.4f}; best XGBoost RMSE {best} "
-        f"({s['trials_done']} done, {s['trials_pruned']} of them pruned, {s['trials_failed']} failed) "
+        f"({kinds}, {s['trials_failed']} failed) "
         f"in {s['search_wall_s']:.1f} s, "
         f"utilisation {s['utilisation']}"
     )

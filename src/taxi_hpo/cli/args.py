@@ -45,6 +45,7 @@ def add_search_flags(p: argparse.ArgumentParser) -> None:
 def add_run_flags(p: argparse.ArgumentParser) -> None:
     """Flags shared by `run` and `serve`: the search's size, cluster, tracking and registry."""
     from taxi_hpo.config import default_workers
+    from taxi_hpo.search.promotion import FIDELITIES
     from taxi_hpo.search.pruning import RULES as PRUNE_RULES
     from taxi_hpo.search.scheduler import MODES
 
@@ -141,6 +142,14 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
         "trials' median (median) or outside their best third (asha) there; default none",
     )
     p.add_argument(
+        "--fidelity",
+        choices=FIDELITIES,
+        default="none",
+        help="screen new points with cheap fits and fit only the best third completely: auto (1/9 of "
+        "the training rows at 9 rounds, the ladder docs/benchmarks.md found), rows (1/9 of the rows), "
+        "rounds (9 rounds); --trials counts fits at every rung; default none (every fit complete)",
+    )
+    p.add_argument(
         "--tracking-uri", default=None, help="MLflow tracking URI (default sqlite:///$PWD/mlflow.db)"
     )
     p.add_argument("--experiment", default="nyc-taxi-hpo", help="MLflow experiment (default nyc-taxi-hpo)")
@@ -190,6 +199,7 @@ def run_config(args: argparse.Namespace, **overrides):
         mode=args.mode,
         batch_size=args.batch_size,
         prune=args.prune,
+        fidelity=args.fidelity,
         seed=args.seed,
         rounds=args.rounds,
         timeout_s=parse_duration(args.timeout) if args.timeout else None,

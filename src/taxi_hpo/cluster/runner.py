@@ -82,6 +82,15 @@ def forget_trial(search_key: str, trial_id: int) -> None:
 # -- flow side -----------------------------------------------------------------------------------
 
 
+def cost_share(fidelity: dict | None, rounds: int) -> float:
+    """Roughly what share of a complete fit a trial at ``fidelity`` costs (rows times rounds), for
+    the order queued trials start in: a promotion before new points of the same kind."""
+    if not fidelity:
+        return 1.0
+    capped = min(fidelity["rounds"] or rounds, rounds) / rounds
+    return fidelity["rows"] * capped
+
+
 class DaskTrialRunner:
     """Submits trial tasks through the flow's DaskTaskRunner; handles are trial ids.
 
@@ -99,6 +108,8 @@ class DaskTrialRunner:
         pruner: gives each trial, when it is submitted, its thresholds at the checkpoint rounds
             (its history is fed by the search's ``on_outcome``, so a batch sees earlier batches only).
         run_tags: ``{trial_id: tags}`` for those trials' MLflow runs (where a warm point came from).
+        fidelity_of: a multi-fidelity search's ``fidelity(trial_id)``: what each trial fits (rows,
+            rounds), sent with it; None: every trial is a complete fit.
         on_failed: called with ``(trial_id, params, error)`` for a trial that failed for good
             (the flow records it in the tracking store, where ``--resume`` finds it).
     """
@@ -118,6 +129,7 @@ class DaskTrialRunner:
         pruner: Pruner | None = None,
         run_tags: dict | None = None,
         on_failed: Callable[[int, dict, str], None] | None = None,
+        fidelity_of: Callable[[int], dict] | None = None,
     ):
         self._submit_trial = submit_trial
         self._data, self._client = data, client
@@ -127,6 +139,7 @@ class DaskTrialRunner:
         self._prune_at: dict[int, dict] = {}  # kept for a resubmission: judged as when first sent
         self._run_tags = run_tags or {}
         self._on_failed = on_failed
+        self._fidelity_of = fidelity_of
         self._versions = itertools.count(1)
         self._futures: dict[int, object] = {}
         self._params: dict[int, dict] = {}
@@ -219,6 +232,7 @@ class DaskTrialRunner:
         worker, threads = self.plan.place(trial_id, priority) if self.plan else (None, self._nthread)
         if self.pruner is not None and trial_id not in self._prune_at:
             self._prune_at[trial_id] = self.pruner.thresholds()
+        fidelity = self._fidelity_of(trial_id) if self._fidelity_of is not None else None
         parameters = {
             "trial_id": trial_id,
             "params": params,
@@ -231,13 +245,14 @@ class DaskTrialRunner:
             "elastic": self.elastic,
             "prune_at": self._prune_at.get(trial_id),
             "run_tags": self._run_tags.get(trial_id),
+            "fidelity": fidelity,
         }
         # What this trial puts on the wire: the data travels as a reference (worker_data.DataRef).
         self.submit_bytes[trial_id] = len(cloudpickle.dumps(parameters))
         # Higher priority starts first among queued tasks: heaviest trials first in a batch. The
         # worker is a preference: if it is gone, Dask runs the trial elsewhere.
         where = {"workers": [worker], "allow_other_workers": True} if worker else {}
-        with dask.annotate(priority=int(priority * 1000), **where):
+        with dask.annotate(priority=int(priority * cost_share(fidelity, self._rounds) * 1000), **where):
             future = self._submit_trial(**parameters)
         self._futures[trial_id] = future
         self._params[trial_id] = params

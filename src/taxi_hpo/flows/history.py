@@ -61,6 +61,7 @@ def known_outcomes(record: tracking.SearchRecord) -> dict[int, TrialOutcome]:
             metrics=t["metrics"],
             curve=t.get("curve") or {},
             pruned_at=t.get("pruned_at"),
+            fidelity=t.get("fidelity") or {},
         )
         for tid, t in record.trials.items()
     }

@@ -39,6 +39,8 @@ from taxi_hpo.flows.signals import interrupted
 from taxi_hpo.flows.summary import SearchResult, TrialsRun
 from taxi_hpo.prefect_api import flush_to_api, without_heartbeats
 from taxi_hpo.search import TPESearcher, reference_space, run_search
+from taxi_hpo.search.multifidelity import MultiFidelitySearcher
+from taxi_hpo.search.promotion import ladder
 from taxi_hpo.search.pruning import Pruner
 from taxi_hpo.search.scheduler import Budget
 from taxi_hpo.search.tpe import startup_trials
@@ -109,13 +111,9 @@ def run_trials(
     """
     reporter = current_reporter()
     pruner = Pruner(cfg.prune, cfg.rounds)
-    runner = trial_runner(cfg, cluster, data, ctx, history, pruner, warming)
-    searcher = TPESearcher(
-        reference_space(cfg.max_depth),
-        cfg.seed,
-        startup_trials(cluster.in_flight, len(history.warm)),
-        warm_points=[w["params"] for w in history.warm],
-    )
+    searcher = new_searcher(cfg, cluster, history)
+    fidelity_of = searcher.fidelity if cfg.fidelity != "none" else None
+    runner = trial_runner(cfg, cluster, data, ctx, history, pruner, warming, fidelity_of)
     if reporter:
         workers = cluster_workers.worker_count(cluster.client)
         reporter.start(
@@ -150,6 +148,16 @@ def run_trials(
     return run
 
 
+def new_searcher(cfg: RunConfig, cluster: Cluster, history: History):
+    """TPE over the reference's space; with ``--fidelity``, over that ladder with promotion."""
+    space = reference_space(cfg.max_depth)
+    startup = startup_trials(cluster.in_flight, len(history.warm))
+    warm = [w["params"] for w in history.warm]
+    if cfg.fidelity == "none":
+        return TPESearcher(space, cfg.seed, startup, warm_points=warm)
+    return MultiFidelitySearcher(space, cfg.seed, startup, warm, ladder(cfg.fidelity))
+
+
 def trial_runner(
     cfg: RunConfig,
     cluster: Cluster,
@@ -158,6 +166,7 @@ def trial_runner(
     history: History,
     pruner: Pruner,
     warming: dict,
+    fidelity_of=None,
 ) -> DaskTrialRunner:
     """What places the search's trials on the workers, with the thread plan the warm-ups reported.
 
@@ -183,6 +192,7 @@ def trial_runner(
         pruner=pruner,
         on_failed=_mark_failed(ctx),
         run_tags=warm_tags,
+        fidelity_of=fidelity_of,
     )
     if cfg.mode == "async":
         api_url = PREFECT_API_URL.value()
@@ -258,6 +268,7 @@ def parent_params(cfg: RunConfig, prepared: PreparedData, slots: int, in_flight:
         "workers": cfg.workers,
         "in_flight": in_flight,
         "prune": cfg.prune,
+        "fidelity": cfg.fidelity,
         "warm_start": cfg.warm_start or "",
         "warm_start_trials": cfg.warm_start_trials,
         "threads_per_worker": cfg.threads_per_worker,

@@ -130,11 +130,14 @@ class SearchResult:
             "best_run_id": best.run_id if best else None,
             "trials_done": len(ok),
             "trials_failed": len(outcomes) - len(ok) - len(cancelled),
-            "trials_pruned": len(ok) - len(self.complete),
+            "trials_pruned": sum(o.pruned_at is not None for o in ok),
+            "trials_complete": len(self.complete),
             "trials_cancelled": len(cancelled),
             "trials_not_started": cfg.trials - len(outcomes),
             "ended_on_timeout": self.ended_on_timeout,
             "prune": cfg.prune,
+            "fidelity": cfg.fidelity,
+            "ladder": ladder_counts(outcomes) if cfg.fidelity != "none" else None,
             "trial_params": [o.params for o in outcomes],
             "trials": [_timing(o) for o in outcomes],
             "trial_rmse": [o.loss for o in outcomes],
@@ -159,6 +162,30 @@ class SearchResult:
         }
 
 
+def ladder_counts(outcomes: list[TrialOutcome]) -> list[dict]:
+    """A multi-fidelity search's ladder: per rung (cheapest first) its rows and rounds, the fits
+    made there (failed ones included) and how many of them were promotions from the rung below."""
+    rungs: dict[int, dict] = {}
+    for o in outcomes:
+        f = o.fidelity
+        if not f:
+            continue
+        entry = rungs.setdefault(
+            f["rung"], {"rung": f["rung"], "rows": f["rows"], "rounds": f["rounds"], "fits": 0, "promoted": 0}
+        )
+        entry["fits"] += 1
+        entry["promoted"] += f.get("promoted_from") is not None
+    return [rungs[r] for r in sorted(rungs)]
+
+
+def trial_fidelity(o: TrialOutcome) -> dict:
+    """What a trial fitted (``--json``'s ``fidelity``): a multi-fidelity search's rung, else the
+    one complete rung (all rows, the search's rounds)."""
+    if o.fidelity:
+        return dict(o.fidelity)
+    return {"rung": 0, "of": 1, "rows": 1.0, "rounds": None, "config": o.trial_id, "promoted_from": None}
+
+
 def _timing(o: TrialOutcome) -> dict:
     return {
         "trial_id": o.trial_id,
@@ -170,6 +197,8 @@ def _timing(o: TrialOutcome) -> dict:
         "run_id": o.run_id,
         "error": o.error,
         "pruned_at": o.pruned_at,
+        "fidelity": trial_fidelity(o),
+        "complete": o.complete,
         "matrix_builds": o.metrics.get("worker_matrix_builds"),
         **{k: o.metrics.get(k) for k in ("train_s", "train_cpu_s", "threads_mean")},
     }

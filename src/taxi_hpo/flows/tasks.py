@@ -108,6 +108,7 @@ def trial(
     elastic: bool = False,
     prune_at: dict | None = None,
     run_tags: dict | None = None,
+    fidelity: dict | None = None,
 ) -> dict:
     """One TPE trial on a Dask worker: fit XGBoost, log its child run, return its outcome.
 
@@ -130,6 +131,7 @@ def trial(
             prune_at,
             stop,
             run_tags,
+            fidelity,
         )
     finally:
         if control_key:
@@ -139,6 +141,9 @@ def trial(
         get_run_logger().info("trial %d on %s: stopped, the time budget ran out", trial_id, result["worker"])
         return result
     pruned = f", pruned at round {result['pruned_at']}" if result.get("pruned_at") else ""
+    if fidelity and not fidelity["complete"]:
+        rounds = fidelity["rounds"] or "all"
+        pruned += f", rung {fidelity['rung']} ({fidelity['rows']:.3g} of the rows, {rounds} rounds)"
     get_run_logger().info(
         "trial %d on %s: rmse_valid %.4f, fit %.2f s%s, MLflow run %s",
         trial_id,

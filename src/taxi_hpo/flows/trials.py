@@ -16,12 +16,42 @@ from collections.abc import Callable
 from pathlib import Path
 
 from taxi_hpo import tracking
-from taxi_hpo.core import models
+from taxi_hpo.core import features, models
 from taxi_hpo.core.features import PreparedData
 from taxi_hpo.core.machine import core_pool
 from taxi_hpo.search.space import xgb_params
 
 BOOSTER_DIR, BOOSTER_FILE = tracking.BOOSTER_DIR, tracking.BOOSTER_FILE
+
+_SAMPLES: dict[tuple, PreparedData] = {}  # (data key, rows, seed) -> the row sample, per process
+_SAMPLES_LOCK = threading.Lock()
+
+
+def at_fidelity(data: PreparedData, rounds: int, fidelity: dict | None) -> tuple[PreparedData, int]:
+    """The data and rounds a trial fits at ``fidelity`` (a multi-fidelity search's rung): a row
+    sample of the training month (built once per process, the same for every trial of the rung)
+    and the rung's cap on the rounds; without one, everything."""
+    if not fidelity:
+        return data, rounds
+    capped = min(rounds, fidelity["rounds"]) if fidelity.get("rounds") else rounds
+    if fidelity["rows"] >= 1.0:
+        return data, capped
+    key = (data.key, fidelity["rows"], fidelity["seed"])
+    with _SAMPLES_LOCK:
+        sample = _SAMPLES.get(key)
+        if sample is None:
+            sample = _SAMPLES[key] = features.row_sample(data, fidelity["rows"], fidelity["seed"])
+    return sample, capped
+
+
+def fidelity_tags(fidelity: dict | None) -> dict:
+    """The MLflow tags of a trial fitted at ``fidelity`` (none for a search without a ladder)."""
+    if not fidelity:
+        return {}
+    tags = {tracking.FIDELITY_TAG: json.dumps(fidelity), tracking.RUNG_TAG: str(fidelity["rung"])}
+    if fidelity.get("promoted_from") is not None:
+        tags[tracking.PROMOTED_FROM_TAG] = str(fidelity["promoted_from"])
+    return tags
 
 
 def slot_name() -> str:
@@ -56,6 +86,7 @@ def run_trial(
     prune_at: dict | None = None,
     stop: Callable[[], bool] | None = None,
     run_tags: dict | None = None,
+    fidelity: dict | None = None,
 ) -> dict:
     """Fit, log and score trial ``trial_id``; raises on failure (the task's retry policy decides).
 
@@ -65,6 +96,8 @@ def run_trial(
     there, a FINISHED run tagged ``pruned_at_round``, its loss the RMSE it had reached.
     ``stop`` (the time budget): asked between rounds; a stopped trial's run ends KILLED and its
     outcome is ``cancelled`` (no loss), so a resumed search runs it again.
+    ``fidelity`` (a multi-fidelity search's rung, :func:`at_fidelity`): fit that share of the
+    training rows for at most that many rounds; the run is tagged with it (:func:`fidelity_tags`).
     Idempotent: when an earlier attempt of the same trial already FINISHED its run (a worker
     died after logging but before returning, or a retired worker finished its attempt while
     Dask ran the trial elsewhere too), that run's result is returned and this attempt's run ends
@@ -74,10 +107,16 @@ def run_trial(
     earlier = tracking.finished_trial_run(ctx, trial_id)
     if earlier is not None:
         return _outcome_from_run(trial_id, params, earlier, started)
+    data, rounds = at_fidelity(data, rounds, fidelity)
     run_id = tracking.start_child_run(
         ctx,
         f"trial-{trial_id:04d}",
-        {**(run_tags or {}), tracking.TRIAL_TAG: str(trial_id), "worker": slot_name()},
+        {
+            **(run_tags or {}),
+            **fidelity_tags(fidelity),
+            tracking.TRIAL_TAG: str(trial_id),
+            "worker": slot_name(),
+        },
     )
     try:
         try:
@@ -102,6 +141,7 @@ def run_trial(
                 "run_id": run_id,
                 "error": str(stopped),
                 "cancelled": True,
+                "fidelity": fidelity or {},
             }
         metrics = {
             "rmse_train": fit.rmse_train,
@@ -155,6 +195,7 @@ def run_trial(
         "metrics": {**metrics, "worker_matrix_builds": models.matrix_builds()},
         "curve": fit.curve,
         "pruned_at": fit.pruned_at,
+        "fidelity": fidelity or {},
     }
 
 
@@ -173,4 +214,5 @@ def _outcome_from_run(trial_id, params, run, started) -> dict:
         "metrics": metrics,
         "curve": {int(r): v for r, v in json.loads(run.data.tags.get(tracking.CURVE_TAG, "{}")).items()},
         "pruned_at": int(pruned) if pruned is not None else None,
+        "fidelity": json.loads(run.data.tags.get(tracking.FIDELITY_TAG, "{}")),
     }

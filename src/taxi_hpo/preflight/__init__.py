@@ -48,6 +48,7 @@ def resume_config(
         rounds=int(p["rounds"]),
         max_depth=int(p["max_depth"]),
         prune=p.get("prune", "none"),
+        fidelity=p.get("fidelity", "none"),
         batch_size=int(p["in_flight"]) if batch and p.get("in_flight") else cfg.batch_size,
         experiment=tracking.experiment_name(cfg.resolved_tracking_uri, record.experiment_id),
     )
@@ -84,9 +85,7 @@ def complete_search(cfg: RunConfig, record: tracking.SearchRecord) -> dict | Non
     ended = _ended(record)
     if record.status != "FINISHED" or not set(range(cfg.trials)) <= ended:
         return None
-    losses = [
-        t["loss"] for t in record.trials.values() if t["loss"] is not None and t.get("pruned_at") is None
-    ]
+    losses = [t["loss"] for t in record.trials.values() if tracking.is_complete(t)]
     return {
         "parent_run_id": record.run_id,
         "already_complete": True,

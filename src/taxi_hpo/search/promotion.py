@@ -52,6 +52,23 @@ COMPLETE = Rung(1.0, None)
 #: Spearman 0.62 / 0.57 with the final RMSE) below the complete fit.
 AUTO = (Rung(1 / 9, 9), COMPLETE)
 
+#: ``--fidelity`` names and their ladders: the study's (``auto``), and one dimension at a time:
+#: the rows alone (1/9 of them, the search's rounds) and the rounds alone (9, all rows).
+LADDERS: dict[str, tuple[Rung, ...]] = {
+    "auto": AUTO,
+    "rows": (Rung(1 / 9, None), COMPLETE),
+    "rounds": (Rung(1.0, 9), COMPLETE),
+}
+#: ``--fidelity`` choices: ``none`` fits every trial completely (the reference's search).
+FIDELITIES = ("none", *LADDERS)
+
+
+def ladder(name: str) -> tuple[Rung, ...]:
+    """The ladder ``--fidelity name`` stands for."""
+    if name not in LADDERS:
+        raise ValueError(f"fidelity must be one of {', '.join(LADDERS)}, got {name!r}")
+    return LADDERS[name]
+
 
 class Promoter:
     """Which configuration goes up a rung next (see the module docstring).
@@ -86,6 +103,18 @@ class Promoter:
         ok = loss is not None and math.isfinite(loss)
         self._results[rung][config] = float(loss) if ok else math.inf
 
+    def results(self, rung: int) -> dict[int, float]:
+        """``{config: loss}`` recorded at ``rung`` so far (a failure as ``inf``)."""
+        return dict(self._results[rung])
+
+    def mark_promoted(self, config: int, rung: int) -> None:
+        """Configuration ``config`` was (on resume: had been) promoted to ``rung``."""
+        if not 1 <= rung <= self.top:
+            raise ValueError(
+                f"rung {rung} is not a rung one is promoted to on a ladder of {len(self.ladder)}"
+            )
+        self._promoted[rung - 1].add(config)
+
     def promotable(self) -> list[tuple[int, int]]:
         """``(config, next rung)`` of every configuration due for promotion now, highest rung
         first, best first within a rung."""
@@ -104,7 +133,7 @@ class Promoter:
         if not due:
             return None
         config, rung = due[0]
-        self._promoted[rung - 1].add(config)
+        self.mark_promoted(config, rung)
         return config, rung
 
     def model_rung(self, min_points: int) -> int:

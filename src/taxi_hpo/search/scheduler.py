@@ -34,6 +34,8 @@ class TrialOutcome:
     cancelled: bool = False  # stopped by the time budget: to be run again on resume
     curve: dict = field(default_factory=dict)  # {checkpoint round: validation RMSE} (pruning)
     pruned_at: int | None = None  # the round a pruned trial stopped at
+    # A multi-fidelity search's rung (search.multifidelity.fidelity_dict); empty: a complete fit
+    fidelity: dict = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -42,8 +44,9 @@ class TrialOutcome:
 
     @property
     def complete(self) -> bool:
-        """Finished all its rounds (or early stopping): not failed, not pruned."""
-        return self.ok and self.pruned_at is None
+        """Trained on all rows for all its rounds (or early stopping): not failed, not pruned, not
+        a lower rung of a multi-fidelity search."""
+        return self.ok and self.pruned_at is None and self.fidelity.get("complete", True)
 
     @property
     def busy_s(self) -> float:
@@ -67,8 +70,11 @@ class Searcher(Protocol):
     def record(self, trial_id: int, loss: float | None) -> None:
         """Trial ``trial_id`` ended: its loss, or None for a failed trial."""
 
-    def add_finished(self, trial_id: int, params: dict, loss: float | None) -> None:
-        """On resume: a trial evaluated earlier, at ``params``, in place of its suggestion."""
+    def add_finished(
+        self, trial_id: int, params: dict, loss: float | None, fidelity: dict | None = None
+    ) -> None:
+        """On resume: a trial evaluated earlier, at ``params`` (and ``fidelity``: the rung it was
+        fitted at, in a multi-fidelity search), in place of its suggestion."""
 
     def params(self, trial_id: int) -> dict:
         """The point of a suggested trial."""
@@ -196,7 +202,9 @@ def _run_async(
     capacity = in_flight if callable(in_flight) else (lambda: in_flight)
     outcomes: list[TrialOutcome] = []
     for trial_id in sorted(known):
-        searcher.add_finished(trial_id, known[trial_id].params, known[trial_id].loss)
+        searcher.add_finished(
+            trial_id, known[trial_id].params, known[trial_id].loss, known[trial_id].fidelity or None
+        )
         outcomes.append(known[trial_id])
         on_outcome(known[trial_id])
     pending: dict[Hashable, int] = {}

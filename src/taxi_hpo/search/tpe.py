@@ -75,7 +75,14 @@ class TPESearcher:
             self._rng.integers(2**31 - 1)  # the seed stream advances as for any suggestion
             self._insert(trial_id, self.warm_points[trial_id])
             return self.params(trial_id)
-        docs = self._algo([trial_id], self._domain, self.trials, int(self._rng.integers(2**31 - 1)))
+        return self.propose(trial_id, int(self._rng.integers(2**31 - 1)))
+
+    def propose(self, trial_id: int, seed: int) -> dict:
+        """TPE's point for trial ``trial_id`` from the history as it is, drawn with ``seed``
+        (random below ``n_startup_jobs`` trials); pending until recorded. ``suggest`` draws the
+        seed from the searcher's own stream; a searcher built as a model of other results (the
+        multi-fidelity search's, :mod:`~taxi_hpo.search.multifidelity`) passes its own."""
+        docs = self._algo([trial_id], self._domain, self.trials, seed)
         self.trials.insert_trial_docs(docs)
         self.trials.refresh()
         return self.params(trial_id)
@@ -91,14 +98,22 @@ class TPESearcher:
         doc["result"] = {"status": STATUS_OK, "loss": float(loss)} if ok else {"status": STATUS_FAIL}
         self.trials.refresh()
 
-    def add_finished(self, trial_id: int, params: dict, loss: float | None) -> None:
+    def add_finished(
+        self, trial_id: int, params: dict, loss: float | None, fidelity: dict | None = None
+    ) -> None:
         """Called on resume for a trial evaluated earlier: inserts it with its real parameters.
 
-        Advances the seed stream by one draw, as a suggestion would have.
+        Advances the seed stream by one draw, as a suggestion would have. ``fidelity``: what a
+        multi-fidelity search recorded for the trial; this searcher fits everything completely.
         """
         self._rng.integers(2**31 - 1)
         self._insert(trial_id, params)
         self.record(trial_id, loss)
+
+    def add_pending(self, trial_id: int, params: dict) -> None:
+        """A trial at a given point, pending (a liar) until recorded, without a draw of the seed
+        stream: how a model of results fitted elsewhere is built."""
+        self._insert(trial_id, params)
 
     def _insert(self, trial_id: int, params: dict) -> None:
         """A pending trial at a given point (its values in the space's own labels)."""

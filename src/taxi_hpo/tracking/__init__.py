@@ -23,11 +23,14 @@ from taxi_hpo.tracking.names import (
     EXPERIMENT_KIND,
     EXPERIMENT_KIND_TAG,
     FAILED_TAG_PREFIX,
+    FIDELITY_TAG,
     MODEL_NAME,
     PREPROCESSOR_DIR,
     PREPROCESSOR_FILE,
     PREPROCESSOR_TAG,
+    PROMOTED_FROM_TAG,
     PRUNED_TAG,
+    RUNG_TAG,
     TRIAL_TAG,
     WARM_FROM_TAG,
     WARM_TAG,
@@ -35,7 +38,7 @@ from taxi_hpo.tracking.names import (
 from taxi_hpo.tracking.parent import ParentRun, parent_run
 from taxi_hpo.tracking.reading import experiment_id_by_name, get_run, log_artifacts
 from taxi_hpo.tracking.registry import DurationPyfunc, qualifying, register_best, register_model, requirements
-from taxi_hpo.tracking.resume import SearchRecord, best_points, latest_search, load_search
+from taxi_hpo.tracking.resume import SearchRecord, best_points, is_complete, latest_search, load_search
 from taxi_hpo.tracking.runs import (
     child_runs,
     close_stale_children,
@@ -72,12 +75,15 @@ __all__ = [
     "EXPERIMENT_KIND",
     "EXPERIMENT_KIND_TAG",
     "FAILED_TAG_PREFIX",
+    "FIDELITY_TAG",
     "MODEL_NAME",
     "PREPROCESSOR_DIR",
     "PREPROCESSOR_FILE",
     "PREPROCESSOR_TAG",
     "ParentRun",
+    "PROMOTED_FROM_TAG",
     "PRUNED_TAG",
+    "RUNG_TAG",
     "SearchRecord",
     "TRIAL_TAG",
     "TrackingContext",
@@ -96,6 +102,7 @@ __all__ = [
     "finish_child_run",
     "finished_trial_run",
     "get_run",
+    "is_complete",
     "latest_search",
     "load_search",
     "log_artifacts",

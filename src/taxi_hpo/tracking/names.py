@@ -11,6 +11,11 @@ TRIAL_TAG = "trial_id"
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 PRUNED_TAG = "pruned_at_round"  # set on a pruned trial's run: the checkpoint round it stopped at
 CURVE_TAG = "checkpoint_rmse"  # JSON {round: validation RMSE} at the checkpoints a trial reached
+# On a multi-fidelity search's trial run: JSON of what it fitted (search.multifidelity's fidelity:
+# rung, rows, rounds, config, promoted_from, complete), and the rung and promotion readable alone
+FIDELITY_TAG = "fidelity"
+RUNG_TAG = "fidelity_rung"
+PROMOTED_FROM_TAG = "promoted_from_trial"
 WARM_TAG = "warm_start"  # on a search: JSON [{"from": "PARENT:TRIAL", "params": {...}}, ...]
 WARM_FROM_TAG = "warm_start_from"  # on a warm trial's run: the search and trial its point came from
 FAILED_TAG_PREFIX = "trial_failed."

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from taxi_hpo.errors import TrackingError
 from taxi_hpo.tracking._mlflow import MlflowClient, MlflowException
-from taxi_hpo.tracking.names import CURVE_TAG, FAILED_TAG_PREFIX, PRUNED_TAG, TRIAL_TAG
+from taxi_hpo.tracking.names import CURVE_TAG, FAILED_TAG_PREFIX, FIDELITY_TAG, PRUNED_TAG, TRIAL_TAG
 from taxi_hpo.tracking.runs import child_runs
 from taxi_hpo.tracking.store import retrying
 
@@ -54,6 +54,7 @@ def load_search(tracking_uri: str, run_id: str) -> SearchRecord:
             "metrics": dict(run.data.metrics),
             "curve": {int(r): v for r, v in json.loads(run.data.tags.get(CURVE_TAG, "{}")).items()},
             "pruned_at": int(run.data.tags[PRUNED_TAG]) if PRUNED_TAG in run.data.tags else None,
+            "fidelity": json.loads(run.data.tags.get(FIDELITY_TAG, "{}")),
         }
     failed = {
         int(k[len(FAILED_TAG_PREFIX) :]): json.loads(v)
@@ -92,15 +93,21 @@ def latest_search(tracking_uri: str, experiment_id: str) -> str | None:
     return None
 
 
-def best_points(tracking_uri: str, search_run_id: str, k: int) -> list[dict]:
-    """The ``k`` best complete (not pruned) trials of a search: ``[{"from", "params", "rmse"}]``,
-    params as MLflow stored them (strings)."""
-    record = load_search(tracking_uri, search_run_id)
-    complete = sorted(
-        (t["loss"], tid)
-        for tid, t in record.trials.items()
-        if t["loss"] is not None and t.get("pruned_at") is None
+def is_complete(trial: dict) -> bool:
+    """Whether a trial of :func:`load_search` is a complete fit with a loss: not pruned, not a
+    lower rung of a multi-fidelity search."""
+    return (
+        trial["loss"] is not None
+        and trial.get("pruned_at") is None
+        and trial.get("fidelity", {}).get("complete", True)
     )
+
+
+def best_points(tracking_uri: str, search_run_id: str, k: int) -> list[dict]:
+    """The ``k`` best complete trials (not pruned, not a lower rung) of a search:
+    ``[{"from", "params", "rmse"}]``, params as MLflow stored them (strings)."""
+    record = load_search(tracking_uri, search_run_id)
+    complete = sorted((t["loss"], tid) for tid, t in record.trials.items() if is_complete(t))
     return [
         {"from": f"{search_run_id}:{tid}", "params": record.trials[tid]["params"], "rmse": loss}
         for loss, tid in complete[:k]
