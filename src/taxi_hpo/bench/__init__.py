@@ -26,6 +26,7 @@ from taxi_hpo.bench.metrics import SCRIPT, SEQ, goal_checks, run_metrics, summar
 from taxi_hpo.config import parse_wxt
 from taxi_hpo.core.machine import usable_cores
 from taxi_hpo.errors import ConfigError
+from taxi_hpo.search.promotion import FIDELITIES
 from taxi_hpo.search.pruning import RULES as PRUNE_RULES
 from taxi_hpo.search.scheduler import MODES
 
@@ -152,7 +153,8 @@ class BenchConfig:
     experiment: str = EXPERIMENT
     prune: str = "none"  # every layout but the script (the reference never prunes)
     target: float | None = None  # RMSE for time_to_target_s (default: the reference's final best)
-    prune_trials: int | None = None  # trials of the pruned layouts (default: trials)
+    prune_trials: int | None = None  # trials of the pruned or multi-fidelity layouts (default: trials)
+    fidelity: str = "none"  # a ladder for the parallel layouts (search.multifidelity)
 
     def __post_init__(self):
         for flag, value in (
@@ -167,8 +169,15 @@ class BenchConfig:
             raise ConfigError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if not self.layouts:
             raise ConfigError("--layouts is empty: give e.g. seq,2x1,1x2")
-        if self.prune_trials and self.prune == "none":
-            raise ConfigError("--prune-trials needs --prune median or asha (it sizes the pruned searches)")
+        if self.prune_trials and self.prune == "none" and self.fidelity == "none":
+            raise ConfigError(
+                "--prune-trials needs --prune median or asha, or --fidelity (it sizes those searches)"
+            )
+        if self.fidelity != "none" and any(layout.name == SEQ for layout in self.layouts):
+            raise ConfigError(
+                "--fidelity runs on the parallel layouts only (seq is the reference's own fmin loop): "
+                "drop seq from --layouts, the script is the reference"
+            )
         for layout in self.layouts:
             self.run_config(layout)  # the search's own checks (depth, ...) before anything runs
 
@@ -195,13 +204,15 @@ class BenchConfig:
             register=False,
             report=False,
             prune=self.prune,
+            fidelity=self.fidelity,
         )
 
     @property
     def layout_trials(self) -> int:
         """Trials of every layout but the script: ``prune_trials`` when pruning, as a pruned search
         that runs more, cheaper trials in the time of the reference's."""
-        return self.prune_trials if self.prune != "none" and self.prune_trials else self.trials
+        screened = self.prune != "none" or self.fidelity != "none"
+        return self.prune_trials if screened and self.prune_trials else self.trials
 
     def describe(self) -> dict:
         """The settings as plain data for bench.json, with the name of the default layout (or
@@ -221,6 +232,7 @@ class BenchConfig:
             "prune": self.prune,
             "target": self.target,
             "prune_trials": self.prune_trials,
+            "fidelity": self.fidelity,
             "default_layout": next((layout.name for layout in self.layouts if layout.default), None),
         }
 
@@ -341,11 +353,18 @@ def add_parser(sub, add_search_flags) -> None:
         help="pruning for every layout but the script (the unpruned reference); default none",
     )
     p.add_argument(
+        "--fidelity",
+        choices=FIDELITIES,
+        default="none",
+        help="the parallel layouts screen with cheap fits and promote (taxi-hpo run --fidelity); "
+        "not with seq; default none",
+    )
+    p.add_argument(
         "--prune-trials",
         type=int,
         default=None,
-        help="trials of the pruned layouts (default: --trials); the script keeps --trials, so "
-        "speedup_to_target says how soon a longer pruned search reaches the reference's best",
+        help="trials (fits) of the pruned or --fidelity layouts (default: --trials); the script keeps "
+        "--trials, so speedup_to_target says how soon a longer, cheaper search reaches its best",
     )
     p.add_argument(
         "--target",
@@ -390,6 +409,7 @@ def main(args: argparse.Namespace) -> int:
         prune=args.prune,
         target=args.target,
         prune_trials=args.prune_trials,
+        fidelity=args.fidelity,
     )
     result = run_bench(cfg)
     if args.json:
@@ -414,6 +434,8 @@ COLUMNS = (
     "best_rmse",
     "time_to_target_s",
     "speedup_to_target",
+    "command_time_to_target_s",
+    "command_speedup_to_target",
 )
 
 

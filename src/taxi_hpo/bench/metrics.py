@@ -26,6 +26,13 @@ def _ok(trial: dict) -> bool:
     return trial.get("loss") is not None and not trial.get("error")
 
 
+def _complete(trial: dict) -> bool:
+    """A trial whose RMSE is a complete model's: not failed, not pruned, not a lower rung."""
+    return (
+        _ok(trial) and trial.get("pruned_at") is None and (trial.get("fidelity") or {}).get("complete", True)
+    )
+
+
 def utilisation(trials: list[dict], slots: int, wall_s: float) -> float | None:
     """Busy slot-seconds over available slot-seconds (1.0: no slot ever idle)."""
     if slots <= 0 or wall_s <= 0:
@@ -92,7 +99,7 @@ def run_metrics(run: dict) -> dict:
     """The table's figures for one run of one layout."""
     trials, wall = run["trials"], run["wall_s"]
     spent = overheads(trials)
-    losses = [t["loss"] for t in trials if _ok(t)]
+    losses = [t["loss"] for t in trials if _complete(t)]  # a pruned or low-rung RMSE is no model's
     base = max(1, run.get("cores", 1) // max(run["slots"], 1))
     return {
         "wall_s": wall,
@@ -118,14 +125,14 @@ def _beside(cpu: dict | None, in_process: bool = False) -> float | None:
     return 1.0 - trials / sum(cpu.values())
 
 
-def best_so_far(run: dict) -> list[tuple[float, float]]:
+def best_so_far(run: dict, whole: bool = False) -> list[tuple[float, float]]:
     """``(seconds into the search, best RMSE so far)`` as each finished trial improved it; a
-    pruned trial's RMSE is of an unfinished model and does not count."""
-    start = run.get("search_started") or 0.0
+    pruned trial's (or a lower rung's) RMSE is of an unfinished model and does not count.
+    ``whole``: seconds since the command was launched (``called``: whole commands and the script)."""
+    start = (run.get("called") if whole else run.get("search_started")) or 0.0
     points, best = [], math.inf
     for t in sorted(
-        (t for t in run["trials"] if _ok(t) and t.get("pruned_at") is None and t.get("finished")),
-        key=lambda t: t["finished"],
+        (t for t in run["trials"] if _complete(t) and t.get("finished")), key=lambda t: t["finished"]
     ):
         if t["loss"] < best:
             best = t["loss"]
@@ -133,11 +140,12 @@ def best_so_far(run: dict) -> list[tuple[float, float]]:
     return points
 
 
-def time_to_target(run: dict, target: float | None) -> float | None:
-    """Seconds into the search when the best-so-far first reached ``target`` (None: never)."""
-    if target is None:
+def time_to_target(run: dict, target: float | None, whole: bool = False) -> float | None:
+    """Seconds into the search (``whole``: since the command was launched, where it was timed
+    whole) when the best-so-far first reached ``target`` (None: never)."""
+    if target is None or (whole and not run.get("called")):
         return None
-    return next((s for s, best in best_so_far(run) if best <= target + 1e-12), None)
+    return next((s for s, best in best_so_far(run, whole) if best <= target + 1e-12), None)
 
 
 def reference_targets(runs: list[dict], target: float | None = None) -> dict[int, float | None]:
@@ -147,7 +155,7 @@ def reference_targets(runs: list[dict], target: float | None = None) -> dict[int
     for ref in (SEQ, SCRIPT):  # the script overrides seq
         for r in runs:
             if r["layout"] == ref:
-                losses = [t["loss"] for t in r["trials"] if _ok(t) and t.get("pruned_at") is None]
+                losses = [t["loss"] for t in r["trials"] if _complete(t)]
                 targets[r["repeat"]] = min(losses) if losses else None
     return {repeat: target if target is not None else value for repeat, value in targets.items()}
 
@@ -162,6 +170,11 @@ def summarise(runs: list[dict], layouts: tuple, target: float | None = None) -> 
     reference = SCRIPT if any(r["layout"] == SCRIPT for r in runs) else SEQ
     ref_time = {
         r["repeat"]: time_to_target(r, targets.get(r["repeat"])) for r in runs if r["layout"] == reference
+    }
+    ref_command_time = {
+        r["repeat"]: time_to_target(r, targets.get(r["repeat"]), whole=True)
+        for r in runs
+        if r["layout"] == reference
     }
     rows = []
     for layout in layouts:
@@ -195,6 +208,13 @@ def summarise(runs: list[dict], layouts: tuple, target: float | None = None) -> 
         row["speedup_to_target"] = _round(
             _median([speedup(ref_time.get(r["repeat"]), x) for r, x in zip(mine, reached)])
         )
+        # the same, as users feel it: from launching the command (whole commands and the script)
+        command_reached = [time_to_target(r, targets.get(r["repeat"]), whole=True) for r in mine]
+        row["command_time_to_target_s"] = _round(_median(command_reached))
+        row["command_speedup_to_target"] = _round(
+            _median([speedup(ref_command_time.get(r["repeat"]), x) for r, x in zip(mine, command_reached)])
+        )
+        row["trials_complete"] = _median([sum(_complete(t) for t in r["trials"]) for r in mine])
         row["trials_pruned"] = _median(
             [sum(t.get("pruned_at") is not None for t in r["trials"]) for r in mine]
         )

@@ -31,6 +31,7 @@ TRIAL_KEYS = (
     "error",
     "params",
     "pruned_at",
+    "fidelity",
 )
 
 
@@ -136,6 +137,7 @@ def run_script(cfg, layout, repeat: int, train: Path, valid: Path) -> dict:
         "cores": layout.cores,
         "wall_s": round(out["search_wall_s"], 3),
         "command_s": round(command_s, 3),
+        "called": called,
         "search_started": out["search_started"],
         "first_trial_s": _first_start(records, called),
         "parent_run_id": None,
@@ -172,6 +174,8 @@ def run_command(cfg, layout, repeat: int) -> dict:
         command.append("--no-elastic-threads")
     if cfg.prune != "none":
         command += ["--prune", cfg.prune]
+    if cfg.fidelity != "none":
+        command += ["--fidelity", cfg.fidelity]
     env = {k: v for k, v in _plain_env().items() if k != "PREFECT_API_URL"}
     with tempfile.TemporaryDirectory(prefix="taxi-hpo-bench-") as cwd:
         called = time.time()
@@ -182,7 +186,11 @@ def run_command(cfg, layout, repeat: int) -> dict:
             f"taxi-hpo run failed ({proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}"
         )
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
-    return {**_from_summary(layout, repeat, summary, called), "command_s": round(command_s, 3)}
+    return {
+        **_from_summary(layout, repeat, summary, called),
+        "command_s": round(command_s, 3),
+        "called": called,
+    }
 
 
 def _from_summary(layout, repeat: int, summary: dict, called: float) -> dict:
