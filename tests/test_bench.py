@@ -241,6 +241,32 @@ def test_summarise_pairs_the_script_and_whole_commands():
     assert script["speedup_vs_script"] == 1.0 and script["elastic"] is None
 
 
+def test_time_to_target_as_users_feel_it_counts_complete_fits_from_the_command_s_launch():
+    def fit(trial_id, finished, loss, complete=True):
+        return trial(trial_id, finished - 1, finished, 1.0, loss=loss) | {"fidelity": {"complete": complete}}
+
+    # the script: launched at 100, its search from 102; best 6.5 at 110, the command took 30 s
+    script = run("script", 0, 20.0, [fit(0, 105, 7.0), fit(1, 110, 6.5)], slots=1)
+    script |= {"command_s": 30.0, "called": 100.0, "search_started": 102.0}
+    # a ladder search launched at 100: a screened fit below the target does not count
+    ladder = run("2x1", 0, 25.0, [fit(0, 104, 6.4, complete=False), fit(1, 108, 6.6), fit(2, 112, 6.45)])
+    ladder |= {"command_s": 40.0, "called": 100.0, "search_started": 103.0}
+    rows = {
+        r["layout"]: r
+        for r in metrics.summarise([script, ladder], (Layout("script", 1, 2), Layout("2x1", 2, 1)))
+    }
+    assert rows["script"]["time_to_target_s"] == 8.0 and rows["script"]["command_time_to_target_s"] == 10.0
+    assert rows["2x1"]["time_to_target_s"] == 9.0 and rows["2x1"]["command_time_to_target_s"] == 12.0
+    assert rows["2x1"]["command_speedup_to_target"] == pytest.approx(10 / 12, abs=1e-4)
+    assert rows["2x1"]["best_rmse"] == 6.45 and rows["2x1"]["trials_complete"] == 2
+    # within the script's whole command (30 s from launch): 6.45, 0.77 % better than its 6.5
+    assert rows["2x1"]["best_in_reference_command_s"] == 6.45
+    assert rows["2x1"]["best_gap_in_reference_command_pct"] == pytest.approx(100 * (6.45 / 6.5 - 1), abs=1e-3)
+    assert (
+        metrics.best_by(ladder, 11.0, whole=True) == 6.6 and metrics.best_by(ladder, 3.0, whole=True) is None
+    )
+
+
 def test_cpu_beside_the_trials():
     cpu = {"trials": 90.0, "flow": 6.0, "prefect_server": 4.0, "other": 0.0}
     assert metrics.run_metrics(run("2x1", 0, 50.0, [trial(0, 0, 1, 1)]) | {"cpu_s": cpu})[
@@ -282,6 +308,8 @@ def test_process_roles():
         {"layouts": ()},
         {"prune": "asha", "prune_trials": 0},
         {"prune_trials": 16},
+        {"fidelity": "auto"},  # seq is the reference's own fmin loop: no ladder there
+        {"fidelity": "pixels"},
     ],
 )
 def test_bench_config_rejects_bad_settings(changes):
@@ -529,6 +557,10 @@ def test_bench_times_whole_commands(data_dir, workdir, capsys):
             "--layouts",
             "script,2x1",
             "--whole",
+            "--fidelity",
+            "auto",
+            "--prune-trials",
+            "4",
             "--trials",
             "2",
             "--rounds",
@@ -550,6 +582,9 @@ def test_bench_times_whole_commands(data_dir, workdir, capsys):
     assert rows["2x1"]["command_speedup_vs_script"] == pytest.approx(
         rows["script"]["command_s"] / run["command_s"], rel=1e-3
     )
+    # --fidelity auto: 4 fits, the first ones at the cheap rung (1/9 of the rows, 3 rounds here)
+    assert len(run["trials"]) == 4 and run["trials"][0]["fidelity"]["rung"] == 0
+    assert rows["2x1"]["trials_complete"] == sum(t["fidelity"]["complete"] for t in run["trials"])
 
 
 # -- the sample-efficiency study's pure parts -----------------------------------------------------

@@ -254,3 +254,27 @@ def test_the_ladders_by_name():
     assert ladder("rounds")[0] == Rung(1.0, 9)
     with pytest.raises(ValueError):
         ladder("none")
+
+
+def test_a_ladder_searcher_rebuilt_from_its_state_goes_on_with_the_same_trials():
+    """Mid-search, trials in flight at both rungs: the rebuilt searcher suggests what the
+    original would (plain JSON in between, as a state is stored)."""
+    import json
+
+    space = reference_space(20)
+    original = MultiFidelitySearcher(space, 8, n_startup_jobs=6)
+    for trial_id in range(14):
+        original.suggest(trial_id)
+        if trial_id % 4 != 3:  # every fourth trial still running
+            original.record(trial_id, _rung_loss(original.params(trial_id), original.fidelity(trial_id)))
+    rebuilt = MultiFidelitySearcher.from_state(space, json.loads(json.dumps(original.state())))
+    assert rebuilt.state() == original.state()
+    for trial_id in range(14, 24):
+        point = original.suggest(trial_id)
+        assert rebuilt.suggest(trial_id) == point and rebuilt.fidelity(trial_id) == original.fidelity(
+            trial_id
+        )
+        for s in (original, rebuilt):
+            s.record(trial_id, _rung_loss(point, s.fidelity(trial_id)))
+    with pytest.raises(ValueError):
+        MultiFidelitySearcher.from_state(space, {"kind": "tpe"})

@@ -22,7 +22,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from helpers import free_port, local_cluster, run_here
-from taxi_hpo import cli, tracking
+from taxi_hpo import cli, report, tracking
 
 SMALL = ["--rounds", "10", "--max-depth", "10", "--no-report"]
 
@@ -408,6 +408,22 @@ def test_a_ladder_search_repeats_in_batch_mode_tags_each_rung_and_registers_only
         t["trial_id"]: t["fidelity"] for t in two["trials"]
     }
     assert record.params["fidelity"] == "auto"
+    # the report reads the same ladder from the store: screened trials are no candidates
+    ladder_report = report.collect(two["tracking_uri"], two["parent_run_id"])
+    assert sorted(r.state for r in ladder_report.final) == sorted(
+        ["screened"] * len(low) + ["complete"] * len(up)
+    )
+    assert ladder_report.summary()["ladder"] == two["ladder"]
+    assert ladder_report.best.run_id == registered.run_id
+    # stopped by its budget after the first batch and resumed, it ends as the whole search did
+    part = run_here(capsys, *common, *two_workers, "--no-register", "--timeout", "1s")
+    assert part["ended_on_timeout"] and len(part["trials"]) < 9
+    rest = run_here(capsys, "--data-dir", str(data_dir), "--resume", part["parent_run_id"], *two_workers)
+    assert rest["fidelity"] == "auto" and rest["trials_done"] == 9
+    assert [(t["fidelity"], t["loss"]) for t in rest["trials"]] == [
+        (t["fidelity"], t["loss"]) for t in two["trials"]
+    ]
+    assert rest["trial_params"] == two["trial_params"]
 
 
 @pytest.mark.integration

@@ -90,6 +90,74 @@ def test_rmse_axis_keeps_the_complete_trials_in_view():
     assert low < 6.4 and 7.7587 <= high < 9.0  # the baseline shown, the pruned 9.0 drawn at the edge
 
 
+def _ladder_search() -> SearchReport:
+    """A --fidelity search: 12 points screened at rung 0, 6 of them fitted again completely;
+    the complete RMSE follows the learning rate (log) and hardly the depth."""
+    import math
+
+    rows, t = [], 100.0
+    for i in range(12):
+        point = {**PARAMS, "learning_rate": 0.05 * 1.3**i, "max_depth": 4 + (i * 7) % 11}
+        rmse = 6.3 + 0.2 * abs(math.log(point["learning_rate"] / 0.3)) + 0.001 * point["max_depth"]
+        low = {
+            "rung": 0,
+            "of": 2,
+            "rows": 1 / 9,
+            "rounds": 9,
+            "config": i,
+            "promoted_from": None,
+            "complete": False,
+        }
+        rows.append(TrialRow(i, "screened", t, t + 1, "w1", rmse + 0.5, point, run_id=f"s{i}", fidelity=low))
+        if i % 2 == 0:
+            up = {**low, "rung": 1, "rows": 1.0, "rounds": None, "promoted_from": i, "complete": True}
+            trial = 100 + i
+            rows.append(
+                TrialRow(trial, "complete", t + 1, t + 5, "w2", rmse, point, run_id=f"c{i}", fidelity=up)
+            )
+        t += 1
+    params = {
+        "trials": "18",
+        "mode": "batch",
+        "prune": "none",
+        "fidelity": "auto",
+        "rounds": "30",
+        "seed": "1",
+    }
+    return SearchReport(
+        "fedcba9876543210", "nyc-taxi-hpo", "FINISHED", 99, 200, params, {"lr_rmse": 7.76}, rows
+    )
+
+
+def test_a_ladder_search_reports_its_rungs_and_which_hyperparameters_mattered(tmp_path):
+    rep = _ladder_search()
+    s = rep.summary()
+    assert (s["trials_run"], s["trials_complete"], s["trials_screened"]) == (18, 6, 12)
+    assert s["best_trial"] in (100, 102, 104, 106, 108, 110) and s["best_rmse"] == min(
+        r.rmse for r in rep.complete
+    )
+    assert s["ladder"] == [
+        {"rung": 0, "rows": 1 / 9, "rounds": 9, "fits": 12, "promoted": 0},
+        {"rung": 1, "rows": 1.0, "rounds": None, "fits": 6, "promoted": 6},
+    ]
+    # fANOVA on the complete trials: the learning rate explains the RMSE, the shares sum to one
+    shares = s["importance"]
+    assert next(iter(shares)) == "learning_rate" and shares["learning_rate"] > 0.5
+    assert sum(shares.values()) == pytest.approx(1.0, abs=1e-3)
+    assert report.hyperparameter_importance(rep) == shares  # a fixed seed: the same shares again
+    # a screened trial's end, as the search saw it, is not a complete one
+    assert report.ended_as(6.9, None, False, 1.0, complete_fit=False)["state"] == "screened"
+    report.write(rep, tmp_path)
+    page = (tmp_path / "report.html").read_text()
+    assert "The ladder" in page and "12 screened" in page and "Which hyperparameters mattered" in page
+    assert re.search(r"learning_rate</td><td class='num'>\d+\.\d%", page)
+    # below five complete trials fANOVA says nothing, and the page says why
+    few = _ladder_search()
+    few.rows = [r for r in few.rows if r.state == "screened" or r.trial_id < 104]
+    assert few.summary()["importance"] is None and "fANOVA needs 5" in report.render_html(few, {})
+    assert synthetic().summary()["ladder"] is None
+
+
 def test_files_and_a_self_contained_page(tmp_path):
     files = report.write(synthetic(), tmp_path)
     assert [f.name for f in files] == [

@@ -148,6 +148,14 @@ def time_to_target(run: dict, target: float | None, whole: bool = False) -> floa
     return next((s for s, best in best_so_far(run, whole) if best <= target + 1e-12), None)
 
 
+def best_by(run: dict, seconds: float | None, whole: bool = False) -> float | None:
+    """The best complete RMSE ``seconds`` into the search (``whole``: since the command was
+    launched); None when nothing had completed by then (or no time is given)."""
+    if seconds is None or (whole and not run.get("called")):
+        return None
+    return min((best for s, best in best_so_far(run, whole) if s <= seconds), default=None)
+
+
 def reference_targets(runs: list[dict], target: float | None = None) -> dict[int, float | None]:
     """Per repeat, the RMSE every layout races to: ``target`` when given, else the final best of
     the reference of that repeat (the script, which never prunes; seq without a script)."""
@@ -171,6 +179,7 @@ def summarise(runs: list[dict], layouts: tuple, target: float | None = None) -> 
     ref_time = {
         r["repeat"]: time_to_target(r, targets.get(r["repeat"])) for r in runs if r["layout"] == reference
     }
+    ref_command = {r["repeat"]: r for r in runs if r["layout"] == reference and r.get("called")}
     ref_command_time = {
         r["repeat"]: time_to_target(r, targets.get(r["repeat"]), whole=True)
         for r in runs
@@ -213,6 +222,17 @@ def summarise(runs: list[dict], layouts: tuple, target: float | None = None) -> 
         row["command_time_to_target_s"] = _round(_median(command_reached))
         row["command_speedup_to_target"] = _round(
             _median([speedup(ref_command_time.get(r["repeat"]), x) for r, x in zip(mine, command_reached)])
+        )
+        # a budget equal to the reference's whole command: the best by then, against the reference's
+        in_budget = [
+            (best_by(r, ref_command[r["repeat"]]["command_s"], whole=True), targets.get(r["repeat"]))
+            if r["repeat"] in ref_command
+            else (None, None)
+            for r in mine
+        ]
+        row["best_in_reference_command_s"] = _round(_median([b for b, _ in in_budget]))
+        row["best_gap_in_reference_command_pct"] = _round(
+            _median([100 * (b / t - 1) if b is not None and t else None for b, t in in_budget])
         )
         row["trials_complete"] = _median([sum(_complete(t) for t in r["trials"]) for r in mine])
         row["trials_pruned"] = _median(

@@ -121,6 +121,11 @@ def cmd_run(args: argparse.Namespace, whole_process: bool = False) -> int:
 
     timeline.reset()  # this command's steps only (a process may run several, as the tests do)
     cfg = run_config(args)
+    if not cfg.resume:  # a --train/--valid that names no file: one line before anything starts
+        from taxi_hpo.core import data
+
+        for spec in (cfg.train, cfg.valid):
+            data.locate(spec, cfg.data_dir)
     # The API server takes seconds to start: launched before the heavy imports and the checks;
     # so is the fork server of the workers this process starts, its LocalCluster's or a created
     # one's (the command's own process only: a caller of main() keeps its environment its own,

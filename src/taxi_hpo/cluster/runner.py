@@ -229,10 +229,11 @@ class DaskTrialRunner:
     def submit(self, trial_id: int, params: dict, priority: float) -> int:
         """Submit trial ``trial_id`` at ``params`` as a trial task, on the worker the plan chooses
         (a preference) with the threads it gives; returns the trial id as the handle."""
-        worker, threads = self.plan.place(trial_id, priority) if self.plan else (None, self._nthread)
+        fidelity = self._fidelity_of(trial_id) if self._fidelity_of is not None else None
+        weight = priority * cost_share(fidelity, self._rounds)  # a cheap fit claims fewer idle cores
+        worker, threads = self.plan.place(trial_id, weight) if self.plan else (None, self._nthread)
         if self.pruner is not None and trial_id not in self._prune_at:
             self._prune_at[trial_id] = self.pruner.thresholds()
-        fidelity = self._fidelity_of(trial_id) if self._fidelity_of is not None else None
         parameters = {
             "trial_id": trial_id,
             "params": params,
@@ -252,7 +253,7 @@ class DaskTrialRunner:
         # Higher priority starts first among queued tasks: heaviest trials first in a batch. The
         # worker is a preference: if it is gone, Dask runs the trial elsewhere.
         where = {"workers": [worker], "allow_other_workers": True} if worker else {}
-        with dask.annotate(priority=int(priority * cost_share(fidelity, self._rounds) * 1000), **where):
+        with dask.annotate(priority=int(weight * 1000), **where):
             future = self._submit_trial(**parameters)
         self._futures[trial_id] = future
         self._params[trial_id] = params

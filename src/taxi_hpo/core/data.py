@@ -15,12 +15,13 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-
-import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
+from typing import TYPE_CHECKING
 
 from taxi_hpo.errors import DataError
+
+if TYPE_CHECKING:  # imported where used: the command checks its inputs before loading them
+    import pandas as pd
+    import pyarrow as pa
 
 TLC_URL = "https://d37ci6vzurychx.cloudfront.net/trip-data/{name}"
 #: A mirror of the TLC's trip-data folder (``https://host/path/{name}``) replaces TLC_URL.
@@ -68,10 +69,10 @@ def tlc_url() -> str:
     return url
 
 
-def resolve(
-    spec: str, data_dir: Path, progress: ProgressFn | None = None, url_template: str | None = None
-) -> MonthFile:
-    """Turn ``--train``/``--valid`` into an existing local file, downloading a month if needed."""
+def locate(spec: str, data_dir: Path) -> MonthFile:
+    """Where ``--train``/``--valid`` lives, read from the names alone (nothing downloaded, nothing
+    read): an existing parquet file, or a month's file in ``data_dir`` that may still have to be
+    downloaded. DataError for what cannot be one (a missing path, a folder, no such month)."""
     looks_like_path = spec.endswith(".parquet") or os.sep in spec
     if looks_like_path:
         path = Path(spec).expanduser()
@@ -83,17 +84,27 @@ def resolve(
         if not path.is_file():
             raise DataError(f"{path} does not exist: pass an existing parquet file or a month YYYY-MM")
         return MonthFile(spec, path.resolve())
-    name = month_filename(spec)
-    path = Path(data_dir).expanduser().resolve() / name
+    path = Path(data_dir).expanduser().resolve() / month_filename(spec)
     if path.is_dir():
         raise DataError(f"{path} is a folder, not the month's file: remove it or pass another --data-dir")
-    if not path.is_file():
-        download((url_template or tlc_url()).format(name=name), path, progress)
     return MonthFile(spec, path)
+
+
+def resolve(
+    spec: str, data_dir: Path, progress: ProgressFn | None = None, url_template: str | None = None
+) -> MonthFile:
+    """Turn ``--train``/``--valid`` into an existing local file, downloading a month if needed."""
+    month = locate(spec, data_dir)
+    if not month.path.is_file():
+        download((url_template or tlc_url()).format(name=month.path.name), month.path, progress)
+    return month
 
 
 def download(url: str, dest: Path, progress: ProgressFn | None = None, timeout: float = 30.0) -> None:
     """Fetch ``url`` into ``dest`` atomically: a failed download leaves no file behind."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
@@ -157,6 +168,10 @@ def file_sha256(path: Path) -> str:
 
 def load(path: Path) -> pd.DataFrame:
     """Read one month, recompute ``duration`` in minutes, keep 1–60 minutes, ids as strings."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     path = Path(path)
     try:
         schema = pq.read_schema(path)
@@ -196,6 +211,7 @@ def column_type_errors(schema: pa.Schema) -> list[str]:
     """What is wrong with the types of the required columns (both TLC layouts pass):
     timestamps for pickup and dropoff, a number for ``trip_distance``, integer (or integral
     float) or string location ids."""
+    import pyarrow as pa
 
     def kind(name: str) -> pa.DataType:
         t = schema.field(name).type
@@ -223,6 +239,8 @@ def column_type_errors(schema: pa.Schema) -> list[str]:
 
 def prepare(df: pd.DataFrame) -> pd.DataFrame:
     """The reference transform on raw rows: target, filter, string ids (pure)."""
+    import pandas as pd
+
     try:
         pickup = pd.to_datetime(df[PICKUP])
         dropoff = pd.to_datetime(df[DROPOFF])
@@ -242,6 +260,8 @@ def prepare(df: pd.DataFrame) -> pd.DataFrame:
 
 def location_ids(col: pd.Series) -> pd.Series:
     """Location ids as strings, whether stored as int, float or string ('130', not '130.0')."""
+    import pandas as pd
+
     if pd.api.types.is_numeric_dtype(col):
         try:
             return col.astype("Int64").astype(str)

@@ -103,7 +103,9 @@ def start_report(tracking_uri: str, parent_run_id: str, run: TrialsRun, lr_rmse:
     from taxi_hpo import report  # matplotlib: imported when a report is drawn
 
     ended = {
-        o.run_id: report.ended_as(o.loss, o.pruned_at, o.cancelled, o.finished)
+        o.run_id: report.ended_as(
+            o.loss, o.pruned_at, o.cancelled, o.finished, o.fidelity.get("complete", True)
+        )
         for o in run.outcomes
         if o.run_id
     }

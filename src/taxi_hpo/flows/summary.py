@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from taxi_hpo import timeline, tracking
 from taxi_hpo.config import RunConfig
 from taxi_hpo.search import TrialOutcome
+from taxi_hpo.search.promotion import ladder_counts
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,7 @@ class SearchResult:
             "ended_on_timeout": self.ended_on_timeout,
             "prune": cfg.prune,
             "fidelity": cfg.fidelity,
-            "ladder": ladder_counts(outcomes) if cfg.fidelity != "none" else None,
+            "ladder": ladder_counts(o.fidelity for o in outcomes) if cfg.fidelity != "none" else None,
             "trial_params": [o.params for o in outcomes],
             "trials": [_timing(o) for o in outcomes],
             "trial_rmse": [o.loss for o in outcomes],
@@ -160,22 +161,6 @@ class SearchResult:
             # seconds since the process started (the CLI adds the steps after the flow)
             "timeline": timeline.timeline(),
         }
-
-
-def ladder_counts(outcomes: list[TrialOutcome]) -> list[dict]:
-    """A multi-fidelity search's ladder: per rung (cheapest first) its rows and rounds, the fits
-    made there (failed ones included) and how many of them were promotions from the rung below."""
-    rungs: dict[int, dict] = {}
-    for o in outcomes:
-        f = o.fidelity
-        if not f:
-            continue
-        entry = rungs.setdefault(
-            f["rung"], {"rung": f["rung"], "rows": f["rows"], "rounds": f["rounds"], "fits": 0, "promoted": 0}
-        )
-        entry["fits"] += 1
-        entry["promoted"] += f.get("promoted_from") is not None
-    return [rungs[r] for r in sorted(rungs)]
 
 
 def trial_fidelity(o: TrialOutcome) -> dict:

@@ -13,7 +13,9 @@ any earlier search (``taxi-hpo report PARENT_RUN_ID``) as well as at the end of 
   outlined;
 - ``summary.json`` and ``report.html``: the search's figures and its ten best trials, the
   three pictures inlined, a page with no outside references (it opens from the MLflow UI's
-  artifact view, or from disk).
+  artifact view, or from disk); with ``--fidelity``, the ladder (fits and promotions per rung);
+  and which hyperparameters mattered: each one's share of the variance of the complete trials'
+  RMSE, by Optuna's fANOVA evaluator (Hutter et al. 2014) on the trials as the store holds them.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from pathlib import Path
 
 from taxi_hpo import tracking
 from taxi_hpo.errors import TrackingError
+from taxi_hpo.search.promotion import ladder_counts
 from taxi_hpo.search.space import decode_logged
 
 ARTIFACT_DIR = "report"
@@ -48,6 +51,7 @@ class TrialState(enum.StrEnum):
 
     COMPLETE = "complete"  # trained to the end
     PRUNED = "pruned"  # stopped at a checkpoint round: its RMSE is of an unfinished model
+    SCREENED = "screened"  # fitted at a lower rung of --fidelity: a cheaper model's RMSE
     FAILED = "failed"  # its retries spent
     STOPPED = "stopped"  # the time budget (or Ctrl-C) stopped it; --resume runs it again
     RUNNING = "running"  # not ended yet
@@ -56,6 +60,7 @@ class TrialState(enum.StrEnum):
 COLOURS = {
     TrialState.COMPLETE: "#2166ac",
     TrialState.PRUNED: "#f4a582",
+    TrialState.SCREENED: "#92c5de",
     TrialState.FAILED: "#b2182b",
     TrialState.STOPPED: "#999999",
     TrialState.RUNNING: "#d9d9d9",
@@ -77,6 +82,7 @@ class TrialRow:
     error: str | None = None
     warm_from: str | None = None
     run_id: str = ""
+    fidelity: dict = field(default_factory=dict)  # a --fidelity search's rung (flows.trials)
 
 
 @dataclass
@@ -99,7 +105,7 @@ class SearchReport:
         by_trial: dict[int, TrialRow] = {}
         for row in sorted(self.rows, key=lambda r: r.started):
             kept = by_trial.get(row.trial_id)
-            if kept is None or kept.state not in (TrialState.COMPLETE, TrialState.PRUNED):
+            if kept is None or kept.state not in _ENDED_WITH_RMSE:
                 by_trial[row.trial_id] = row
         return sorted(by_trial.values(), key=lambda r: r.trial_id)
 
@@ -118,6 +124,7 @@ class SearchReport:
         the best one, the baseline, the wall and the settings."""
         final, best = self.final, self.best
         counts = {state: sum(r.state == state for r in final) for state in COLOURS}
+        importance = hyperparameter_importance(self)
         starts = [r.started for r in self.rows]
         ends = [r.finished for r in self.rows if r.finished]
         return {
@@ -128,6 +135,7 @@ class SearchReport:
             "trials_run": len(final),
             "trials_complete": counts[TrialState.COMPLETE],
             "trials_pruned": counts[TrialState.PRUNED],
+            "trials_screened": counts[TrialState.SCREENED],
             "trials_failed": counts[TrialState.FAILED],
             "trials_stopped": counts[TrialState.STOPPED],
             "attempts": len(self.rows),
@@ -141,11 +149,57 @@ class SearchReport:
             or (round(max(ends) - min(starts), 3) if starts and ends else None),
             "utilisation": self.metrics.get("utilisation"),
             "prune": self.params.get("prune"),
+            "fidelity": self.params.get("fidelity", "none"),
+            "ladder": self.ladder(),
+            "importance": importance,
             "mode": self.params.get("mode"),
             "rounds": _int(self.params.get("rounds")),
             "seed": _int(self.params.get("seed")),
             "warm_started": sum(r.warm_from is not None for r in final),
         }
+
+    def ladder(self) -> list[dict] | None:
+        """A ``--fidelity`` search's ladder (``search.promotion.ladder_counts``); None without one."""
+        return ladder_counts(r.fidelity for r in self.final) or None
+
+
+#: A trial that ended with an RMSE: complete, pruned (an unfinished model's), screened (a cheaper one's)
+_ENDED_WITH_RMSE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.SCREENED)
+#: Complete trials fANOVA needs before its shares say anything
+MIN_IMPORTANCE_TRIALS = 5
+
+
+def hyperparameter_importance(report: SearchReport) -> dict | None:
+    """Each hyperparameter's share of the variance of the complete trials' validation RMSE
+    (``{name: share}``, largest first, shares summing to 1), by Optuna's fANOVA evaluator with a
+    fixed seed; None below :data:`MIN_IMPORTANCE_TRIALS` complete trials."""
+    complete = report.complete
+    if len(complete) < MIN_IMPORTANCE_TRIALS:
+        return None
+    import optuna
+    from optuna.importance import FanovaImportanceEvaluator, get_param_importances
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    points = [{n: r.params[n] for n in HYPERPARAMETERS if n in r.params} for r in complete]
+    distributions = {}
+    for name, log in HYPERPARAMETERS.items():
+        values = [p[name] for p in points if name in p]
+        if len(set(values)) < 2:
+            continue  # one value: nothing to attribute to it
+        low, high = min(values), max(values)
+        distributions[name] = (
+            optuna.distributions.IntDistribution(int(low), int(high))
+            if name == "max_depth"
+            else optuna.distributions.FloatDistribution(float(low), float(high), log=log)
+        )
+    if not distributions:
+        return None
+    study = optuna.create_study(direction="minimize")
+    for point, row in zip(points, complete):
+        params = {n: int(point[n]) if n == "max_depth" else float(point[n]) for n in distributions}
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, value=row.rmse))
+    shares = get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=0))
+    return {name: round(float(share), 4) for name, share in shares.items()}
 
 
 def _int(value) -> int | None:
@@ -179,8 +233,11 @@ def collect(tracking_uri: str, parent_run_id: str) -> SearchReport:
             continue  # the LinearRegression baseline
         state = _STATES.get(run.info.status, TrialState.RUNNING)
         pruned = run.data.tags.get(tracking.PRUNED_TAG)
+        fidelity = json.loads(run.data.tags.get(tracking.FIDELITY_TAG, "{}"))
         if state == TrialState.COMPLETE and pruned is not None:
             state = TrialState.PRUNED
+        elif state == TrialState.COMPLETE and not fidelity.get("complete", True):
+            state = TrialState.SCREENED
         rows.append(
             TrialRow(
                 trial_id=int(tag),
@@ -194,6 +251,7 @@ def collect(tracking_uri: str, parent_run_id: str) -> SearchReport:
                 error=run.data.tags.get("error"),
                 warm_from=run.data.tags.get(tracking.WARM_FROM_TAG),
                 run_id=run.info.run_id,
+                fidelity=fidelity,
             )
         )
     for trial_id, failed in record.failed.items():  # lost with its worker: no run of its own finished
@@ -231,10 +289,11 @@ def _hyperparameters(params: dict) -> dict:
 
 
 def import_drawing() -> None:
-    """Import the drawing library now (matplotlib, ~0.5 s of this 2-core machine): the search
-    calls it in a thread while its trials run, where the flow process mostly waits, instead of
-    on the way to the end of the command."""
+    """Import the drawing library now (matplotlib, ~0.5 s of this 2-core machine) and Optuna's
+    importance evaluators (~1 s): the search calls it in a thread while its trials run, where the
+    flow process mostly waits, instead of on the way to the end of the command."""
     _pyplot()
+    import optuna.importance  # noqa: F401 - imported now, used by hyperparameter_importance
 
 
 def _pyplot():
@@ -286,6 +345,7 @@ def plot_best_so_far(report: SearchReport, path: Path) -> None:
             steps.append(best if best < math.inf else math.nan)
         complete = [(x, r.rmse) for x, r in zip(xs, done) if r.state == TrialState.COMPLETE]
         pruned = [(x, _clip(r.rmse, limits)) for x, r in zip(xs, done) if r.state == TrialState.PRUNED]
+        screened = [(x, _clip(r.rmse, limits)) for x, r in zip(xs, done) if r.state == TrialState.SCREENED]
         if complete:
             ax.scatter(
                 *zip(*[(x, _clip(y, limits)) for x, y in complete]),
@@ -301,6 +361,14 @@ def plot_best_so_far(report: SearchReport, path: Path) -> None:
                 facecolors="none",
                 edgecolors=COLOURS["pruned"],
                 label="trial (pruned: RMSE where it stopped)",
+            )
+        if screened:
+            ax.scatter(
+                *zip(*screened),
+                s=14,
+                facecolors="none",
+                edgecolors=COLOURS[TrialState.SCREENED],
+                label="trial (screened: a lower rung's RMSE)",
             )
         ax.plot(xs, steps, drawstyle="steps-post", color="black", linewidth=1.6, label="best so far")
         if report.metrics.get("lr_rmse") is not None:
@@ -338,7 +406,7 @@ def plot_params(report: SearchReport, path: Path) -> None:
     limits = _rmse_limits(report)
     rows = [r for r in report.final if r.rmse is not None]
     complete = [r for r in rows if r.state == TrialState.COMPLETE]
-    pruned = [r for r in rows if r.state == TrialState.PRUNED]
+    pruned = [r for r in rows if r.state in (TrialState.PRUNED, TrialState.SCREENED)]
     best = report.best
     scatter = None
     for ax, name in zip(axes, names):
@@ -359,7 +427,7 @@ def plot_params(report: SearchReport, path: Path) -> None:
                 [_clip(r.rmse, limits) for r in pruned],
                 s=18,
                 facecolors="none",
-                edgecolors=COLOURS["pruned"],
+                edgecolors=[COLOURS[r.state] for r in pruned],
             )
         if best:
             ax.scatter([best.params.get(name)], [best.rmse], marker="*", s=160, color="#d62728", zorder=3)
@@ -372,7 +440,9 @@ def plot_params(report: SearchReport, path: Path) -> None:
         axes[0].set_ylim(*limits)
     if scatter is not None:
         fig.colorbar(scatter, ax=list(axes), label="trial number", fraction=0.02, pad=0.01)
-    fig.suptitle("Validation RMSE against each hyperparameter (star: best; hollow: pruned)", fontsize=10)
+    fig.suptitle(
+        "Validation RMSE against each hyperparameter (star: best; hollow: pruned or screened)", fontsize=10
+    )
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
@@ -468,7 +538,8 @@ def render_html(report: SearchReport, pictures: dict[str, bytes]) -> str:
         (
             "trials",
             f"{s['trials_run']} run of {s['trials_planned']} planned: {s['trials_complete']} complete, "
-            f"{s['trials_pruned']} pruned, {s['trials_failed']} failed, {s['trials_stopped']} stopped",
+            f"{s['trials_pruned']} pruned, {s['trials_screened']} screened, {s['trials_failed']} failed, "
+            f"{s['trials_stopped']} stopped",
         ),
         (
             "best validation RMSE",
@@ -478,7 +549,7 @@ def render_html(report: SearchReport, pictures: dict[str, bytes]) -> str:
         ("search wall", f"{s['search_wall_s']:.1f} s" if s["search_wall_s"] else "-"),
         ("utilisation", s["utilisation"] if s["utilisation"] is not None else "-"),
         ("workers", s["workers"]),
-        ("mode, pruning", f"{s['mode']}, {s['prune']}"),
+        ("mode, pruning, fidelity", f"{s['mode']}, {s['prune']}, {s['fidelity']}"),
         ("rounds, seed", f"{s['rounds']}, {s['seed']}"),
         ("warm-started trials", s["warm_started"]),
     ]
@@ -501,6 +572,7 @@ def render_html(report: SearchReport, pictures: dict[str, bytes]) -> str:
             + f"<td>{esc(_short(r.worker))}</td><td class='num'>{seconds}</td></tr>"
         )
     out.append("</table>")
+    out += _ladder_html(s["ladder"]) + _importance_html(s["importance"], len(report.complete))
     titles = {
         "best_so_far.png": "Best so far",
         "params.png": "RMSE against each hyperparameter",
@@ -514,6 +586,39 @@ def render_html(report: SearchReport, pictures: dict[str, bytes]) -> str:
         )
     out.append("</body></html>")
     return "\n".join(out)
+
+
+def _ladder_html(ladder: list[dict] | None) -> list[str]:
+    """The ladder's table: per rung its rows and rounds, fits and promotions (none without one)."""
+    if not ladder:
+        return []
+    out = [
+        "<h2>The ladder</h2><table><tr><th>rung</th><th>training rows</th><th>rounds</th>"
+        "<th>trials fitted</th><th>promoted from the rung below</th></tr>"
+    ]
+    for r in ladder:
+        rounds = r["rounds"] if r["rounds"] is not None else "all"
+        out.append(
+            f"<tr><td>{r['rung']}</td><td class='num'>{r['rows']:.3g}</td><td class='num'>{rounds}</td>"
+            f"<td class='num'>{r['fits']}</td><td class='num'>{r['promoted']}</td></tr>"
+        )
+    return [*out, "</table>"]
+
+
+def _importance_html(importance: dict | None, complete: int) -> list[str]:
+    """Which hyperparameters mattered: each one's share as a number and a bar."""
+    out = ["<h2>Which hyperparameters mattered</h2>"]
+    if not importance:
+        return [*out, f"<p>{complete} complete trials: fANOVA needs {MIN_IMPORTANCE_TRIALS} or more.</p>"]
+    out.append(
+        f"<p>Share of the variance of the {complete} complete trials' validation RMSE that each "
+        "hyperparameter explains (Optuna's fANOVA).</p><table><tr><th>hyperparameter</th><th>share</th>"
+        "<th></th></tr>"
+    )
+    for name, share in importance.items():
+        bar = f"<div style='background:#2166ac;height:10px;width:{round(share * 300)}px'></div>"
+        out.append(f"<tr><td>{html.escape(name)}</td><td class='num'>{share:.1%}</td><td>{bar}</td></tr>")
+    return [*out, "</table>"]
 
 
 def _fmt(value) -> str:
@@ -538,14 +643,19 @@ def write(report: SearchReport, out: Path) -> list[Path]:
     return [out / name for name in (*PICTURES, "summary.json", "report.html")]
 
 
-def ended_as(loss: float | None, pruned_at: int | None, cancelled: bool, finished: float) -> dict:
-    """How a trial ended, as the search knows it: overrides its run's row (see ``publish``)."""
+def ended_as(
+    loss: float | None, pruned_at: int | None, cancelled: bool, finished: float, complete_fit: bool = True
+) -> dict:
+    """How a trial ended, as the search knows it: overrides its run's row (see ``publish``).
+    ``complete_fit``: False for a lower rung of a ``--fidelity`` search."""
     if cancelled:
         state = TrialState.STOPPED
     elif loss is None:
         state = TrialState.FAILED
     elif pruned_at is not None:
         state = TrialState.PRUNED
+    elif not complete_fit:
+        state = TrialState.SCREENED
     else:
         state = TrialState.COMPLETE
     return {"state": state, "rmse": loss, "finished": finished, "pruned_at": pruned_at}

@@ -97,19 +97,24 @@ class MultiFidelitySearcher:
     ) -> None:
         """On resume: trial ``trial_id`` ended earlier, at ``params`` and the rung ``fidelity``
         says (None: a complete fit of a configuration of its own)."""
+        self._restore(trial_id, params, fidelity)
+        if self._fits[self._trials[trial_id][0]][0] == trial_id:  # a new configuration's first fit:
+            self._rng.integers(2**31 - 1)  # the seed stream advances as its suggestion did
+        self.record(trial_id, loss)
+
+    def _restore(self, trial_id: int, params: dict, fidelity: dict | None) -> None:
+        """Trial ``trial_id`` as suggested earlier (``fidelity``: its rung and configuration)."""
         if fidelity is None:
             fidelity = {"config": trial_id, "rung": self.promoter.top}
         config, rung = int(fidelity["config"]), int(fidelity["rung"])
         if not 0 <= rung <= self.promoter.top:
             raise ValueError(f"trial {trial_id} was fitted at rung {rung}, not on this ladder")
         if config not in self._configs:
-            self._rng.integers(2**31 - 1)  # the seed stream advances as for any new configuration
             self._add_config(config, params)
         if rung > 0:
             self.promoter.mark_promoted(config, rung)
         self._trials[trial_id] = (config, rung)
         self._fits[config][rung] = trial_id
-        self.record(trial_id, loss)
 
     def params(self, trial_id: int) -> dict:
         """The point trial ``trial_id`` fits."""
@@ -141,6 +146,30 @@ class MultiFidelitySearcher:
                 for t in sorted(self._trials)
             ],
         }
+
+    @classmethod
+    def from_state(cls, space: dict, state: dict) -> MultiFidelitySearcher:
+        """The searcher :meth:`state` described, over ``space`` (the space it searched)."""
+        if state.get("kind") != "multifidelity":
+            raise ValueError(f"not the state of a multi-fidelity searcher: kind {state.get('kind')!r}")
+        rungs = [Rung(rows, rounds) for rows, rounds in state["ladder"]]
+        searcher = cls(
+            space,
+            state["seed"],
+            state["n_startup_jobs"],
+            state["warm_points"],
+            rungs,
+            state["eta"],
+            state["min_points"],
+        )
+        for trial in state["trials"]:
+            searcher._restore(trial["trial_id"], trial["params"], trial["fidelity"])
+            if trial["done"]:
+                searcher.record(trial["trial_id"], trial["loss"])
+            elif trial["fidelity"]["rung"] == 0:
+                searcher._new_in_flight.add(trial["trial_id"])
+        searcher._rng.bit_generator.state = state["rng"]
+        return searcher
 
     # -- what a trial fits ---------------------------------------------------------------------
     def fidelity(self, trial_id: int) -> dict:

@@ -19,7 +19,7 @@ Why these rungs: docs/benchmarks.md, "A lower fidelity that ranks" (issue 19).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 ETA = 3
@@ -61,6 +61,22 @@ LADDERS: dict[str, tuple[Rung, ...]] = {
 }
 #: ``--fidelity`` choices: ``none`` fits every trial completely (the reference's search).
 FIDELITIES = ("none", *LADDERS)
+
+
+def ladder_counts(fidelities: Iterable[dict]) -> list[dict]:
+    """A search's ladder as it ran, from each trial's fidelity (``MultiFidelitySearcher.fidelity``;
+    empty ones skipped): per rung, cheapest first, its rows and rounds, the trials fitted there
+    and how many of them were promotions from the rung below."""
+    rungs: dict[int, dict] = {}
+    for f in fidelities:
+        if not f:
+            continue
+        entry = rungs.setdefault(
+            f["rung"], {"rung": f["rung"], "rows": f["rows"], "rounds": f["rounds"], "fits": 0, "promoted": 0}
+        )
+        entry["fits"] += 1
+        entry["promoted"] += f.get("promoted_from") is not None
+    return [rungs[r] for r in sorted(rungs)]
 
 
 def ladder(name: str) -> tuple[Rung, ...]:
