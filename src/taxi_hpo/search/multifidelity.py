@@ -4,10 +4,17 @@ Every trial id is one fit. When a slot comes free the searcher first asks the
 :class:`~taxi_hpo.search.promotion.Promoter` whether a configuration is due for the next rung
 (ASHA's promotion, highest rung first); if none is, the trial is a new configuration at the
 lowest rung. New configurations come from TPE fitted, as BOHB does, on the results of the
-highest rung that has at least ``min_points`` of them (BOHB's ``d + 1``: 6 for our 5
-hyperparameters), with the new configurations still in flight as liars (TPE scores a pending
-point as loss ``+inf``, so concurrent proposals spread out). The first ``n_startup_jobs`` new
-configurations are random (hyperopt's start-up) or the warm-start points.
+highest rung that has at least ``min_points`` of them, with the new configurations still in
+flight as liars (TPE scores a pending point as loss ``+inf``, so concurrent proposals spread
+out). The first ``n_startup_jobs`` new configurations are random (hyperopt's start-up) or the
+warm-start points.
+
+``min_points`` is TPE's own start-up count (20), not BOHB's ``d + 1`` (6 here): modelled on 6
+complete fits, TPE proposed points that the cheap rung ranks badly (after the switch, their
+RMSE at 1/9 of the rows and 9 rounds was 8-9 against 6.8-7.1 before), so few of them were
+promoted and the search never reached the reference's best-of-32 (seed 1: best 6.4565);
+modelled on the cheap rung, it went on proposing points that rank well there, and its complete
+fits reached 6.4436 in 105 s of a 140 s command (docs/benchmarks.md).
 
 Deterministic: the same seed and the same ``suggest``/``record`` calls in the same order give
 the same trials and promotions, so batch mode repeats exactly, and a resumed search replays.
@@ -39,7 +46,8 @@ class MultiFidelitySearcher:
         warm_points: the first new configurations (a warm start), in order.
         rungs: the ladder (:func:`taxi_hpo.search.promotion.ladder`).
         eta: a rung promotes its best ``1 / eta``.
-        min_points: results a rung needs before TPE models it (default ``len(space) + 1``).
+        min_points: results a rung needs before TPE models it (default: ``n_startup_jobs``, at
+            least ``len(space) + 1``).
     """
 
     def __init__(
@@ -55,7 +63,7 @@ class MultiFidelitySearcher:
         self.space, self.seed, self.n_startup_jobs = space, seed, n_startup_jobs
         self.warm_points = [dict(p) for p in (warm_points or [])]
         self.promoter = Promoter(rungs, eta)
-        self.min_points = min_points or len(space) + 1
+        self.min_points = min_points or max(n_startup_jobs, len(space) + 1)
         self._rng = np.random.default_rng(seed)
         self._trials: dict[int, tuple[int, int]] = {}  # trial id -> (config, rung)
         self._configs: dict[int, dict] = {}  # config id (its first trial's id) -> point
