@@ -3,18 +3,18 @@
 Every trial id is one fit. When a slot comes free the searcher first asks the
 :class:`~taxi_hpo.search.promotion.Promoter` whether a configuration is due for the next rung
 (ASHA's promotion, highest rung first); if none is, the trial is a new configuration at the
-lowest rung. New configurations come from TPE fitted, as BOHB does, on the results of the
-highest rung that has at least ``min_points`` of them, with the new configurations still in
-flight as liars (TPE scores a pending point as loss ``+inf``, so concurrent proposals spread
-out). The first ``n_startup_jobs`` new configurations are random (hyperopt's start-up) or the
-warm-start points.
+lowest rung. New configurations come from TPE fitted on the lowest rung's results, where
+every configuration has one, with the new configurations still in flight as liars (TPE scores
+a pending point as loss ``+inf``, so concurrent proposals spread out). The first
+``n_startup_jobs`` new configurations are random (hyperopt's start-up) or the warm-start points.
 
-``min_points`` is TPE's own start-up count (20), not BOHB's ``d + 1`` (6 here): modelled on 6
-complete fits, TPE proposed points that the cheap rung ranks badly (after the switch, their
-RMSE at 1/9 of the rows and 9 rounds was 8-9 against 6.8-7.1 before), so few of them were
-promoted and the search never reached the reference's best-of-32 (seed 1: best 6.4565);
-modelled on the cheap rung, it went on proposing points that rank well there, and its complete
-fits reached 6.4436 in 105 s of a 140 s command (docs/benchmarks.md).
+Why not BOHB's rule (model the highest rung with enough results): a higher rung holds only the
+configurations the lower one promoted, a truncated sample, and TPE's density ratio is highest
+outside it, where its "bad" set has no points either; so TPE modelled on the complete fits
+proposed points the cheap rung ranks badly (their RMSE at 1/9 of the rows and 9 rounds 7.4-9.4
+against 6.8-7.0 before), few of them were promoted, and the search lost: seed 1, 96 fits, best
+6.4565 switching at 6 complete fits (BOHB's d + 1), 6.4517 at 20, 6.4436 never switching
+(docs/benchmarks.md, "A multi-fidelity search, whole commands").
 
 Deterministic: the same seed and the same ``suggest``/``record`` calls in the same order give
 the same trials and promotions, so batch mode repeats exactly, and a resumed search replays.
@@ -46,8 +46,6 @@ class MultiFidelitySearcher:
         warm_points: the first new configurations (a warm start), in order.
         rungs: the ladder (:func:`taxi_hpo.search.promotion.ladder`).
         eta: a rung promotes its best ``1 / eta``.
-        min_points: results a rung needs before TPE models it (default: ``n_startup_jobs``, at
-            least ``len(space) + 1``).
     """
 
     def __init__(
@@ -58,12 +56,10 @@ class MultiFidelitySearcher:
         warm_points: list[dict] | None = None,
         rungs: Sequence[Rung] = AUTO,
         eta: int = ETA,
-        min_points: int | None = None,
     ):
         self.space, self.seed, self.n_startup_jobs = space, seed, n_startup_jobs
         self.warm_points = [dict(p) for p in (warm_points or [])]
         self.promoter = Promoter(rungs, eta)
-        self.min_points = min_points or max(n_startup_jobs, len(space) + 1)
         self._rng = np.random.default_rng(seed)
         self._trials: dict[int, tuple[int, int]] = {}  # trial id -> (config, rung)
         self._configs: dict[int, dict] = {}  # config id (its first trial's id) -> point
@@ -141,7 +137,6 @@ class MultiFidelitySearcher:
             "warm_points": [dict(p) for p in self.warm_points],
             "ladder": [[r.rows, r.rounds] for r in self.ladder],
             "eta": self.promoter.eta,
-            "min_points": self.min_points,
             "rng": self._rng.bit_generator.state,
             "trials": [
                 {
@@ -162,13 +157,7 @@ class MultiFidelitySearcher:
             raise ValueError(f"not the state of a multi-fidelity searcher: kind {state.get('kind')!r}")
         rungs = [Rung(rows, rounds) for rows, rounds in state["ladder"]]
         searcher = cls(
-            space,
-            state["seed"],
-            state["n_startup_jobs"],
-            state["warm_points"],
-            rungs,
-            state["eta"],
-            state["min_points"],
+            space, state["seed"], state["n_startup_jobs"], state["warm_points"], rungs, state["eta"]
         )
         for trial in state["trials"]:
             searcher._restore(trial["trial_id"], trial["params"], trial["fidelity"])
@@ -222,14 +211,12 @@ class MultiFidelitySearcher:
         self._trials[trial_id] = (trial_id, 0)
 
     def _propose(self, trial_id: int, seed: int) -> dict:
-        """A new configuration: a warm point, a random one (start-up) or TPE's from a rung."""
+        """A new configuration: a warm point, a random one (start-up) or TPE's from the lowest rung."""
         index = len(self._configs)
         if index < len(self.warm_points):
             return self.warm_points[index]
-        rung = self.promoter.model_rung(self.min_points)
-        results = {c: v for c, v in self.promoter.results(rung).items()}
-        finite = sum(math.isfinite(v) for v in results.values())
-        random = index < self.n_startup_jobs or finite < self.min_points
+        results = self.promoter.results(0)
+        random = index < self.n_startup_jobs or not any(math.isfinite(v) for v in results.values())
         # hyperopt draws at random below n_startup_jobs documents: a huge count is "always"
         model = TPESearcher(self.space, seed, n_startup_jobs=2**31 if random else 0)
         for config in sorted(results):

@@ -151,11 +151,3 @@ class Promoter:
         config, rung = due[0]
         self.mark_promoted(config, rung)
         return config, rung
-
-    def model_rung(self, min_points: int) -> int:
-        """The rung a model of the search should learn from: the highest one with at least
-        ``min_points`` finite results, else the lowest (BOHB's rule)."""
-        for rung in reversed(range(len(self.ladder))):
-            if sum(math.isfinite(v) for v in self._results[rung].values()) >= min_points:
-                return rung
-        return 0
