@@ -424,6 +424,26 @@ def test_a_ladder_search_repeats_in_batch_mode_tags_each_rung_and_registers_only
         (t["fidelity"], t["loss"]) for t in two["trials"]
     ]
     assert rest["trial_params"] == two["trial_params"]
+    # a warm start from it takes its best complete fits (never a cheap one) and screens them first
+    warm = run_here(
+        capsys,
+        *common,
+        *two_workers,
+        "--no-register",
+        "--warm-start",
+        two["parent_run_id"],
+        "--warm-start-trials",
+        "2",
+    )
+    best2 = sorted(up, key=lambda t: t["loss"])[:2]
+    assert warm["warm_start"] == [f"{two['parent_run_id']}:{t['trial_id']}" for t in best2]
+    assert [t["fidelity"]["rung"] for t in warm["trials"][:2]] == [0, 0]
+    for got, source in zip(warm["trial_params"][:2], best2):
+        want = two["trial_params"][source["trial_id"]]
+        assert (
+            got["learning_rate"] == pytest.approx(want["learning_rate"])
+            and got["max_depth"] == want["max_depth"]
+        )
 
 
 @pytest.mark.integration

@@ -186,6 +186,41 @@ def test_a_run_without_an_api_starts_exactly_one_server(data_dir, tmp_path, pref
     assert not list((tmp_path / "tmp").glob("taxi-hpo-prefect-server-*")), "the server's log was left"
 
 
+def test_the_server_is_launched_before_prefect_is_imported_only_where_no_url_can_be_set(
+    tmp_path, monkeypatch
+):
+    """`taxi-hpo run` launches its temporary server before it imports Prefect (~1 s) only where
+    no source of Prefect's settings can name an API URL; anything else waits for Prefect's own
+    settings (the Zoomcamp way, `prefect config set PREFECT_API_URL=...`, is a profile)."""
+    from taxi_hpo.prefect_server import surely_unconfigured
+
+    for name in ("PREFECT_API_URL", "PREFECT_PROFILE", "PREFECT_PROFILES_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    monkeypatch.setenv("PREFECT_HOME", str(home))
+    assert surely_unconfigured(work)  # no profiles file at all
+    profiles = home / "profiles.toml"
+    profiles.write_text('active = "local"\n[profiles.local]\nPREFECT_API_URL = "http://127.0.0.1:4200/api"\n')
+    assert not surely_unconfigured(work)
+    monkeypatch.setenv("PREFECT_PROFILE", "ephemeral")  # another profile, without a URL
+    assert surely_unconfigured(work)
+    profiles.write_text("active = [unclosed")
+    assert not surely_unconfigured(work)  # unreadable: Prefect's settings decide
+    profiles.unlink()
+    for name, text in ((".env", "PREFECT_LOGGING_LEVEL=DEBUG\n"), ("prefect.toml", "")):
+        (work / name).write_text(text)
+        assert not surely_unconfigured(work)
+        (work / name).unlink()
+    (work / "pyproject.toml").write_text("[tool.prefect]\napi.url = 'http://127.0.0.1:4200/api'\n")
+    assert not surely_unconfigured(work)
+    (work / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    assert surely_unconfigured(work)
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:4200/api")
+    assert not surely_unconfigured(work)
+
+
 @pytest.mark.integration
 def test_a_temporary_server_that_cannot_start_is_one_line_naming_its_log(data_dir, tmp_path):
     """A database the server cannot reach: uvicorn exits 3, as for a taken port, but another port

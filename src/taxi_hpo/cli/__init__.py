@@ -117,7 +117,7 @@ def cmd_run(args: argparse.Namespace, whole_process: bool = False) -> int:
     With ``--resume``, the search's settings come from its parent run; a search that is already
     complete runs nothing and says so.
     """
-    from taxi_hpo import prefect_api, timeline
+    from taxi_hpo import timeline
 
     timeline.reset()  # this command's steps only (a process may run several, as the tests do)
     cfg = run_config(args)
@@ -126,6 +126,13 @@ def cmd_run(args: argparse.Namespace, whole_process: bool = False) -> int:
 
         for spec in (cfg.train, cfg.valid):
             data.locate(spec, cfg.data_dir)
+    if whole_process:  # the temporary API server first, before this process imports Prefect
+        from taxi_hpo import prefect_server
+
+        prefect_server.launch_unless_configured()
+    _quiet_libraries()
+    from taxi_hpo import prefect_api
+
     # The API server takes seconds to start: launched before the heavy imports and the checks;
     # so is the fork server of the workers this process starts, its LocalCluster's or a created
     # one's (the command's own process only: a caller of main() keeps its environment its own,
@@ -285,7 +292,8 @@ def main(argv: list[str] | None = None, whole_process: bool = False) -> int:
     and ends with it (see :func:`cmd_run`).
     """
     args = build_parser().parse_args(argv)
-    _quiet_libraries()
+    if args.command != "run":  # run quiets them after launching what must start first
+        _quiet_libraries()
     try:
         if args.command == "run":
             return cmd_run(args, whole_process)
