@@ -93,3 +93,39 @@ def test_searches_started_at_once_on_a_new_folder_share_one_store(tmp_path, cach
     assert [e.name for e in MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments()].count(
         "shared"
     ) == 1
+
+
+def test_a_half_migrated_store_is_one_line_saying_what_to_do(tmp_path, cache, data_dir, capsys):
+    """An upgrade interrupted mid-way (two MLflow processes upgrading one store at once, seen in
+    issue 20) leaves alembic's table copy behind, and every later open fails with a migration
+    traceback: the run says what happened and what to do instead, and starts nothing."""
+    from taxi_hpo import cli
+    from taxi_hpo.errors import TrackingError
+
+    db = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    store.prepare_store(uri, "shared", tmp_path / "mlartifacts")
+    with sqlite3.connect(db) as conn:
+        conn.execute("create table _alembic_tmp_latest_metrics (key varchar(250))")
+    with pytest.raises(TrackingError, match=r"half-migrated .*_alembic_tmp_latest_metrics.*\(mv "):
+        store.prepare_store(uri, "shared", tmp_path / "mlartifacts")
+    code = cli.main(["run", "--data-dir", str(data_dir), "--tracking-uri", uri, "--trials", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "half-migrated" in err[0] and "Traceback" not in err[0]
+
+
+def test_a_store_another_process_is_creating_is_waited_for_then_said_busy(tmp_path, cache):
+    """One process at a time opens (and so upgrades) a sqlite store: while another holds its
+    lock a search waits, and after the timeout says the store is busy and who holds it."""
+    from filelock import FileLock
+
+    from taxi_hpo.errors import TrackingError
+
+    db = tmp_path / "mlflow.db"
+    holder = FileLock(f"{db}.migrate.lock")
+    with holder:
+        busy = pytest.raises(TrackingError, match=r"is busy: .*mlflow\.db\.migrate\.lock")
+        with busy, store.store_lock(f"sqlite:///{db}", timeout_s=0.2):
+            pass
+        assert not db.exists()  # nothing was made while it waited
+    assert store.prepare_store(f"sqlite:///{db}", "shared", tmp_path / "mlartifacts").isdigit()

@@ -115,10 +115,77 @@ def prepare_store(tracking_uri: str, experiment: str, artifact_root: Path | None
 
     Called by the flow process before any worker writes. A new local sqlite store is seeded
     (:func:`seed_sqlite_store`), so that searches started at once on a new folder do not race
-    in MLflow's schema migration, and an experiment made meanwhile by another is used.
+    in MLflow's schema migration, and an experiment made meanwhile by another is used. A sqlite
+    store is opened (and upgraded, when an older MLflow made it) by one process at a time
+    (:func:`store_lock`), and one an interrupted upgrade left half-migrated is one line.
     """
     check_reachable(tracking_uri)
-    seed_sqlite_store(tracking_uri)
+    with store_lock(tracking_uri):
+        seed_sqlite_store(tracking_uri)
+        check_not_half_migrated(tracking_uri)
+        return _open_experiment(tracking_uri, experiment, artifact_root)
+
+
+#: How long a search waits for another process creating or upgrading the same sqlite store.
+STORE_LOCK_TIMEOUT_S = 300.0
+
+
+@contextlib.contextmanager
+def store_lock(tracking_uri: str, timeout_s: float = STORE_LOCK_TIMEOUT_S):
+    """Hold ``<store>.migrate.lock`` (a file lock beside a sqlite store) while the store is opened:
+    MLflow upgrades a store's schema when it opens it, and two processes upgrading one store at
+    once leave it half-migrated (alembic's "table _alembic_tmp_metrics already exists"). Other
+    stores (a server, PostgreSQL) take care of their own; no lock is held for them."""
+    if not tracking_uri.startswith("sqlite:///"):
+        yield
+        return
+    from filelock import FileLock, Timeout
+
+    db = Path(tracking_uri.removeprefix("sqlite:///"))
+    if not db.parent.is_dir():  # MLflow's own error says so, below
+        yield
+        return
+    lock = FileLock(f"{db}.migrate.lock", thread_local=False)
+    try:
+        lock.acquire(timeout=timeout_s)
+    except Timeout:
+        raise TrackingError(
+            f"tracking store {tracking_uri} is busy: another process has been creating or upgrading it "
+            f"for {timeout_s:.0f} s (it holds {lock.lock_file}); wait for it, or stop it"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def check_not_half_migrated(tracking_uri: str) -> None:
+    """One line for a sqlite store an interrupted schema upgrade left behind: alembic's batch
+    migrations copy a table to ``_alembic_tmp_<name>`` and back, and a copy that is still there
+    makes every later upgrade fail ("table _alembic_tmp_latest_metrics already exists")."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return
+    db = Path(tracking_uri.removeprefix("sqlite:///"))
+    if not db.is_file():
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+            left = [
+                name
+                for (name,) in conn.execute("select name from sqlite_master where type = 'table'")
+                if name.startswith("_alembic_tmp_")
+            ]
+    except sqlite3.Error:
+        return  # not a database we can read: MLflow's own error says so
+    if left:
+        raise TrackingError(
+            f"tracking store {db} was left half-migrated by an interrupted schema upgrade (table "
+            f"{left[0]} is still there) and MLflow cannot open it: restore it from a backup, or move "
+            f"it away (mv {db} {db}.broken) and run again for a new store"
+        )
+
+
+def _open_experiment(tracking_uri: str, experiment: str, artifact_root: Path | None) -> str:
     client = MlflowClient(tracking_uri=tracking_uri)
     try:
         found = client.get_experiment_by_name(experiment)
