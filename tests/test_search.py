@@ -369,22 +369,27 @@ class PollingRunner(PoolRunner):
 
 
 def test_slots_that_appear_are_filled_without_waiting_for_a_trial_to_end():
+    """Two slots appear (workers joined) while trial 0 runs: trials start on them at once. Trial
+    0 is held until three trials have started, so the test waits on that event, not on a clock."""
     runner = PollingRunner(workers=4, jitter_s=0.0)
-    runner._work = lambda trial_id, params, delay, work=runner._work: work(trial_id, params, 0.6)
-    slots, started = [1], time.time()
+    started, lock, three_started = [], threading.Lock(), threading.Event()
 
-    def capacity():
-        if time.time() - started > 0.2:
-            slots[0] = 3  # two workers joined
-        return slots[0]
+    def work(trial_id, params, delay, original=runner._work):
+        with lock:
+            started.append(trial_id)
+            if len(started) >= 3:
+                three_started.set()
+        if trial_id == 0:
+            assert three_started.wait(timeout=60), "no trial started on the new slots while trial 0 ran"
+        return original(trial_id, params, 0.0)
+
+    runner._work = work
+    capacity = lambda: 3 if runner.submit_order else 1  # noqa: E731 - two workers joined after trial 0
 
     searcher = TPESearcher(reference_space(20), seed=1, n_startup_jobs=20)
     outcomes = run_search(searcher, runner, 6, mode="async", in_flight=capacity, poll_s=0.05)
-    assert [o.trial_id for o in outcomes] == list(range(6))
-    assert runner.max_running == 3
-    first_end = min(o.finished for o in outcomes)
-    # trials 1 and 2 started on the new slots while trial 0 was still running
-    assert sorted(o.started for o in outcomes)[2] < first_end
+    assert [o.trial_id for o in outcomes] == list(range(6)) and all(o.ok for o in outcomes)
+    assert started[0] == 0 and {1, 2} <= set(started[:3])  # started while trial 0 was held
 
 
 def test_slots_that_go_are_not_refilled_and_one_trial_always_runs():
