@@ -156,6 +156,10 @@ def test_a_ladder_search_reports_its_rungs_and_which_hyperparameters_mattered(tm
     few.rows = [r for r in few.rows if r.state == "screened" or r.trial_id < 104]
     assert few.summary()["importance"] is None and "fANOVA needs 5" in report.render_html(few, {})
     assert synthetic().summary()["ladder"] is None
+    flat = _ladder_search()  # every complete trial the same RMSE: nothing to attribute
+    for r in flat.rows:
+        r.rmse = 6.5
+    assert report.hyperparameter_importance(flat) is None
 
 
 def test_files_and_a_self_contained_page(tmp_path):

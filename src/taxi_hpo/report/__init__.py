@@ -198,7 +198,12 @@ def hyperparameter_importance(report: SearchReport) -> dict | None:
     for point, row in zip(points, complete):
         params = {n: int(point[n]) if n == "max_depth" else float(point[n]) for n in distributions}
         study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, value=row.rmse))
-    shares = get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=0))
+    try:
+        shares = get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=0))
+    except (ValueError, RuntimeError, ZeroDivisionError):  # e.g. every trial the same RMSE
+        return None
+    if not all(math.isfinite(float(share)) for share in shares.values()):
+        return None
     return {name: round(float(share), 4) for name, share in shares.items()}
 
 
