@@ -347,3 +347,20 @@ def test_resume_of_a_complete_search_runs_nothing(finished_search, data_dir, mai
     assert said["parent_run_id"] == finished_search["parent"]
     assert "is already complete (2 of 2 trials ended" in err and "nothing to run" in err
     assert _runs(finished_search["work"]) == before  # no run added, none reopened or re-ended
+
+
+def test_help_and_version_say_what_the_command_is_and_exit_0(capsys):
+    """`taxi-hpo --version` names the installed version; `--help` lists the commands and `run
+    --help` the search's flags, --fidelity among them; each exits 0."""
+    import taxi_hpo
+    from taxi_hpo import cli
+
+    for argv, expected in (
+        (["--version"], [f"taxi-hpo {taxi_hpo.__version__}"]),
+        (["--help"], ["run", "bench", "plan", "report", "serve"]),
+        (["run", "--help"], ["--trials", "--fidelity", "--prune", "--resume", "--warm-start"]),
+    ):
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(argv)
+        out = capsys.readouterr().out
+        assert exit_.value.code == 0 and all(word in out for word in expected), (argv, out[:500])
