@@ -122,10 +122,13 @@ def test_a_store_another_process_is_creating_is_waited_for_then_said_busy(tmp_pa
     from taxi_hpo.errors import TrackingError
 
     db = tmp_path / "mlflow.db"
-    holder = FileLock(f"{db}.migrate.lock")
+    lock = store.lock_path(f"sqlite:///{db}")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    holder = FileLock(str(lock))
     with holder:
-        busy = pytest.raises(TrackingError, match=r"is busy: .*mlflow\.db\.migrate\.lock")
+        busy = pytest.raises(TrackingError, match=rf"is busy: .*{lock.name}")
         with busy, store.store_lock(f"sqlite:///{db}", timeout_s=0.2):
             pass
         assert not db.exists()  # nothing was made while it waited
     assert store.prepare_store(f"sqlite:///{db}", "shared", tmp_path / "mlartifacts").isdigit()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("mlflow")) == ["mlflow.db"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import sqlite3
@@ -132,10 +133,10 @@ STORE_LOCK_TIMEOUT_S = 300.0
 
 @contextlib.contextmanager
 def store_lock(tracking_uri: str, timeout_s: float = STORE_LOCK_TIMEOUT_S):
-    """Hold ``<store>.migrate.lock`` (a file lock beside a sqlite store) while the store is opened:
-    MLflow upgrades a store's schema when it opens it, and two processes upgrading one store at
-    once leave it half-migrated (alembic's "table _alembic_tmp_metrics already exists"). Other
-    stores (a server, PostgreSQL) take care of their own; no lock is held for them."""
+    """Hold the store's lock (:func:`lock_path`) while a sqlite store is opened: MLflow upgrades a
+    store's schema when it opens it, and two processes upgrading one store at once leave it
+    half-migrated (alembic's "table _alembic_tmp_metrics already exists"). Other stores (a
+    server, PostgreSQL) take care of their own; no lock is held for them."""
     if not tracking_uri.startswith("sqlite:///"):
         yield
         return
@@ -145,7 +146,9 @@ def store_lock(tracking_uri: str, timeout_s: float = STORE_LOCK_TIMEOUT_S):
     if not db.parent.is_dir():  # MLflow's own error says so, below
         yield
         return
-    lock = FileLock(f"{db}.migrate.lock", thread_local=False)
+    path = lock_path(tracking_uri)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path), thread_local=False)
     try:
         lock.acquire(timeout=timeout_s)
     except Timeout:
@@ -157,6 +160,14 @@ def store_lock(tracking_uri: str, timeout_s: float = STORE_LOCK_TIMEOUT_S):
         yield
     finally:
         lock.release()
+
+
+def lock_path(tracking_uri: str) -> Path:
+    """Where a sqlite store's lock lives: under :func:`cache_dir`, named by the store's resolved
+    path (every search of this user on this machine finds the same one; nothing is left in the
+    user's folder beside the store)."""
+    db = Path(tracking_uri.removeprefix("sqlite:///")).resolve()
+    return cache_dir() / "store-locks" / f"{hashlib.sha256(str(db).encode()).hexdigest()[:20]}.lock"
 
 
 def check_not_half_migrated(tracking_uri: str) -> None:
