@@ -531,10 +531,11 @@ text-align:left;font-size:14px}th{background:#f3f3f3}img{max-width:100%;border:1
 .num{text-align:right;font-variant-numeric:tabular-nums}"""
 
 
-def render_html(report: SearchReport, pictures: dict[str, bytes]) -> str:
+def render_html(report: SearchReport, pictures: dict[str, bytes], summary: dict | None = None) -> str:
     """``report.html``: the summary, the ten best complete trials and ``pictures`` (``{file name:
-    PNG bytes}``) inlined, one page with no outside references."""
-    s = report.summary()
+    PNG bytes}``) inlined, one page with no outside references. ``summary``: ``report.summary()``
+    when the caller has it already (it fits fANOVA: not worth doing twice)."""
+    s = summary or report.summary()
     esc = html.escape
     facts = [
         ("search (parent run)", s["parent_run_id"]),
@@ -640,11 +641,12 @@ def write(report: SearchReport, out: Path) -> list[Path]:
     plot_best_so_far(report, out / "best_so_far.png")
     plot_params(report, out / "params.png")
     plot_timeline(report, out / "timeline.png")
+    summary = report.summary()
     (out / "summary.json").write_text(
-        json.dumps({**report.summary(), "trials": [asdict(r) for r in report.final]}, indent=1, default=str)
+        json.dumps({**summary, "trials": [asdict(r) for r in report.final]}, indent=1, default=str)
     )
     pictures = {name: (out / name).read_bytes() for name in PICTURES}
-    (out / "report.html").write_text(render_html(report, pictures), encoding="utf-8")
+    (out / "report.html").write_text(render_html(report, pictures, summary), encoding="utf-8")
     return [out / name for name in (*PICTURES, "summary.json", "report.html")]
 
 
