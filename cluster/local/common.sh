@@ -22,6 +22,7 @@
 : "${ALLOW_PLAINTEXT:=}"                       # 1: Dask over plain TCP beyond loopback (anyone who reaches it runs code)
 : "${ALLOW_NO_AUTH:=}"                         # 1: MLflow and Prefect beyond loopback without credentials
 : "${WAIT_S:=90}"                              # how long a start script waits for its service; 0: do not wait
+: "${FOREGROUND:=}"                            # 1: the script becomes its service (containers: no log, pid file or wait)
 export PREFECT_HOME
 export PREFECT_SERVER_ANALYTICS_ENABLED="${PREFECT_SERVER_ANALYTICS_ENABLED:-false}"
 
@@ -105,9 +106,11 @@ tls_flags() {  # tls_flags ROLE: the dask CLI flags of ROLE's certificate, or no
 pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
 # start_daemon NAME CMD...: run CMD in its own session (so stop.sh ends its whole process
-# group), output to NAME.log, its pid in NAME.pid.
+# group), output to NAME.log, its pid in NAME.pid; with FOREGROUND=1, exec CMD in place.
 start_daemon() {
     local name=$1; shift
+    # FOREGROUND=1 (a container's entrypoint, cluster/compose/entrypoint.sh): become the service.
+    if [ "${FOREGROUND:-}" = 1 ]; then echo "$name: $*"; exec "$@"; fi
     mkdir -p "$TAXI_HPO_RUN_DIR"
     local pidfile="$TAXI_HPO_RUN_DIR/$name.pid" log="$TAXI_HPO_RUN_DIR/$name.log"
     if pid_alive "$pidfile"; then
