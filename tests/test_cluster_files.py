@@ -6,7 +6,6 @@ program, flags and ports must reappear in docker-compose.yml and the Kubernetes 
 
 from __future__ import annotations
 
-import ast
 import re
 import shlex
 import subprocess
@@ -174,31 +173,38 @@ def _argv(container: dict) -> list[str]:
 
 
 @pytest.mark.parametrize("script", list(SERVICES))
-def test_kubernetes_runs_what_the_local_scripts_run(k8s, script):
+def test_kubernetes_runs_the_local_scripts(k8s, script):
+    """Each workload is its role of the image's entrypoint (the local script), on its port."""
     container = k8s[SERVICES[script][1]]
-    argv = _argv(container)
-    program, flags = script_command(script)
-    assert " ".join(argv).replace("exec ", "", 1).startswith(program)
-    missing = flags - HOST_ONLY - {"--nworkers"} - set(argv)  # one worker process per pod
-    assert not missing, f"{script}: {sorted(missing)} missing"
+    assert "command" not in container and container["args"] == [SERVICES[script][1]]
+    assert entrypoint_roles()[SERVICES[script][1]] == script
     if script in PORT_OF:
         port = defaults()[PORT_OF[script]]
-        assert argv[argv.index("--port") + 1] == port
         assert int(port) in {p["containerPort"] for p in container["ports"]}
 
 
-def test_kubernetes_wiring(k8s):
+def test_kubernetes_wiring_closed_by_default(k8s):
     d = defaults()
     env = {e["name"]: e.get("value") for e in k8s["worker"]["env"]}
-    environ = ast.literal_eval(env["DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON"])
-    assert set(environ) == thread_environ_keys()
+    assert env["SCHEDULER_HOST"] == "taxi-hpo-scheduler" and env["THREADS_PER_TRIAL"] == "1"
     client = k8s["client"]
     argv = _argv(client)
-    assert argv[argv.index("--address") + 1] == f"tcp://taxi-hpo-scheduler:{d['SCHEDULER_PORT']}"
+    assert argv[argv.index("--address") + 1] == f"tls://taxi-hpo-scheduler:{d['SCHEDULER_PORT']}"
     assert argv[argv.index("--tracking-uri") + 1] == f"http://mlflow:{d['MLFLOW_PORT']}"
-    assert {e["name"]: e["value"] for e in client["env"]}[
+    assert {e["name"]: e.get("value") for e in client["env"]}[
         "PREFECT_API_URL"
     ] == f"http://prefect:{d['PREFECT_PORT']}/api"
+    # Every pod mounts the auth Secret at /secrets and, where Dask runs, the TLS one where
+    # SECRETS_TLS_DIR says; no pod opts out of either.
+    for name, container in k8s.items():
+        if name == "postgres":
+            continue
+        mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        assert mounts.get("/secrets") == "auth", name
+        values = {e["name"]: e.get("value") for e in container.get("env", [])}
+        assert not {"ALLOW_PLAINTEXT", "ALLOW_NO_AUTH"} & set(values), name
+        if name in ("scheduler", "worker", "client"):
+            assert mounts.get(values["SECRETS_TLS_DIR"]) == "tls", name
     services = {
         doc["metadata"]["name"]: doc
         for path in (CLUSTER / "kubernetes").glob("*.yaml")
@@ -207,6 +213,35 @@ def test_kubernetes_wiring(k8s):
     }
     assert services["mlflow"]["spec"]["ports"][0]["port"] == int(d["MLFLOW_PORT"])
     assert services["prefect"]["spec"]["ports"][0]["port"] == int(d["PREFECT_PORT"])
+
+
+def test_kubernetes_secrets_are_made_by_the_images_own_role(tmp_path):
+    """make-secrets.sh hands kubectl (a stand-in here: no cluster) two folders: certificates whose
+    client config names the pods' paths, no CA key; the credentials and the ready mark."""
+    bin_dir, got = tmp_path / "bin", tmp_path / "got"
+    bin_dir.mkdir()
+    (bin_dir / "kubectl").write_text(
+        "#!/usr/bin/env bash\n"
+        'name=$4; for a in "$@"; do case $a in\n'
+        '  --from-file=*) cp -r "${a#--from-file=}" "$GOT/$name";; esac; done\n'
+    )
+    (bin_dir / "kubectl").chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "GOT": str(got)}
+    got.mkdir()
+    proc = subprocess.run(
+        [str(CLUSTER / "kubernetes" / "make-secrets.sh"), "ns1"], env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    tls, auth = got / "taxi-hpo-tls", got / "taxi-hpo-auth"
+    assert {p.name for p in tls.iterdir()} >= {"ca.pem", "scheduler-key.pem", "worker.pem", "client.yaml"}
+    assert not (tls / "ca-key.pem").exists()
+    client = yaml.safe_load((tls / "client.yaml").read_text())["distributed"]["comm"]["tls"]
+    assert (
+        client["ca-file"] == "/secrets-tls/ca.pem"
+        and client["client"]["key"] == "/secrets-tls/client-key.pem"
+    )
+    assert {p.name for p in auth.iterdir()} == {"mlflow-auth.env", "prefect-auth.env", "ready"}
+    assert "MLFLOW_TRACKING_PASSWORD=" in (auth / "mlflow-auth.env").read_text()
 
 
 def _dotted(tree: dict, prefix: str = "") -> dict:

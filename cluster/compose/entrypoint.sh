@@ -3,9 +3,10 @@
 # cluster/local script a host would run (FOREGROUND=1: the script becomes the service), so the
 # containers are closed by default as cluster/local is, with the same opt-outs:
 #   secrets    once, before the others: a CA and the scheduler/worker/client certificates
-#              (cluster/tls/make-certs.sh) and the MLflow and Prefect credentials, in $SECRETS_DIR
-#              (a volume). The CA's key is not kept. Kept across restarts; delete the volume to
-#              make new ones.
+#              (cluster/tls/make-certs.sh; in $SECRETS_TLS_DIR, default $SECRETS_DIR/tls) and the
+#              MLflow and Prefect credentials, in $SECRETS_DIR (default /secrets, a volume). The
+#              CA's key is not kept. Kept across restarts; delete the volume to make new ones.
+#              (cluster/kubernetes/make-secrets.sh runs this role on the admin's machine.)
 #   scheduler  start-scheduler.sh: tls:// with the scheduler's certificate
 #   worker     start-workers.sh tls://$SCHEDULER_HOST:$SCHEDULER_PORT $WORKERS_PER_CONTAINER
 #   mlflow     start-mlflow.sh: MLflow's basic-auth app, the admin's password from the secrets
@@ -14,22 +15,23 @@
 # ALLOW_PLAINTEXT=1: Dask over plain TCP; ALLOW_NO_AUTH=1: both servers without credentials
 # (give them to every service: docker-compose.yml passes them from the environment or `.env`).
 set -euo pipefail
-cluster=/opt/taxi-hpo/cluster
+cluster=$(cd "$(dirname "$0")/.." && pwd)
 # A first word that is no role is the client's command (`docker compose run client taxi-hpo ...`).
 case "${1:-client}" in
     secrets | scheduler | worker | mlflow | prefect | client) role=${1:-client}; shift || true ;;
     *) role=client ;;
 esac
 secrets=${SECRETS_DIR:-/secrets}
+tls_dir=${SECRETS_TLS_DIR:-$secrets/tls}   # Kubernetes: a Secret of its own (make-secrets.sh)
 export TAXI_HPO_RUN_DIR=${TAXI_HPO_RUN_DIR:-$HOME/run}
 mkdir -p "$TAXI_HPO_RUN_DIR"
 say() { echo "entrypoint.sh $role: $*" >&2; }
 
 if [ "$role" = secrets ]; then
     umask 077
-    if [ "${ALLOW_PLAINTEXT:-}" != 1 ] && [ ! -r "$secrets/tls/ca.pem" ]; then
-        "$cluster/tls/make-certs.sh" "$secrets/tls" scheduler ${CERT_NAMES:-}
-        rm -f "$secrets/tls/ca-key.pem"   # no new certificates are made from here
+    if [ "${ALLOW_PLAINTEXT:-}" != 1 ] && [ ! -r "$tls_dir/ca.pem" ]; then
+        "$cluster/tls/make-certs.sh" "$tls_dir" scheduler ${CERT_NAMES:-}
+        rm -f "$tls_dir/ca-key.pem"   # no new certificates are made from here
     fi
     source "$cluster/local/common.sh"
     if [ "${ALLOW_NO_AUTH:-}" != 1 ]; then
@@ -52,7 +54,7 @@ for f in mlflow-auth.env prefect-auth.env; do
     # shellcheck disable=SC1090
     if [ "${ALLOW_NO_AUTH:-}" != 1 ] && [ -r "$secrets/$f" ]; then source "$secrets/$f"; fi
 done
-if [ "${ALLOW_PLAINTEXT:-}" != 1 ]; then export TLS_DIR=$secrets/tls; fi
+if [ "${ALLOW_PLAINTEXT:-}" != 1 ]; then export TLS_DIR=$tls_dir; fi
 source "$cluster/local/common.sh"
 export FOREGROUND=1
 
