@@ -33,11 +33,6 @@ TRIALS = ["--rounds", "10", "--max-depth", "8", "--no-register", "--no-report"]
 #: only while it sees trials queued, so the first trials must outlast a worker's start (a fork of
 #: the command's fork server: a fraction of a second).
 ADAPT_TRIALS = ["--rounds", "15", "--max-depth", "10", "--no-register", "--no-report"]
-#: ... and where the cluster must be seen to shrink under the tail: the search looks at its
-#: workers every 2 s and Adaptive retires an idle one within ~0.5 s, so the last trial must
-#: outlast both; with 15 rounds it did not always on a loaded machine (CI: slots 1 -> 2, never
-#: fewer before the end), and a trial's length grows with the load, the retirement's hardly.
-TAIL_TRIALS = ["--rounds", "45", "--max-depth", "10", "--no-register", "--no-report"]
 
 
 def workers_of(db: Path, missing_ok: bool = False) -> dict[int, set[str]]:
@@ -177,7 +172,7 @@ def test_a_local_cluster_by_dotted_path_grows_then_shrinks_as_the_tail_leaves_wo
     monkeypatch.setenv("DASK_DISTRIBUTED__ADAPTIVE__WAIT_COUNT", "1")
     kwargs = {"n_workers": 1, "threads_per_worker": 1, "processes": True, "dashboard_address": ":0"}
     proc = adapting_search(
-        workdir, prefect_api_url, data_dir, "distributed.LocalCluster", kwargs, 7, *TAIL_TRIALS
+        workdir, prefect_api_url, data_dir, "distributed.LocalCluster", kwargs, 7, *ADAPT_TRIALS
     )
     # its workers are forks of the command's fork server, as a LocalCluster's of its own are
     wait_for(lambda: worker_processes(proc, forked_only=True), 120, "a forked worker of the created cluster")
