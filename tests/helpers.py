@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import sqlite3
 import subprocess
@@ -24,6 +25,16 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """The ``export NAME='VALUE'`` lines of a credentials file of the cluster/local scripts."""
+    return dict(re.findall(r"^export (\w+)='([^']*)'$", path.read_text(), re.M))
+
+
+def server_credentials(run_dir: Path) -> dict[str, str]:
+    """Both servers' credentials from the folder their start scripts (or the image's secrets role) wrote."""
+    return {**read_env_file(run_dir / "mlflow-auth.env"), **read_env_file(run_dir / "prefect-auth.env")}
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import free_port, server_credentials
 from taxi_hpo.tracking.names import MODEL_NAME, TRIAL_TAG
 
 REPO = Path(__file__).resolve().parents[1]
@@ -118,12 +119,6 @@ def images(engine, tmp_path_factory) -> None:
         "--build-arg", f"BASE={BASE}", *mounts, "-t", IMAGE, str(context)], engine, timeout=900)  # fmt: skip
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def http(url: str, body: dict | None = None, auth: str | None = None, host: str | None = None) -> int:
     request = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode())
     request.add_header("Content-Type", "application/json")
@@ -138,16 +133,6 @@ def http(url: str, body: dict | None = None, auth: str | None = None, host: str 
         return exc.code
     except OSError:
         return 0
-
-
-def read_env_file(path: Path) -> dict[str, str]:
-    """The ``export NAME='VALUE'`` lines cluster/local's write_secrets makes."""
-    pairs = {}
-    for line in path.read_text().splitlines():
-        if line.startswith("export "):
-            name, _, value = line[len("export ") :].partition("=")
-            pairs[name] = value.strip("'")
-    return pairs
 
 
 @pytest.fixture(scope="module")
@@ -186,7 +171,7 @@ def test_a_search_on_the_compose_stack_closed_by_default(stack, monkeypatch):
     # The secrets service made certificates and credentials and kept no CA key.
     assert (secrets / "tls" / "ca.pem").is_file() and not (secrets / "tls" / "ca-key.pem").exists()
     assert oct((secrets / "tls" / "client-key.pem").stat().st_mode & 0o777) == "0o600"
-    creds = {**read_env_file(secrets / "mlflow-auth.env"), **read_env_file(secrets / "prefect-auth.env")}
+    creds = server_credentials(secrets)
     assert set(creds) == {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "PREFECT_API_AUTH_STRING"}
 
     proc = subprocess.run(

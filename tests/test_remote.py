@@ -31,7 +31,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
 from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
-from helpers import free_port, migrated_prefect_home
+from helpers import free_port, migrated_prefect_home, server_credentials
 from taxi_hpo import cli, cluster, tracking
 from taxi_hpo.cluster import credentials
 from taxi_hpo.config import RunConfig
@@ -352,15 +352,6 @@ class Stack:
         """``temporary_settings`` updates for this process's Prefect client."""
         auth = self.credentials.get("PREFECT_API_AUTH_STRING")
         return {PREFECT_API_URL: self.api_url, **({PREFECT_API_AUTH_STRING: auth} if auth else {})}
-
-
-def read_env_file(path: Path) -> dict[str, str]:
-    """The ``export NAME='VALUE'`` lines of a credentials file of the cluster/local scripts."""
-    return dict(re.findall(r"^export (\w+)='([^']*)'$", path.read_text(), re.M))
-
-
-def server_credentials(run_dir: Path) -> dict[str, str]:
-    return {**read_env_file(run_dir / "mlflow-auth.env"), **read_env_file(run_dir / "prefect-auth.env")}
 
 
 def start_cluster(

@@ -30,7 +30,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
 from prefect.settings import PREFECT_API_AUTH_STRING, temporary_settings
 
-from helpers import free_port, wait_for
+from helpers import free_port, read_env_file, server_credentials, wait_for
 from taxi_hpo.cluster import credentials
 from taxi_hpo.errors import ClusterError, TrackingError
 from taxi_hpo.preflight import remote
@@ -41,11 +41,9 @@ from test_remote import (
     Net,
     Stack,
     assert_ran_remotely,
-    read_env_file,
     require_namespaces,
     search_command,
     seed_client_stores,
-    server_credentials,
     start_cluster,
     summary_of,
 )
