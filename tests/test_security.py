@@ -166,6 +166,87 @@ def test_worker_credentials_plugin_sets_and_restores_worker_environment(own_envi
         assert credentials.hand_to_workers(client, {}) is None  # nothing to hand over: no plugin
 
 
+# -- bearer credentials: MLFLOW_TRACKING_TOKEN and PREFECT_API_KEY ---------------------------
+
+
+class _BearerServer:
+    """A loopback HTTP server standing in for servers that take bearer tokens (a managed MLflow,
+    Prefect Cloud: not reachable here): 200 for ``Bearer GOOD``, 401 otherwise; it records the
+    Authorization header of each request by path."""
+
+    GOOD = "good-token-0123456789"
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        seen = self.seen = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - http.server's name
+                header = self.headers.get("Authorization")
+                seen.append((self.path.split("?")[0], header))
+                self.send_response(200 if header == f"Bearer {_BearerServer.GOOD}" else 401)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_a_token_or_an_api_key_is_sent_as_a_bearer_credential_and_refused_in_one_line(monkeypatch):
+    from prefect.settings import PREFECT_API_KEY
+
+    server = _BearerServer()
+    try:
+        for name in credentials.ENV_NAMES:
+            monkeypatch.delenv(name, raising=False)
+        api_url = server.url + "/api"
+        # MLflow: MLFLOW_TRACKING_TOKEN alone is this client's credential, sent as a bearer token.
+        monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", server.GOOD)
+        remote.check_credentials(server.url, None)
+        assert server.seen == [(MLFLOW_PROBE.split("?")[0], f"Bearer {server.GOOD}")]
+        monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "stale-token-9876543210")
+        with pytest.raises(TrackingError) as exc:
+            remote.check_credentials(server.url, None)
+        message = str(exc.value)
+        assert (
+            "\n" not in message and "refused the credentials of MLFLOW_TRACKING_TOKEN (HTTP 401)" in message
+        )
+        assert "stale-token" not in message
+        # Prefect: PREFECT_API_KEY when no auth string is set.
+        monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", server.GOOD)
+        server.seen.clear()
+        with temporary_settings(
+            updates={PREFECT_API_KEY: server.GOOD}, restore_defaults={PREFECT_API_AUTH_STRING}
+        ):
+            remote.check_credentials(server.url, api_url)
+        assert server.seen[-1] == ("/api/admin/version", f"Bearer {server.GOOD}")
+        with (
+            temporary_settings(
+                updates={PREFECT_API_KEY: "stale-key-9876543210"}, restore_defaults={PREFECT_API_AUTH_STRING}
+            ),
+            pytest.raises(ClusterError) as exc,
+        ):
+            remote.check_credentials(server.url, api_url)
+        assert "refused the credentials of PREFECT_API_KEY (HTTP 401)" in str(exc.value)
+        assert "stale-key" not in str(exc.value)
+    finally:
+        server.close()
+    # Both are among what the flow hands to remote workers (and takes back).
+    given = {"MLFLOW_TRACKING_TOKEN": "t", "PREFECT_API_KEY": "k", "AWS_SECRET_ACCESS_KEY": "no"}
+    assert credentials.from_environment(given) == {"MLFLOW_TRACKING_TOKEN": "t", "PREFECT_API_KEY": "k"}
+
+
 # -- the secure stack ------------------------------------------------------------------------
 
 

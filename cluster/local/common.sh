@@ -155,4 +155,13 @@ wait_log() {
 
 log_lines() { if [ -f "$TAXI_HPO_RUN_DIR/$1.log" ]; then wc -l <"$TAXI_HPO_RUN_DIR/$1.log"; else echo 0; fi; }
 
-public_host() { if [ "$BIND_HOST" = 0.0.0.0 ]; then hostname; else echo "$BIND_HOST"; fi; }
+# public_host: how clients elsewhere name this host: BIND_HOST, or for 0.0.0.0 the host name when it
+# resolves, else the first address of `hostname -I`.
+public_host() {
+    [ "$BIND_HOST" = 0.0.0.0 ] || { echo "$BIND_HOST"; return; }
+    local name addr
+    name=$(hostname)
+    if getent hosts "$name" >/dev/null 2>&1; then echo "$name"; return; fi
+    addr=$(hostname -I 2>/dev/null | awk '{print $1}')
+    echo "${addr:-$name}"
+}

@@ -15,7 +15,7 @@ if [ -z "$TLS_DIR" ] && [ "$ALLOW_PLAINTEXT" != 1 ] && ! is_loopback "$BIND_HOST
     export TLS_DIR="$TAXI_HPO_RUN_DIR/tls"
     if [ ! -r "$TLS_DIR/ca.pem" ]; then
         names=("$(hostname)")
-        [ "$BIND_HOST" = 0.0.0.0 ] || names+=("$BIND_HOST")
+        [ "$(public_host)" = "$(hostname)" ] || names+=("$(public_host)")
         "$here/../tls/make-certs.sh" "$TLS_DIR" "${names[@]}"
     fi
 fi

@@ -43,6 +43,14 @@ if needs_auth MLflow; then
         MLFLOW_AUTH_ADMIN_PASSWORD="$password" MLFLOW_FLASK_SERVER_SECRET_KEY="$key"
     app=(--app-name basic-auth)
 fi
+# MLflow answers only requests whose Host header it allows (default: localhost and private
+# addresses, MLflow's list below); the name this script gives clients is added to them, so the
+# printed --tracking-uri works. MLFLOW_ALLOWED_HOSTS replaces the whole list.
+if [ -z "${MLFLOW_ALLOWED_HOSTS:-}" ]; then
+    MLFLOW_ALLOWED_HOSTS="localhost,localhost:*,127.0.0.1,127.0.0.1:*,[::1],[[]::1]:*,0.0.0.0,0.0.0.0:*,10.*,192.168.*,fc00:*,fd00:*"
+    for i in $(seq 16 31); do MLFLOW_ALLOWED_HOSTS+=",172.$i.*"; done
+    for name in "$(public_host)" "$(hostname)"; do MLFLOW_ALLOWED_HOSTS+=",$name,$name:$MLFLOW_PORT"; done
+fi
 start_daemon mlflow mlflow server --host "$BIND_HOST" --port "$MLFLOW_PORT" \
     --backend-store-uri "$MLFLOW_BACKEND_URI" --artifacts-destination "$MLFLOW_ARTIFACTS" \
     --workers "${MLFLOW_WORKERS:-2}" ${MLFLOW_ALLOWED_HOSTS:+--allowed-hosts "$MLFLOW_ALLOWED_HOSTS"} ${app[@]+"${app[@]}"}
