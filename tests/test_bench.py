@@ -498,6 +498,11 @@ def test_bench_runs_seq_and_a_parallel_layout(data_dir, prefect_api_url, workdir
         assert 0 <= row["overhead_p50_s"] <= row["overhead_p95_s"]
         assert not math.isnan(row["best_rmse"])
     assert len({t["worker"] for t in runs["seq"]["trials"]}) == 1
+    # Each taxi-hpo run's timeline: its steps, in order, in seconds from the bench's call of it.
+    steps = runs["2x1"]["timeline"]
+    order = ["flow_started", "data_prepared", "cluster_connected", "first_trial_started", "last_trial_ended"]
+    assert [step for step in steps if step in order] == order, steps
+    assert steps["flow_started"] >= 0  # from the call of the search, not from the bench's start
     # the baseline logs its trials like the parallel search: one FINISHED child run per trial
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     for name in rows:

@@ -132,9 +132,16 @@ def test_temporary_server_serves_and_ends_with_its_process(tmp_path, how, prefec
 def test_a_run_without_an_api_starts_exactly_one_server(data_dir, tmp_path, prefect_api_url):
     """`taxi-hpo run` with no PREFECT_API_URL: one temporary server for the flow and its workers
     (a worker without the URL would start its own), and none left when the run ends; nothing of
-    the server on the run's terminal, and its log file gone with it."""
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    the server on the run's terminal, and its log file gone with it. The runs stay in the
+    default Prefect database (PREFECT_HOME's), which ``prefect server start`` shows afterwards;
+    the terminal shows Prefect's warnings only (the command's own console level, not the suite's)."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PREFECT_API_URL", "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL")
+    }
     env["PREFECT_HOME"] = str(migrated_prefect_home(tmp_path / "prefect"))
+    searches_before = _searches_in(Path(env["PREFECT_HOME"]) / "prefect.db")
     env["TMPDIR"] = str(tmp_path / "tmp")
     (tmp_path / "tmp").mkdir()
     cli = Path(sys.executable).with_name("taxi-hpo")
@@ -184,6 +191,25 @@ def test_a_run_without_an_api_starts_exactly_one_server(data_dir, tmp_path, pref
     wait_for(lambda: all(_gone(pid) for pid in servers_seen), GONE_WITHIN_S, f"servers {servers_seen} to end")
     assert "Traceback" not in err and "uvicorn" not in err, err[-2000:]
     assert not list((tmp_path / "tmp").glob("taxi-hpo-prefect-server-*")), "the server's log was left"
+    assert "| INFO" not in err, err[-2000:]  # Prefect's console default is INFO: a line per run and task
+    new = {
+        k: v
+        for k, v in _searches_in(Path(env["PREFECT_HOME"]) / "prefect.db").items()
+        if k not in searches_before
+    }
+    assert list(new.values()) == ["COMPLETED"], new
+
+
+def _searches_in(db: Path) -> dict[str, str]:
+    """The ``taxi-hpo-search`` flow runs a Prefect database holds: id -> state type."""
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute(
+            "SELECT fr.id, fr.state_type FROM flow_run fr JOIN flow f ON f.id = fr.flow_id "
+            "WHERE f.name = 'taxi-hpo-search'"
+        ).fetchall()
+    return dict(rows)
 
 
 def test_the_server_is_launched_before_prefect_is_imported_only_where_no_url_can_be_set(

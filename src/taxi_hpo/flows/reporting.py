@@ -111,6 +111,7 @@ def start_report(tracking_uri: str, parent_run_id: str, run: TrialsRun, lr_rmse:
     }
     metrics = {"lr_rmse": lr_rmse, "search_wall_s": run.search_wall_s, "utilisation": run.utilisation}
     pool = ThreadPoolExecutor(1, thread_name_prefix="taxi-hpo-report")
+    timeline.mark("report_started")
     job = pool.submit(
         report.publish, tracking_uri, parent_run_id, metrics=metrics, status="FINISHED", ended=ended
     )
