@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from taxi_hpo import cli, serve
 from taxi_hpo.errors import ConfigError
+from taxi_hpo.tracking.names import WARM_FROM_TAG
 
 VENV_BIN = Path(sys.executable).parent
 DEPLOYMENT = f"{serve.FLOW_NAME}/test-weekly"
@@ -48,7 +49,9 @@ def test_bad_cron_is_one_line_and_exit_2(capsys):
 
 
 @pytest.mark.integration
-def test_deployment_runs_once_with_months_of_its_date(prefect_api_url, data_dir, tmp_path):
+def test_each_deployment_run_takes_the_months_of_its_date_and_starts_where_the_last_ended(
+    prefect_api_url, data_dir, tmp_path
+):
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
 
@@ -80,6 +83,10 @@ def test_deployment_runs_once_with_months_of_its_date(prefect_api_url, data_dir,
             "5",
             "--no-register",
             "--no-report",
+            "--warm-start",
+            "latest",
+            "--warm-start-trials",
+            "1",
         ],
         cwd=tmp_path,
         stdout=log,
@@ -101,16 +108,29 @@ def test_deployment_runs_once_with_months_of_its_date(prefect_api_url, data_dir,
                 as_subflow=False,
             )
             run = _wait_for(lambda: _final(client, run.id), 240, proc, tmp_path)
-        assert run.state.is_completed(), run.state.message
-        mlflow_client = MlflowClient(tracking_uri)
-        parents = [
-            r
-            for r in mlflow_client.search_runs(_experiment_ids(mlflow_client))
-            if r.data.tags.get("taxi_hpo.role") == "search"
-        ]
-        assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-        assert (parents[0].data.params["train"], parents[0].data.params["valid"]) == ("2021-01", "2021-02")
-        assert parents[0].data.params["trials"] == "2"
+            assert run.state.is_completed(), run.state.message
+            mlflow_client = MlflowClient(tracking_uri)
+            (first,) = _searches(mlflow_client)
+            assert first.info.status == "FINISHED" and first.data.params["trials"] == "2"
+            assert (first.data.params["train"], first.data.params["valid"]) == ("2021-01", "2021-02")
+            assert WARM_FROM_TAG not in str([r.data.tags for r in _trials_of(mlflow_client, first)])  # cold
+
+            # The next month's run (15 April 2023: February and March) starts where that one ended.
+            run = run_deployment(
+                deployment.id,
+                scheduled_time=datetime(2023, 4, 15, 3, tzinfo=UTC),
+                timeout=0,
+                as_subflow=False,
+            )
+            run = _wait_for(lambda: _final(client, run.id), 240, proc, tmp_path)
+            assert run.state.is_completed(), run.state.message
+        second = next(r for r in _searches(mlflow_client) if r.info.run_id != first.info.run_id)
+        assert (second.data.params["train"], second.data.params["valid"]) == ("2023-02", "2023-03")
+        warm = {
+            r.data.tags["trial_id"]: r.data.tags.get(WARM_FROM_TAG) for r in _trials_of(mlflow_client, second)
+        }
+        best = min(_trials_of(mlflow_client, first), key=lambda r: r.data.metrics["rmse_valid"])
+        assert warm == {"0": f"{first.info.run_id}:{best.data.tags['trial_id']}", "1": None}, warm
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -123,6 +143,20 @@ def test_deployment_runs_once_with_months_of_its_date(prefect_api_url, data_dir,
 
 def _experiment_ids(client) -> list[str]:
     return [e.experiment_id for e in client.search_experiments()]
+
+
+def _searches(client) -> list:
+    return [
+        r for r in client.search_runs(_experiment_ids(client)) if r.data.tags.get("taxi_hpo.role") == "search"
+    ]
+
+
+def _trials_of(client, parent) -> list:
+    return [
+        r
+        for r in client.search_runs([parent.info.experiment_id])
+        if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id and "trial_id" in r.data.tags
+    ]
 
 
 def _deployment(client):
