@@ -97,3 +97,23 @@ def test_durations_and_budget_flags():
 def test_worker_processes_on_this_host_are_those_of_dasks_own_managers(settings, local):
     """Where the command forks its workers from its fork server (cluster.forkserver)."""
     assert RunConfig(**settings).local_worker_processes is local
+
+
+def test_the_tracking_patience_is_31_5_s_over_8_attempts_unless_the_environment_says(monkeypatch, capsys):
+    from taxi_hpo import cli
+    from taxi_hpo.tracking.store import PATIENCE_S, backoff, patience_s
+
+    monkeypatch.delenv("TAXI_HPO_TRACKING_PATIENCE_S", raising=False)
+    assert patience_s() == PATIENCE_S == 31.5
+    assert backoff(patience_s()) == [0.5, 1, 2, 4, 8, 8, 8]  # README: "about 30 s in all"
+    monkeypatch.setenv("TAXI_HPO_TRACKING_PATIENCE_S", "120")
+    assert sum(backoff(patience_s())) == 120 and max(backoff(patience_s())) == 8
+    monkeypatch.setenv("TAXI_HPO_TRACKING_PATIENCE_S", "0")
+    assert backoff(patience_s()) == []  # one attempt, no wait
+    for bad in ("soon", "-1", "inf"):
+        monkeypatch.setenv("TAXI_HPO_TRACKING_PATIENCE_S", bad)
+        assert cli.main(["run", "--trials", "1"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith(
+            f"taxi-hpo: error: TAXI_HPO_TRACKING_PATIENCE_S='{bad}'"
+        )

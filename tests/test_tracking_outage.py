@@ -11,6 +11,7 @@ import http.client
 import http.server
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -224,3 +225,81 @@ def test_json_is_all_of_stdout_with_a_tracking_server(prefect_api_url, data_dir,
     summary = json.loads(proc.stdout)  # the whole of it
     assert summary["trials_done"] == 2 and summary["mlflow_ui"].startswith(mlflow_server.uri)
     assert "View run" in proc.stderr  # it was printed, on the other stream
+
+
+def test_an_outage_longer_than_the_patience_stops_the_search_in_one_line_and_resume_runs_the_rest(
+    prefect_api_url, data_dir, workdir, mlflow_server
+):
+    """Dark for good once a trial has finished, with the wait cut to 1.5 s (the default 31.5 s
+    is the same code, longer): the command ends with one line naming the server, the setting and
+    the resume command, leaves no process behind; once the server answers, that resume runs the
+    missing trials, each one FINISHED once, and closes what the outage left RUNNING."""
+    outage = Outage(mlflow_server.port)
+    env = {**os.environ, "TAXI_HPO_TRACKING_PATIENCE_S": "1.5"}
+    small = ["--workers", "2", "--rounds", "10", "--max-depth", "8", "--no-register", "--no-report"]
+    proc = start_cli(
+        workdir,
+        prefect_api_url,
+        "--data-dir",
+        str(data_dir),
+        "--trials",
+        "6",
+        *small,
+        "--experiment",
+        "long-outage",
+        "--tracking-uri",
+        outage.uri,
+        env=env,
+    )
+    client = MlflowClient(mlflow_server.uri)
+
+    def trial_runs(status: str):
+        experiment = client.get_experiment_by_name("long-outage")
+        if experiment is None:
+            return []
+        runs = client.search_runs([experiment.experiment_id], f"attributes.status = '{status}'")
+        return [r for r in runs if "trial_id" in r.data.tags]
+
+    wait_for(lambda: trial_runs("FINISHED"), 180, "a finished trial")
+    outage.down.set()
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2 and out == "", err[-3000:]
+    last = err.strip().splitlines()[-1]
+    # One line from the command itself (Prefect logs each failed trial, as for any failed trial).
+    assert err.count("taxi-hpo: error:") == 1 and "taxi_hpo/cli" not in err, err[-3000:]
+    assert "WARNING | urllib3" not in err, err[-3000:]  # no warning per refused request
+    (parent,) = re.findall(r"taxi-hpo run --resume (\w+) --tracking-uri " + re.escape(outage.uri), last)
+    assert last.startswith(
+        f"taxi-hpo: error: the MLflow tracking server {outage.uri} did not answer for 1.5 s"
+    )
+    assert "TAXI_HPO_TRACKING_PATIENCE_S" in last
+    assert client.get_run(parent).info.status == "RUNNING"  # nothing could be written: as it was
+    done_before = {r.data.tags["trial_id"] for r in trial_runs("FINISHED")}
+    assert len(done_before) < 6
+
+    outage.down.clear()
+    resumed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "taxi_hpo.cli",
+            "run",
+            "--resume",
+            parent,
+            "--tracking-uri",
+            outage.uri,
+            "--json",
+        ],
+        cwd=workdir,
+        env={**env, "PREFECT_API_URL": prefect_api_url},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    outage.shutdown()
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    summary = json.loads(resumed.stdout.strip().splitlines()[-1])
+    assert summary["parent_run_id"] == parent and summary["trials_done"] == 6
+    finished = sorted(int(r.data.tags["trial_id"]) for r in trial_runs("FINISHED"))
+    assert finished == list(range(6))
+    assert trial_runs("RUNNING") == [] and client.get_run(parent).info.status == "FINISHED"

@@ -108,6 +108,19 @@ def tracking_scheme(uri: str) -> str:
     return uri.split(":", 1)[0].split("+", 1)[0].lower()
 
 
+def check_patience(raw: str) -> None:
+    """``TAXI_HPO_TRACKING_PATIENCE_S``: seconds (0 or more) a tracking call waits for the store."""
+    try:
+        value = float(raw) if raw.strip() else 0.0
+    except ValueError:
+        value = float("nan")
+    if not (value >= 0 and math.isfinite(value)):
+        raise ConfigError(
+            f"TAXI_HPO_TRACKING_PATIENCE_S={raw!r} is not a number of seconds: give e.g. 120, or unset it "
+            f"(default 31.5)"
+        )
+
+
 def check_tracking_uri(uri: str) -> None:
     """One line for a tracking URI MLflow would reject deep in the run with a traceback."""
     if "://" not in uri and ":" not in uri.split("/", 1)[0]:
@@ -205,6 +218,7 @@ class RunConfig:
                 )
         if self.tracking_uri:
             check_tracking_uri(self.tracking_uri)
+        check_patience(os.environ.get("TAXI_HPO_TRACKING_PATIENCE_S", ""))
         if self.address and self.cluster_class:
             raise ConfigError("--address and --cluster-class both say where trials run: give one of them")
         if self.cluster_kwargs and not self.cluster_class:

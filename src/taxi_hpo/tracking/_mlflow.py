@@ -25,6 +25,9 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 # our own retry (below) decides how long a trial waits for the store.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+# ... and that one HTTP retry's warning ("Retrying (Retry(total=0 ...)) after connection broken")
+# for each request while the server is away: our retry waits, and says so if it gives up.
+logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
 # MLflow's usage telemetry sets and unsets a variable in os.environ from its own thread; another
 # thread reading the environment then failed one trial's log_batch with a KeyError (seen once in
 # 1,000 runs, docs/scaling.md). A search has no use for it: off unless the user turns it on.

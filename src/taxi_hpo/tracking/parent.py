@@ -12,9 +12,17 @@ import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from taxi_hpo.errors import TrackingError
 from taxi_hpo.tracking.resume import SearchRecord
 from taxi_hpo.tracking.runs import close_stale_children
-from taxi_hpo.tracking.store import TrackingContext, end_run, reopen_run, start_parent_run
+from taxi_hpo.tracking.store import (
+    TrackingContext,
+    end_run,
+    is_outage,
+    outage_error,
+    reopen_run,
+    start_parent_run,
+)
 
 
 @dataclass
@@ -61,13 +69,27 @@ def parent_run(
         run = ParentRun(tracking_uri, resume.experiment_id, resume.run_id)
         close_stale_children(tracking_uri, run.run_id)
         reopen_run(tracking_uri, run.run_id, tags)
-    status = "FAILED"
     try:
         yield run
-        status = "FINISHED"
     except BaseException as exc:
-        status = "KILLED" if isinstance(exc, KeyboardInterrupt) or interrupted() else "FAILED"
+        if isinstance(exc, KeyboardInterrupt) or interrupted():
+            with contextlib.suppress(TrackingError):  # Ctrl-C says what happened, whatever the store
+                _end(run, "KILLED")
+            raise
+        _end(run, "FAILED")
+        if is_outage(exc):  # the server came back for the ending, too late for the search
+            raise outage_error(tracking_uri, run.run_id) from exc
         raise
-    finally:
-        close_stale_children(tracking_uri, run.run_id, keep=run.ended_children)
-        end_run(tracking_uri, run.run_id, status, metrics=run.metrics, tags=run.tags or None)
+    _end(run, "FINISHED")
+
+
+def _end(run: ParentRun, status: str) -> None:
+    """Close the children still RUNNING and end the parent ``status``; a tracking server that does
+    not answer leaves them as they are, for ``--resume``, and is one line (a TrackingError)."""
+    try:
+        close_stale_children(run.tracking_uri, run.run_id, keep=run.ended_children)
+        end_run(run.tracking_uri, run.run_id, status, metrics=run.metrics, tags=run.tags or None)
+    except Exception as exc:
+        if is_outage(exc):
+            raise outage_error(run.tracking_uri, run.run_id) from exc
+        raise

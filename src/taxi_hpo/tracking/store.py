@@ -40,25 +40,72 @@ class TrackingContext:
         return MlflowClient(tracking_uri=self.tracking_uri)
 
 
+#: How long, in all, a call waits for a store that is busy or unreachable before it fails: the
+#: sleeps between its attempts, 0.5, 1, 2, 4, 8, 8, 8 s (8 attempts). TAXI_HPO_TRACKING_PATIENCE_S
+#: (seconds) sets another total for this process and the local workers it starts.
+PATIENCE_S = 31.5
+PATIENCE_ENV = "TAXI_HPO_TRACKING_PATIENCE_S"
+
+
+def patience_s() -> float:
+    """The total wait of :func:`retrying` (``TAXI_HPO_TRACKING_PATIENCE_S``; checked by the CLI)."""
+    raw = os.environ.get(PATIENCE_ENV, "").strip()
+    return float(raw) if raw else PATIENCE_S
+
+
+def backoff(patience: float, first_wait: float = 0.5, max_wait: float = 8.0) -> list[float]:
+    """The sleeps between attempts: doubling from ``first_wait`` up to ``max_wait``, the last one
+    cut so that they add up to ``patience``."""
+    waits, wait = [], first_wait
+    while sum(waits) < patience - 1e-9:
+        waits.append(min(wait, patience - sum(waits)))
+        wait = min(wait * 2, max_wait)
+    return waits
+
+
 def retrying(
     fn: Callable[[], T],
     *,
-    attempts: int = 8,
+    attempts: int | None = None,
     first_wait: float = 0.5,
     max_wait: float = 8.0,
     what: str = "MLflow call",
 ) -> T:
-    """Call ``fn`` again with exponential backoff while the store is busy or unreachable."""
-    wait = first_wait
-    for attempt in range(1, attempts + 1):
+    """Call ``fn`` again with exponential backoff while the store is busy or unreachable: for
+    :func:`patience_s` seconds in all, or at most ``attempts`` times."""
+    waits = backoff(patience_s(), first_wait, max_wait)
+    if attempts is not None:
+        waits = waits[: attempts - 1]
+    for wait in [*waits, None]:
         try:
             return fn()
         except Exception as exc:  # noqa: BLE001 - classified below
-            if attempt == attempts or not _transient(exc):
+            if wait is None or not _transient(exc):
                 raise
             time.sleep(wait)
-            wait = min(wait * 2, max_wait)
     raise AssertionError("unreachable")
+
+
+def is_outage(exc: BaseException) -> bool:
+    """True when ``exc`` (or what caused it) is a tracking server that did not answer: what
+    :func:`retrying` waited for in vain."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, MlflowException) and "API request to" in str(exc) and _transient(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def outage_error(tracking_uri: str, parent_run_id: str) -> TrackingError:
+    """The one line for a search that a longer outage of its tracking server stopped."""
+    return TrackingError(
+        f"the MLflow tracking server {tracking_uri} did not answer for {patience_s():g} s "
+        f"({PATIENCE_ENV} sets how long to wait): the search stopped, its runs left as they were; "
+        f"once the server answers, `taxi-hpo run --resume {parent_run_id} --tracking-uri {tracking_uri}` "
+        f"closes them and runs the rest"
+    )
 
 
 def _transient(exc: BaseException) -> bool:
