@@ -117,3 +117,44 @@ def test_the_tracking_patience_is_31_5_s_over_8_attempts_unless_the_environment_
         assert err.count("\n") == 1 and err.startswith(
             f"taxi-hpo: error: TAXI_HPO_TRACKING_PATIENCE_S='{bad}'"
         )
+
+
+def test_the_synopsis_defaults_are_what_a_bare_run_gets(monkeypatch, tmp_path):
+    """README's synopsis says each default as ``[--flag VALUE]``: a ``taxi-hpo run`` given no
+    flags gets exactly those (the reference's 100 rounds, depth 4-100, seed 42, ...)."""
+    from pathlib import Path
+
+    from taxi_hpo.cli import build_parser
+    from taxi_hpo.cli.args import run_config
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    synopsis = readme[readme.index("taxi-hpo run [") : readme.index("taxi-hpo bench [")]
+    monkeypatch.delenv("TAXI_HPO_DATA_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    cfg = run_config(build_parser().parse_args(["run"]))
+    stated = {
+        "--train 2021-01": cfg.train == "2021-01",
+        "--valid 2021-02": cfg.valid == "2021-02",
+        "--data-dir ./data": Path(cfg.data_dir).resolve() == tmp_path / "data",
+        "--trials 20": cfg.trials == 20,
+        "--threads-per-worker T=1": cfg.threads_per_worker == 1 and cfg.elastic_threads,
+        "--seed 42": cfg.seed == 42,
+        "--rounds 100": cfg.rounds == 100,
+        "--max-depth 100": cfg.max_depth == 100,
+        "--experiment nyc-taxi-hpo": cfg.experiment == "nyc-taxi-hpo",
+        "--max-rmse 6.5": cfg.max_rmse == 6.5,
+        "--max-inference-time 20e-6": cfg.max_inference_time == 20e-6,
+        "--warm-start-trials 5": cfg.warm_start_trials == 5,
+        "--mode async|batch": cfg.mode == "async",  # the first one named is the default
+        "--prune none|median|asha": cfg.prune == "none",
+        "--fidelity none|auto|rows|rounds": cfg.fidelity == "none",
+    }
+    assert [flag for flag in stated if flag not in synopsis] == []  # as README writes them
+    assert [flag for flag, holds in stated.items() if not holds] == []
+    assert (cfg.register, cfg.report, cfg.resume, cfg.warm_start, cfg.timeout_s) == (
+        True,
+        True,
+        None,
+        None,
+        None,
+    )

@@ -80,6 +80,19 @@ def test_search_end_to_end(first_search, data_dir):
     assert s["lr_rmse"] == pytest.approx(7.7587, abs=1e-4)
     assert (s["trials_done"], s["trials_failed"]) == (6, 0)
     assert len(s["trial_params"]) == 6 and s["best_rmse"] == min(s["trial_rmse"])
+    assert s["best_params"] == s["trial_params"][s["trial_rmse"].index(s["best_rmse"])]
+    # Each trial's entry: when it started and ended, its fit and training seconds, where it ran.
+    for t in s["trials"]:
+        assert (
+            t["started"] < t["finished"] and 0 < t["train_s"] <= t["fit_s"] <= t["finished"] - t["started"]
+        ), t
+        assert (
+            t["worker"]
+            and t["run_id"]
+            and t["complete"]
+            and t["pruned_at"] is None
+            and t["threads_mean"] >= 1
+        )
     assert s["preprocessor_artifacts"] == 1
     assert s["registered_version"] == "1"
     assert 0 < s["utilisation"] <= 1 and s["search_wall_s"] <= s["wall_s"]

@@ -97,7 +97,8 @@ def test_scripts_refuse_plain_tcp_beyond_loopback(tmp_path, script, args, env):
 
 @pytest.mark.integration
 def test_scheduler_on_loopback_needs_no_certificates(tmp_path):
-    """The refusal is about the network: on 127.0.0.1 plain TCP starts as before."""
+    """The refusal is about the network: on 127.0.0.1 plain TCP starts as before, the scheduler
+    and a worker."""
     run = tmp_path / "run"
     port, dashboard = free_port("127.0.0.1"), free_port("127.0.0.1")
     try:
@@ -110,6 +111,13 @@ def test_scheduler_on_loopback_needs_no_certificates(tmp_path):
         )
         assert proc.returncode == 0 and f"tcp://127.0.0.1:{port}" in proc.stdout, proc.stderr
         assert "warning" not in proc.stderr
+        workers = _script(
+            "start-workers.sh", f"tcp://127.0.0.1:{port}", "1", run_dir=run, BIND_HOST="127.0.0.1"
+        )
+        assert workers.returncode == 0, workers.stderr
+        assert "warning" not in workers.stderr
+        with distributed.Client(f"tcp://127.0.0.1:{port}", timeout=10) as client:
+            assert len(client.scheduler_info(n_workers=-1)["workers"]) == 1
     finally:
         _script("stop.sh", run_dir=run, STOP_WAIT_S="5")
 
