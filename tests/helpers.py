@@ -37,6 +37,26 @@ def server_credentials(run_dir: Path) -> dict[str, str]:
     return {**read_env_file(run_dir / "mlflow-auth.env"), **read_env_file(run_dir / "prefect-auth.env")}
 
 
+def http_status(url: str, authorization: str | None = None) -> int:
+    """The HTTP status a GET of ``url`` gets (with that Authorization header, if given)."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, headers={"Authorization": authorization} if authorization else {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def basic_auth(user_colon_password: str) -> str:
+    """The Authorization header of HTTP basic auth."""
+    import base64
+
+    return "Basic " + base64.b64encode(user_colon_password.encode()).decode()
+
+
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
     """Poll ``predicate`` until it returns something true (returned), or fail naming ``what``."""
     deadline = time.monotonic() + timeout

@@ -11,14 +11,11 @@ in the command's output, on a command line or in the files the services wrote.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import socket
 import ssl
 import subprocess
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +27,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
 from prefect.settings import PREFECT_API_AUTH_STRING, temporary_settings
 
-from helpers import free_port, read_env_file, server_credentials, wait_for
+from helpers import basic_auth, free_port, http_status, read_env_file, server_credentials, wait_for
 from taxi_hpo.cluster import credentials
 from taxi_hpo.errors import ClusterError, TrackingError
 from taxi_hpo.preflight import remote
@@ -320,19 +317,6 @@ def secure(tmp_path_factory):
         net.down()
 
 
-def _status(url: str, authorization: str | None = None) -> int:
-    request = urllib.request.Request(url, headers={"Authorization": authorization} if authorization else {})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-
-
-def _basic(text: str) -> str:
-    return "Basic " + base64.b64encode(text.encode()).decode()
-
-
 def _tls_probe(address: str, ca_file: str, cert_dir: Path | None = None) -> str:
     """A raw TLS connection to the scheduler that trusts the cluster's CA (so the handshake
     checks the scheduler's certificate; a failure there raises) and shows the client
@@ -397,16 +381,16 @@ def test_each_service_refuses_a_client_without_credentials(secure):
     # MLflow: 401 without basic auth or with a wrong password, 200 with the right one.
     mlflow_url = s.tracking_uri + MLFLOW_PROBE
     user, password = c["MLFLOW_TRACKING_USERNAME"], c["MLFLOW_TRACKING_PASSWORD"]
-    assert _status(mlflow_url) == 401
-    assert _status(mlflow_url, _basic(f"{user}:not-{password}")) == 401
-    assert _status(mlflow_url, _basic(f"{user}:{password}")) == 200
+    assert http_status(mlflow_url) == 401
+    assert http_status(mlflow_url, basic_auth(f"{user}:not-{password}")) == 401
+    assert http_status(mlflow_url, basic_auth(f"{user}:{password}")) == 200
 
     # Prefect: 401 without the auth string or with a wrong one, 200 with it.
     prefect_url = s.api_url + PREFECT_PROBE
     auth = c["PREFECT_API_AUTH_STRING"]
-    assert _status(prefect_url) == 401
-    assert _status(prefect_url, _basic(auth + "x")) == 401
-    assert _status(prefect_url, _basic(auth)) == 200
+    assert http_status(prefect_url) == 401
+    assert http_status(prefect_url, basic_auth(auth + "x")) == 401
+    assert http_status(prefect_url, basic_auth(auth)) == 200
 
     # The generated credentials: readable by their owner only; the scripts name the file, not the secret.
     for name in CREDENTIAL_FILES:

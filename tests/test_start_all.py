@@ -9,7 +9,6 @@ warning each, and no certificate or credentials file is made. ``stop.sh`` ends e
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import re
@@ -18,13 +17,11 @@ import shlex
 import sqlite3
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from helpers import free_port, migrated_prefect_home, read_env_file, wait_for
+from helpers import basic_auth, free_port, http_status, migrated_prefect_home, read_env_file, wait_for
 from taxi_hpo.cluster import credentials
 from taxi_hpo.preflight.remote import MLFLOW_PROBE_PATH
 
@@ -40,19 +37,6 @@ UNSET = {
     "PREFECT_API_URL",
     *credentials.ENV_NAMES,
 }
-
-
-def _status(url: str, authorization: str | None = None) -> int:
-    request = urllib.request.Request(url, headers={"Authorization": authorization} if authorization else {})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-
-
-def _basic(text: str) -> str:
-    return "Basic " + base64.b64encode(text.encode()).decode()
 
 
 class Host:
@@ -150,10 +134,10 @@ def test_start_all_is_closed_and_its_printed_lines_run_a_search(host, data_dir, 
     assert address.startswith("tls://") and address.endswith(f":{host.ports['SCHEDULER_PORT']}")
 
     # Closed: nothing without the credentials, from anywhere this host is reached.
-    assert _status(tracking_uri + MLFLOW_PROBE_PATH) == 401
-    assert _status(tracking_uri + MLFLOW_PROBE_PATH, _basic(f"alice:{password}")) == 200
-    assert _status(exports["PREFECT_API_URL"] + "/admin/version") == 401
-    assert _status(exports["PREFECT_API_URL"] + "/admin/version", _basic(auth)) == 200
+    assert http_status(tracking_uri + MLFLOW_PROBE_PATH) == 401
+    assert http_status(tracking_uri + MLFLOW_PROBE_PATH, basic_auth(f"alice:{password}")) == 200
+    assert http_status(exports["PREFECT_API_URL"] + "/admin/version") == 401
+    assert http_status(exports["PREFECT_API_URL"] + "/admin/version", basic_auth(auth)) == 200
 
     # The printed lines, as a client would run them, with the sourced files' credentials.
     client_env = {k: v for k, v in host.env.items() if k not in host.ports and k != "TAXI_HPO_RUN_DIR"}
@@ -193,5 +177,5 @@ def test_the_opt_outs_open_each_service_with_a_warning(host):
     assert not (host.run_dir / "tls").exists()
     assert not {"mlflow-auth.env", "prefect-auth.env"} & {p.name for p in host.run_dir.iterdir()}
     tracking_uri = argv[argv.index("--tracking-uri") + 1]
-    assert _status(tracking_uri + MLFLOW_PROBE_PATH) == 200
-    assert _status(exports["PREFECT_API_URL"] + "/admin/version") == 200
+    assert http_status(tracking_uri + MLFLOW_PROBE_PATH) == 200
+    assert http_status(exports["PREFECT_API_URL"] + "/admin/version") == 200
