@@ -56,3 +56,33 @@ def test_a_closing_worker_logs_no_heartbeat_failure_a_running_one_does(caplog):
         "Unexpected exception during heartbeat. Closing worker.",
     ]
     assert closed == ["another worker error"]
+
+
+def test_the_data_plugin_quiets_the_closing_heartbeat_of_every_worker_once(caplog):
+    """Workers without the preload (a created cluster's, which Adaptive retires mid-search; remote
+    ones) get the same filter from the search's data plugin, once however often it arrives."""
+    from taxi_hpo.cluster import worker_data
+
+    logger = logging.getLogger("distributed.worker")
+
+    async def scenario() -> tuple[int, list[str]]:
+        async with distributed.Scheduler(host="127.0.0.1", dashboard_address=":0") as scheduler:
+            worker = await distributed.Worker(scheduler.address, nthreads=1, dashboard=False)
+            plugins = [worker_data.WorkerData(key, b"data") for key in ("one", "two")]
+            try:
+                for plugin in plugins:
+                    plugin.setup(worker)
+                attached = sum(isinstance(f, watchdog.ClosingHeartbeat) for f in logger.filters)
+                with caplog.at_level(logging.ERROR, logger="distributed.worker"):
+                    await worker.close()
+                    _heartbeat_failure(logger)
+                    closed = _errors(caplog)
+            finally:
+                for plugin in plugins:
+                    plugin.teardown(worker)
+                for f in [f for f in logger.filters if isinstance(f, watchdog.ClosingHeartbeat)]:
+                    logger.removeFilter(f)
+            return attached, closed
+
+    attached, closed = asyncio.run(scenario())
+    assert attached == 1 and closed == []

@@ -37,8 +37,18 @@ def dask_setup(worker=None) -> None:  # called by distributed when the worker st
                 os._exit(3)
 
     threading.Thread(target=watch, name="taxi-hpo-parent-watchdog", daemon=True).start()
-    if worker is not None:
-        logging.getLogger("distributed.worker").addFilter(ClosingHeartbeat(worker))
+    quiet_closing_heartbeat(worker)
+
+
+def quiet_closing_heartbeat(worker) -> None:
+    """Attach :class:`ClosingHeartbeat` for ``worker`` to distributed's worker logger, once: from
+    this preload on local workers, from the data plugin (``cluster.worker_data``) on every other
+    worker, e.g. those a created cluster's ``Adaptive`` retires mid-search (CI under load: the
+    retired worker's heartbeat traceback on the terminal)."""
+    logger = logging.getLogger("distributed.worker")
+    if worker is None or any(isinstance(f, ClosingHeartbeat) and f.worker is worker for f in logger.filters):
+        return
+    logger.addFilter(ClosingHeartbeat(worker))
 
 
 class ClosingHeartbeat(logging.Filter):
@@ -46,7 +56,7 @@ class ClosingHeartbeat(logging.Filter):
 
     def __init__(self, worker):
         super().__init__()
-        self._worker = worker
+        self.worker = worker
 
     def filter(self, record: logging.LogRecord) -> bool:
         """False for the heartbeat failure of a closing worker."""
@@ -55,4 +65,4 @@ class ClosingHeartbeat(logging.Filter):
         from distributed.core import Status
 
         closing = {Status.closing, Status.closed, Status.closing_gracefully, Status.failed}
-        return self._worker.status not in closing
+        return self.worker.status not in closing

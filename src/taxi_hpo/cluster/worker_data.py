@@ -49,6 +49,9 @@ class WorkerData(WorkerPlugin):
         :data:`ARRIVALS`)."""
         _STASH[self.key] = self.data
         ARRIVALS[self.key] += 1
+        from taxi_hpo.cluster.watchdog import quiet_closing_heartbeat
+
+        quiet_closing_heartbeat(worker)
 
     def teardown(self, worker=None) -> None:
         """On each worker, when the plugin is unregistered: drop this process's copy."""
