@@ -18,6 +18,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 
 POLL_S = 0.2
 
@@ -41,22 +42,29 @@ def dask_setup(worker=None) -> None:  # called by distributed when the worker st
 
 
 def quiet_closing_heartbeat(worker) -> None:
-    """Attach :class:`ClosingHeartbeat` for ``worker`` to distributed's worker logger, once: from
-    this preload on local workers, from the data plugin (``cluster.worker_data``) on every other
-    worker, e.g. those a created cluster's ``Adaptive`` retires mid-search (CI under load: the
-    retired worker's heartbeat traceback on the terminal)."""
-    logger = logging.getLogger("distributed.worker")
-    if worker is None or any(isinstance(f, ClosingHeartbeat) and f.worker is worker for f in logger.filters):
+    """Count ``worker`` in this process's :class:`ClosingHeartbeat` filter on distributed's worker
+    logger (one filter a process): from this preload on local workers, from the data plugin
+    (``cluster.worker_data``) on every other worker, e.g. those a created cluster's ``Adaptive``
+    retires mid-search (CI under load: the retired worker's heartbeat traceback on the terminal)."""
+    if worker is None:
         return
-    logger.addFilter(ClosingHeartbeat(worker))
+    logger = logging.getLogger("distributed.worker")
+    found = [f for f in logger.filters if isinstance(f, ClosingHeartbeat)]
+    if found:
+        found[0].workers.add(worker)
+    else:
+        logger.addFilter(ClosingHeartbeat(worker))
 
 
 class ClosingHeartbeat(logging.Filter):
-    """Drops :data:`HEARTBEAT_FAILED` while ``worker`` is closing or closed; keeps everything else."""
+    """Drops :data:`HEARTBEAT_FAILED` while every worker of this process that it counts is closing
+    or closed; keeps everything else. (A worker process holds one worker; a process with several,
+    e.g. a threaded LocalCluster, keeps the line while any of them runs: the log record does not
+    say which worker wrote it.)"""
 
     def __init__(self, worker):
         super().__init__()
-        self.worker = worker
+        self.workers = weakref.WeakSet([worker])
 
     def filter(self, record: logging.LogRecord) -> bool:
         """False for the heartbeat failure of a closing worker."""
@@ -65,4 +73,5 @@ class ClosingHeartbeat(logging.Filter):
         from distributed.core import Status
 
         closing = {Status.closing, Status.closed, Status.closing_gracefully, Status.failed}
-        return self.worker.status not in closing
+        workers = list(self.workers)
+        return not workers or any(w.status not in closing for w in workers)
