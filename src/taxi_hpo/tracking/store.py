@@ -102,9 +102,9 @@ def outage_error(tracking_uri: str, parent_run_id: str) -> TrackingError:
     """The one line for a search that a longer outage of its tracking server stopped."""
     return TrackingError(
         f"the MLflow tracking server {tracking_uri} did not answer for {patience_s():g} s "
-        f"({PATIENCE_ENV} sets how long to wait): the search stopped, its runs left as they were; "
-        f"once the server answers, `taxi-hpo run --resume {parent_run_id} --tracking-uri {tracking_uri}` "
-        f"closes them and runs the rest"
+        f"({PATIENCE_ENV} sets how long to wait): the search stopped; once the server answers, "
+        f"`taxi-hpo run --resume {parent_run_id} --tracking-uri {tracking_uri}` closes the runs it "
+        f"left RUNNING and runs the rest"
     )
 
 
