@@ -53,7 +53,6 @@ def test_each_deployment_run_takes_the_months_of_its_date_and_starts_where_the_l
     prefect_api_url, data_dir, tmp_path
 ):
     from prefect.client.orchestration import get_client
-    from prefect.deployments import run_deployment
 
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     log = (tmp_path / "serve.log").open("w")
@@ -101,13 +100,7 @@ def test_each_deployment_run_takes_the_months_of_its_date_and_starts_where_the_l
             assert (config["train"], config["valid"], config["trials"]) == ("prev-2", "prev-1", 2)
 
             # A run for 15 March 2021 trains on January and validates on February.
-            run = run_deployment(
-                deployment.id,
-                scheduled_time=datetime(2021, 3, 15, 3, tzinfo=UTC),
-                timeout=0,
-                as_subflow=False,
-            )
-            run = _wait_for(lambda: _final(client, run.id), 240, proc, tmp_path)
+            run = _run_once(client, deployment, datetime(2021, 3, 15, 3, tzinfo=UTC), proc, tmp_path)
             assert run.state.is_completed(), run.state.message
             mlflow_client = MlflowClient(tracking_uri)
             (first,) = _searches(mlflow_client)
@@ -116,13 +109,7 @@ def test_each_deployment_run_takes_the_months_of_its_date_and_starts_where_the_l
             assert WARM_FROM_TAG not in str([r.data.tags for r in _trials_of(mlflow_client, first)])  # cold
 
             # The next month's run (15 April 2023: February and March) starts where that one ended.
-            run = run_deployment(
-                deployment.id,
-                scheduled_time=datetime(2023, 4, 15, 3, tzinfo=UTC),
-                timeout=0,
-                as_subflow=False,
-            )
-            run = _wait_for(lambda: _final(client, run.id), 240, proc, tmp_path)
+            run = _run_once(client, deployment, datetime(2023, 4, 15, 3, tzinfo=UTC), proc, tmp_path)
             assert run.state.is_completed(), run.state.message
         second = next(r for r in _searches(mlflow_client) if r.info.run_id != first.info.run_id)
         assert (second.data.params["train"], second.data.params["valid"]) == ("2023-02", "2023-03")
@@ -139,6 +126,14 @@ def test_each_deployment_run_takes_the_months_of_its_date_and_starts_where_the_l
             proc.kill()
             proc.wait()
         log.close()
+
+
+def _run_once(client, deployment, scheduled_time: datetime, proc, tmp_path):
+    """A run of ``deployment`` for ``scheduled_time``, once it has ended."""
+    from prefect.deployments import run_deployment
+
+    run = run_deployment(deployment.id, scheduled_time=scheduled_time, timeout=0, as_subflow=False)
+    return _wait_for(lambda: _final(client, run.id), 240, proc, tmp_path)
 
 
 def _experiment_ids(client) -> list[str]:

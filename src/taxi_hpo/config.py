@@ -108,16 +108,23 @@ def tracking_scheme(uri: str) -> str:
     return uri.split(":", 1)[0].split("+", 1)[0].lower()
 
 
+#: How long, in all, a tracking call waits for a store that is busy or unreachable before it
+#: fails (``tracking.store.retrying``: 0.5, 1, 2, 4, 8, 8, 8 s between 8 attempts), and the
+#: variable that sets another total for this process and the local workers it starts.
+PATIENCE_S = 31.5
+PATIENCE_ENV = "TAXI_HPO_TRACKING_PATIENCE_S"
+
+
 def check_patience(raw: str) -> None:
-    """``TAXI_HPO_TRACKING_PATIENCE_S``: seconds (0 or more) a tracking call waits for the store."""
+    """:data:`PATIENCE_ENV`: seconds (0 or more) a tracking call waits for the store."""
     try:
         value = float(raw) if raw.strip() else 0.0
     except ValueError:
         value = float("nan")
     if not (value >= 0 and math.isfinite(value)):
         raise ConfigError(
-            f"TAXI_HPO_TRACKING_PATIENCE_S={raw!r} is not a number of seconds: give e.g. 120, or unset it "
-            f"(default 31.5)"
+            f"{PATIENCE_ENV}={raw!r} is not a number of seconds: give e.g. 120, or unset it "
+            f"(default {PATIENCE_S:g})"
         )
 
 
@@ -218,7 +225,7 @@ class RunConfig:
                 )
         if self.tracking_uri:
             check_tracking_uri(self.tracking_uri)
-        check_patience(os.environ.get("TAXI_HPO_TRACKING_PATIENCE_S", ""))
+        check_patience(os.environ.get(PATIENCE_ENV, ""))
         if self.address and self.cluster_class:
             raise ConfigError("--address and --cluster-class both say where trials run: give one of them")
         if self.cluster_kwargs and not self.cluster_class:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from taxi_hpo.config import is_local_uri
+from taxi_hpo.config import PATIENCE_ENV, PATIENCE_S, is_local_uri
 from taxi_hpo.errors import DISK_ERRNOS, TrackingError
 from taxi_hpo.tracking._mlflow import Metric, MlflowClient, MlflowException, Param, RunTag, mlflow
 from taxi_hpo.tracking.names import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
@@ -38,13 +38,6 @@ class TrackingContext:
     def client(self) -> MlflowClient:
         """A new MLflow client on ``tracking_uri``."""
         return MlflowClient(tracking_uri=self.tracking_uri)
-
-
-#: How long, in all, a call waits for a store that is busy or unreachable before it fails: the
-#: sleeps between its attempts, 0.5, 1, 2, 4, 8, 8, 8 s (8 attempts). TAXI_HPO_TRACKING_PATIENCE_S
-#: (seconds) sets another total for this process and the local workers it starts.
-PATIENCE_S = 31.5
-PATIENCE_ENV = "TAXI_HPO_TRACKING_PATIENCE_S"
 
 
 def patience_s() -> float:
