@@ -1,12 +1,14 @@
 """Cold start: from typing `taxi-hpo run` to the first trial running, and to the process's exit.
 
 Usage: .venv/bin/python benchmarks/first_trial.py --data-dir ../shared/data [--repeats 3] [--workers 2]
-       [--worker-start spawn,forkserver] [--api-url URL]
+       [--worker-start spawn,forkserver] [--api-url URL] [--address tcp://127.0.0.1:8786]
 
 Each repeat runs the real CLI in a fresh temporary folder (new sqlite MLflow store) with no
 PREFECT_API_URL, so it starts its own Prefect API server (on your Prefect database, as `taxi-hpo
 run` does) and LocalCluster; with ``--api-url`` it talks to that running server instead (the
-Zoomcamp way: `prefect server start` and PREFECT_API_URL set). The first repeat may also
+Zoomcamp way: `prefect server start` and PREFECT_API_URL set); with ``--address`` it searches on
+that running Dask cluster (cluster/local/start-scheduler.sh and start-workers.sh) instead of
+starting one. The first repeat may also
 preprocess and fit the baseline; later ones hit the cache. ``--worker-start`` runs each repeat
 once per way of starting the local workers (TAXI_HPO_WORKER_START), interleaved.
 A tiny search (2 trials, 5 rounds, depth <= 6): the figure is start-up, not search. Prints one JSON line
@@ -31,7 +33,13 @@ from taxi_hpo.core.machine import usable_cores
 CLI = Path(sys.executable).with_name("taxi-hpo")
 
 
-def once(data_dir: str, workers: int, worker_start: str | None = None, api_url: str | None = None) -> dict:
+def once(
+    data_dir: str,
+    workers: int,
+    worker_start: str | None = None,
+    api_url: str | None = None,
+    address: str | None = None,
+) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     if api_url:
         env["PREFECT_API_URL"] = api_url
@@ -48,8 +56,7 @@ def once(data_dir: str, workers: int, worker_start: str | None = None, api_url: 
                 data_dir,
                 "--trials",
                 "2",
-                "--workers",
-                str(workers),
+                *(["--address", address] if address else ["--workers", str(workers)]),
                 "--rounds",
                 "5",
                 "--max-depth",
@@ -90,12 +97,17 @@ def main() -> None:
         help="comma-separated ways to start local workers, run in turn each repeat (spawn, forkserver)",
     )
     p.add_argument("--api-url", default=None, help="a running Prefect API (default: each run starts its own)")
+    p.add_argument(
+        "--address", default=None, help="a running Dask scheduler (default: each run starts a cluster)"
+    )
     args = p.parse_args()
     ways = args.worker_start.split(",") if args.worker_start else [None]
     runs = []
     for _ in range(args.repeats):
         for way in ways:
-            runs.append(once(str(Path(args.data_dir).resolve()), args.workers, way, args.api_url))
+            runs.append(
+                once(str(Path(args.data_dir).resolve()), args.workers, way, args.api_url, args.address)
+            )
             print(json.dumps(runs[-1]), flush=True)
     for way in ways:
         mine = [r for r in runs if r["worker_start"] == (way or "default")]
@@ -106,6 +118,7 @@ def main() -> None:
                     "workers": args.workers,
                     "worker_start": way or "default",
                     "api": "running" if args.api_url else "started by each run",
+                    "cluster": args.address or "started by each run",
                     "repeats": len(mine),
                     **{
                         f"{key}_median": statistics.median(r[key] for r in mine)

@@ -262,6 +262,15 @@ def test_time_to_target_as_users_feel_it_counts_complete_fits_from_the_command_s
     # within the script's whole command (30 s from launch): 6.45, 0.77 % better than its 6.5
     assert rows["2x1"]["best_in_reference_command_s"] == 6.45
     assert rows["2x1"]["best_gap_in_reference_command_pct"] == pytest.approx(100 * (6.45 / 6.5 - 1), abs=1e-3)
+    # it reached the target 12 s from launch, within the script's 30 s; the script itself too
+    assert rows["2x1"]["target_reached_in_reference_command"] == 1
+    late = ladder | {"called": 80.0}  # launched 20 s earlier: its 6.45 came 32 s in
+    assert (
+        metrics.summarise([script, late], (Layout("script", 1, 2), Layout("2x1", 2, 1)))[1][
+            "target_reached_in_reference_command"
+        ]
+        == 0
+    )
     assert (
         metrics.best_by(ladder, 11.0, whole=True) == 6.6 and metrics.best_by(ladder, 3.0, whole=True) is None
     )
@@ -310,6 +319,9 @@ def test_process_roles():
         {"prune_trials": 16},
         {"fidelity": "auto"},  # seq is the reference's own fmin loop: no ladder there
         {"fidelity": "pixels"},
+        {"timeout": "script"},  # the script's time is the budget: the script must run first
+        {"timeout": "script", "layouts": (Layout("2x1", 2, 1), Layout("script", 1, 2))},
+        {"timeout": -5.0},
     ],
 )
 def test_bench_config_rejects_bad_settings(changes):
@@ -326,9 +338,31 @@ def test_prune_trials_size_the_pruned_searches_only():
     assert BenchConfig(layouts=layouts, trials=8, prune="asha").run_config(layouts[0]).trials == 8
 
 
+def test_timeout_script_gives_each_repeat_the_script_s_own_time():
+    layouts = (Layout("script", 1, 2), Layout("2x1", 2, 1))
+    runs = [
+        {"layout": "script", "repeat": 0, "wall_s": 90.0, "command_s": 95.0},
+        {"layout": "2x1", "repeat": 0, "wall_s": 80.0, "command_s": 99.0},
+        {"layout": "script", "repeat": 1, "wall_s": 70.0, "command_s": 72.5},
+    ]
+    whole = BenchConfig(layouts=layouts, whole=True, timeout="script")
+    assert whole.budget_s(runs, 0) == 95.0 and whole.budget_s(runs, 1) == 72.5
+    assert BenchConfig(layouts=layouts, timeout="script").budget_s(runs, 1) == 70.0  # its search
+    fixed = BenchConfig(layouts=layouts, timeout=30.0)
+    assert fixed.budget_s(runs, 1) == 30.0 and fixed.run_config(layouts[1], 30.0).timeout_s == 30.0
+    assert BenchConfig(layouts=layouts).budget_s(runs, 0) is None
+
+
 @pytest.mark.parametrize(
     "flags",
-    [["--layouts", "2by1"], ["--trials", "0"], ["--layouts", "seq,2x1,seq"], ["--layouts", "2x1-elastic"]],
+    [
+        ["--layouts", "2by1"],
+        ["--trials", "0"],
+        ["--layouts", "seq,2x1,seq"],
+        ["--layouts", "2x1-elastic"],
+        ["--timeout", "soon"],
+        ["--layouts", "seq,script", "--timeout", "script"],
+    ],
 )
 def test_cli_bad_flags_print_one_line_and_exit_2(flags, capsys, tmp_path):
     from taxi_hpo import cli
@@ -565,7 +599,9 @@ def test_bench_times_whole_commands(data_dir, workdir, capsys):
             "--fidelity",
             "auto",
             "--prune-trials",
-            "4",
+            "400",
+            "--timeout",
+            "script",
             "--trials",
             "2",
             "--rounds",
@@ -587,8 +623,11 @@ def test_bench_times_whole_commands(data_dir, workdir, capsys):
     assert rows["2x1"]["command_speedup_vs_script"] == pytest.approx(
         rows["script"]["command_s"] / run["command_s"], rel=1e-3
     )
-    # --fidelity auto: 4 fits, the first ones at the cheap rung (1/9 of the rows, 3 rounds here)
-    assert len(run["trials"]) == 4 and run["trials"][0]["fidelity"]["rung"] == 0
+    # --timeout script: the search's budget was the script's whole command, and it ended on it,
+    # long before its 400 fits; the first fits at the cheap rung (1/9 of the rows, 3 rounds here)
+    script = next(r for r in json.loads((out / "bench.json").read_text())["runs"] if r["layout"] == "script")
+    assert run["timeout_s"] == pytest.approx(script["command_s"], abs=1e-3) and run["ended_on_timeout"]
+    assert 2 <= len(run["trials"]) < 400 and run["trials"][0]["fidelity"]["rung"] == 0
     assert rows["2x1"]["trials_complete"] == sum(t["fidelity"]["complete"] for t in run["trials"])
 
 

@@ -31,6 +31,7 @@ from taxi_hpo.search.pruning import RULES as PRUNE_RULES
 from taxi_hpo.search.scheduler import MODES
 
 DEFAULT = "default"
+SCRIPT_BUDGET = "script"  # --timeout script: the script's own time is the others' budget
 EXPERIMENT = "taxi-hpo-bench"
 PACKAGES = (
     "taxi-hpo",
@@ -155,6 +156,9 @@ class BenchConfig:
     target: float | None = None  # RMSE for time_to_target_s (default: the reference's final best)
     prune_trials: int | None = None  # trials of the pruned or multi-fidelity layouts (default: trials)
     fidelity: str = "none"  # a ladder for the parallel layouts (search.multifidelity)
+    # the search budget of every layout but the script: seconds, or SCRIPT_BUDGET (the script's
+    # whole command, or its search where not --whole, in the same repeat)
+    timeout: float | str | None = None
 
     def __post_init__(self):
         for flag, value in (
@@ -178,13 +182,22 @@ class BenchConfig:
                 "--fidelity runs on the parallel layouts only (seq is the reference's own fmin loop): "
                 "drop seq from --layouts, the script is the reference"
             )
+        if self.timeout == SCRIPT_BUDGET:
+            first = next((i for i, layout in enumerate(self.layouts) if not layout.is_script), None)
+            if not any(layout.is_script for layout in self.layouts[:first]):
+                raise ConfigError(
+                    "--timeout script needs the script first in --layouts (e.g. script,default): "
+                    "its time in each repeat is the others' budget"
+                )
+        elif self.timeout is not None and not self.timeout > 0:
+            raise ConfigError(f"--timeout must be positive, got {self.timeout}")
         for layout in self.layouts:
             self.run_config(layout)  # the search's own checks (depth, ...) before anything runs
 
-    def run_config(self, layout: Layout):
+    def run_config(self, layout: Layout, timeout_s: float | None = None):
         """The search settings of ``layout``'s runs in this process: its workers and threads, this
         bench's trials, rounds, data and tracking, no registration and no report (``--whole``
-        commands do both, as a user's)."""
+        commands do both, as a user's); ``timeout_s``: the search's budget (``--timeout``)."""
         from taxi_hpo.config import RunConfig
 
         return RunConfig(
@@ -205,7 +218,16 @@ class BenchConfig:
             report=False,
             prune=self.prune,
             fidelity=self.fidelity,
+            timeout_s=timeout_s,
         )
+
+    def budget_s(self, runs: list[dict], repeat: int) -> float | None:
+        """The search budget of this repeat's layouts: ``--timeout`` in seconds, or the time of
+        this repeat's script (its whole command with ``--whole``, else its search)."""
+        if self.timeout != SCRIPT_BUDGET:
+            return self.timeout
+        script = next(r for r in runs if r["repeat"] == repeat and r["layout"] == SCRIPT)
+        return script["command_s"] if self.whole else script["wall_s"]
 
     @property
     def layout_trials(self) -> int:
@@ -233,6 +255,7 @@ class BenchConfig:
             "target": self.target,
             "prune_trials": self.prune_trials,
             "fidelity": self.fidelity,
+            "timeout": self.timeout,
             "default_layout": next((layout.name for layout in self.layouts if layout.default), None),
         }
 
@@ -301,9 +324,9 @@ def run_bench(cfg: BenchConfig, log=None) -> dict:
                 elif layout.is_script:
                     run = bench_runs.run_script(cfg, layout, repeat, train, valid)
                 elif cfg.whole:
-                    run = bench_runs.run_command(cfg, layout, repeat)
+                    run = bench_runs.run_command(cfg, layout, repeat, cfg.budget_s(result["runs"], repeat))
                 else:
-                    run = bench_runs.run_parallel(cfg, layout, repeat)
+                    run = bench_runs.run_parallel(cfg, layout, repeat, cfg.budget_s(result["runs"], repeat))
                 if run.get("search_started"):
                     run["cpu_s"] = cpu.between(run["search_started"], run["search_started"] + run["wall_s"])
                 result["runs"].append(run)
@@ -378,6 +401,13 @@ def add_parser(sub, add_search_flags) -> None:
         help="run parallel layouts as whole `taxi-hpo run` commands (own Prefect server, cluster, "
         "baseline and registration), timed from outside like the script",
     )
+    p.add_argument(
+        "--timeout",
+        default=None,
+        help="the search budget of every layout but the script (taxi-hpo run --timeout): a duration "
+        "(90s, 3m), or `script`: the script's time in the same repeat (its whole command with "
+        "--whole), the script listed first; give --prune-trials or --trials enough for it",
+    )
     p.add_argument("--trials", type=int, default=8, help="trials per layout and repeat (default 8)")
     p.add_argument("--repeats", type=int, default=1, help="runs of each layout, alternating (default 1)")
     p.add_argument("--mode", choices=MODES, default="async", help="scheduler mode of the parallel layouts")
@@ -410,6 +440,7 @@ def main(args: argparse.Namespace) -> int:
         target=args.target,
         prune_trials=args.prune_trials,
         fidelity=args.fidelity,
+        timeout=_timeout(args.timeout),
     )
     result = run_bench(cfg)
     if args.json:
@@ -419,6 +450,14 @@ def main(args: argparse.Namespace) -> int:
         print(format_table(result))
         print(f"wrote {Path(cfg.out) / 'bench.json'}, speedup.png, timeline.png")
     return 0
+
+
+def _timeout(text: str | None) -> float | str | None:
+    if text is None or text.strip().lower() == SCRIPT_BUDGET:
+        return text and SCRIPT_BUDGET
+    from taxi_hpo.config import parse_duration
+
+    return parse_duration(text)
 
 
 COLUMNS = (

@@ -231,6 +231,11 @@ def summarise(runs: list[dict], layouts: tuple, target: float | None = None) -> 
             for r in mine
         ]
         row["best_in_reference_command_s"] = _round(_median([b for b, _ in in_budget]))
+        # how many repeats reached the target before the reference's whole command had ended
+        row["target_reached_in_reference_command"] = sum(
+            x is not None and r["repeat"] in ref_command and x <= ref_command[r["repeat"]]["command_s"]
+            for r, x in zip(mine, command_reached)
+        )
         row["best_gap_in_reference_command_pct"] = _round(
             _median([100 * (b / t - 1) if b is not None and t else None for b, t in in_budget])
         )

@@ -145,22 +145,24 @@ def run_script(cfg, layout, repeat: int, train: Path, valid: Path) -> dict:
     }
 
 
-def run_parallel(cfg, layout, repeat: int) -> dict:
-    """One search flow on a fresh LocalCluster of ``layout``, in this process."""
+def run_parallel(cfg, layout, repeat: int, timeout_s: float | None = None) -> dict:
+    """One search flow on a fresh LocalCluster of ``layout``, in this process (``timeout_s``: its
+    search's budget)."""
     from taxi_hpo import flows, timeline
 
     timeline.reset()  # this search's steps only
     called = time.time()
-    summary = flows.execute(cfg.run_config(layout))
+    summary = flows.execute(cfg.run_config(layout, timeout_s))
     # its steps from the call on (not from the bench's own start)
     offset = timeline.since_start(called)
     summary["timeline"] = {step: round(t - offset, 3) for step, t in summary.get("timeline", {}).items()}
     return _from_summary(layout, repeat, summary, called)
 
 
-def run_command(cfg, layout, repeat: int) -> dict:
+def run_command(cfg, layout, repeat: int, timeout_s: float | None = None) -> dict:
     """``taxi-hpo run`` for ``layout`` as a whole command, as a user types it: its own Prefect
-    API server and cluster, the baseline and the registration included (``command_s``)."""
+    API server and cluster, the baseline and the registration included (``command_s``);
+    ``timeout_s``: its ``--timeout``."""
     run_cfg = cfg.run_config(layout)
     cli = Path(sys.executable).with_name("taxi-hpo")
     flags = {
@@ -176,6 +178,8 @@ def run_command(cfg, layout, repeat: int) -> dict:
         command += ["--prune", cfg.prune]
     if cfg.fidelity != "none":
         command += ["--fidelity", cfg.fidelity]
+    if timeout_s is not None:
+        command += ["--timeout", f"{timeout_s:.3f}s"]
     env = {k: v for k, v in _plain_env().items() if k != "PREFECT_API_URL"}
     with tempfile.TemporaryDirectory(prefix="taxi-hpo-bench-") as cwd:
         called = time.time()
@@ -190,6 +194,7 @@ def run_command(cfg, layout, repeat: int) -> dict:
         **_from_summary(layout, repeat, summary, called),
         "command_s": round(command_s, 3),
         "called": called,
+        "timeout_s": timeout_s,
     }
 
 
@@ -206,6 +211,7 @@ def _from_summary(layout, repeat: int, summary: dict, called: float) -> dict:
         "search_started": summary.get("search_started"),
         "first_trial_s": _first_start(records, called),
         "parent_run_id": summary["parent_run_id"],
+        "ended_on_timeout": summary.get("ended_on_timeout", False),
         # the command's steps (taxi_hpo.timeline), in seconds from its start
         "timeline": summary.get("timeline"),
         "trials": records,
