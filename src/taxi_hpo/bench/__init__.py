@@ -182,17 +182,14 @@ class BenchConfig:
                 "--fidelity runs on the parallel layouts only (seq is the reference's own fmin loop): "
                 "drop seq from --layouts, the script is the reference"
             )
-        if self.timeout == SCRIPT_BUDGET:
-            first = next((i for i, layout in enumerate(self.layouts) if not layout.is_script), None)
-            if not any(layout.is_script for layout in self.layouts[:first]):
-                raise ConfigError(
-                    "--timeout script needs the script first in --layouts (e.g. script,default): "
-                    "its time in each repeat is the others' budget"
-                )
-        elif self.timeout is not None and not self.timeout > 0:
-            raise ConfigError(f"--timeout must be positive, got {self.timeout}")
+        if self.timeout == SCRIPT_BUDGET and not self.layouts[0].is_script:
+            raise ConfigError(
+                "--timeout script needs the script first in --layouts (e.g. script,default): "
+                "its time in each repeat is the others' budget"
+            )
+        fixed = None if self.timeout == SCRIPT_BUDGET else self.timeout
         for layout in self.layouts:
-            self.run_config(layout)  # the search's own checks (depth, ...) before anything runs
+            self.run_config(layout, fixed)  # the search's own checks (depth, timeout, ...) first
 
     def run_config(self, layout: Layout, timeout_s: float | None = None):
         """The search settings of ``layout``'s runs in this process: its workers and threads, this
@@ -453,8 +450,10 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _timeout(text: str | None) -> float | str | None:
-    if text is None or text.strip().lower() == SCRIPT_BUDGET:
-        return text and SCRIPT_BUDGET
+    if text is None:
+        return None
+    if text.strip().lower() == SCRIPT_BUDGET:
+        return SCRIPT_BUDGET
     from taxi_hpo.config import parse_duration
 
     return parse_duration(text)

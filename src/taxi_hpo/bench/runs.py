@@ -163,7 +163,7 @@ def run_command(cfg, layout, repeat: int, timeout_s: float | None = None) -> dic
     """``taxi-hpo run`` for ``layout`` as a whole command, as a user types it: its own Prefect
     API server and cluster, the baseline and the registration included (``command_s``);
     ``timeout_s``: its ``--timeout``."""
-    run_cfg = cfg.run_config(layout)
+    run_cfg = cfg.run_config(layout, timeout_s)
     cli = Path(sys.executable).with_name("taxi-hpo")
     flags = {
         "--train": run_cfg.train, "--valid": run_cfg.valid, "--data-dir": run_cfg.data_dir,
@@ -178,8 +178,8 @@ def run_command(cfg, layout, repeat: int, timeout_s: float | None = None) -> dic
         command += ["--prune", cfg.prune]
     if cfg.fidelity != "none":
         command += ["--fidelity", cfg.fidelity]
-    if timeout_s is not None:
-        command += ["--timeout", f"{timeout_s:.3f}s"]
+    if run_cfg.timeout_s is not None:
+        command += ["--timeout", f"{run_cfg.timeout_s:.3f}s"]
     env = {k: v for k, v in _plain_env().items() if k != "PREFECT_API_URL"}
     with tempfile.TemporaryDirectory(prefix="taxi-hpo-bench-") as cwd:
         called = time.time()
