@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 
 from taxi_hpo import cli as taxi_cli
+from taxi_hpo.tracking import store
 
 DEAD_API = "http://127.0.0.1:9/api"  # never reached: the checks come first
 
@@ -293,7 +294,11 @@ def _search(cwd: Path, api_url: str | None, *args: str) -> subprocess.CompletedP
 
 @pytest.mark.integration
 def test_a_full_disk_under_the_store_and_artifacts(tmpfs, data_dir, prefect_api_url):
-    full = tmpfs("work", "size=1m")  # the sqlite store fits, the preprocessor artifact does not
+    # The sqlite store and 160 KiB fit, the preprocessor artifact (~300 KB) does not. A fixed 1 MiB
+    # left 16 KiB beside MLflow 3.18's empty store: the Default experiment's insert filled it (CI
+    # 2026-12-07), so the room is sized from the store this MLflow makes.
+    room = store._empty_store_template().stat().st_size + 160 * 1024
+    full = tmpfs("work", f"size={room}")
     # The flow fails before the first trial and the local cluster closes at once: a closing worker's
     # in-flight heartbeat logged a traceback here on busy cores (cluster.watchdog; CI 2026-12-04).
     proc = _search(full, prefect_api_url, "--data-dir", str(data_dir))
@@ -305,6 +310,22 @@ def test_a_full_disk_under_the_store_and_artifacts(tmpfs, data_dir, prefect_api_
     with sqlite3.connect(full / "mlflow.db") as conn:
         statuses = [s for (s,) in conn.execute("select status from runs")]
     assert statuses and set(statuses) == {"FAILED"}, statuses  # the runs this search opened end FAILED
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("extra", [None, 8 * 1024], ids=["copy-fails", "first-insert-fails"])
+def test_a_disk_too_full_for_the_store_itself(tmpfs, data_dir, prefect_api_url, extra):
+    # None: 256 KiB, less than MLflow's empty store (~1 MB), whose copy fails; 8 KiB beside it: the
+    # copy fits and MLflow's insert of the Default experiment fails ("database or disk is full").
+    room = 256 * 1024 if extra is None else store._empty_store_template().stat().st_size + extra
+    full = tmpfs("work", f"size={room}")
+    proc = _search(full, prefect_api_url, "--data-dir", str(data_dir))
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in proc.stderr and len(lines) == 1, proc.stderr[-3000:]
+    assert "cannot be written (No space left on device)" in lines[0], lines[0]
+    assert "--tracking-uri" in lines[0] and "no run was started" in lines[0], lines[0]
+    assert not [p.name for p in full.iterdir() if "mlflow.db" in p.name]  # no store half-made, no seed copy
 
 
 # --- --resume of what is not a search to go on with ---------------------------------------------

@@ -23,7 +23,7 @@ from taxi_hpo.cli.args import (
     outcome_flags_given,
     run_config,
 )
-from taxi_hpo.errors import DISK_ERRNOS, TaxiHpoError
+from taxi_hpo.errors import DISK_ERRNOS, TaxiHpoError, disk_error
 
 DESCRIPTION = """\
 Tune the NYC-taxi trip-duration model (hyperopt TPE over XGBoost, the MLOps-Zoomcamp pipeline)
@@ -80,10 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _not_our_error(record: logging.LogRecord) -> bool:
     exc = record.exc_info[1] if record.exc_info else None
-    if isinstance(exc, TaxiHpoError) or _disk_error(exc) is not None:
+    if isinstance(exc, TaxiHpoError) or disk_error(exc) is not None:
         return False
     # "Task run ... Finished in state Failed('... OSError: [Errno 28] ...')": said in our line.
-    return exc is not None or not any(f"[Errno {n}]" in str(record.msg) for n in DISK_ERRNOS)
+    said = str(record.msg)
+    return exc is not None or not (
+        any(f"[Errno {n}]" in said for n in DISK_ERRNOS) or "database or disk is full" in said
+    )
 
 
 def _quiet_libraries() -> None:
@@ -102,7 +105,8 @@ def _quiet_libraries() -> None:
     quiet_drain_warnings()
     # Our own errors raised inside the flow (a created cluster's workers failing the checks) are
     # the one line this command prints; Prefect would log each with a traceback first.
-    for name in ("prefect.flow_runs", "prefect.task_runs", "prefect.engine"):
+    # MLflow's sqlite store logs a full disk ("database or disk is full") with a traceback too.
+    for name in ("prefect.flow_runs", "prefect.task_runs", "prefect.engine", "mlflow.store.db.utils"):
         logging.getLogger(name).addFilter(_not_our_error)
     warnings.filterwarnings("ignore", message=".*type hints to the `predict` method.*")
 
@@ -320,7 +324,7 @@ def main(argv: list[str] | None = None, whole_process: bool = False) -> int:
         flows = sys.modules.get("taxi_hpo.flows")
         if flows is not None and flows.interrupted():  # Ctrl-C surfaced as another exception
             return _interrupted_exit()
-        disk = _disk_error(exc)
+        disk = disk_error(exc)
         if disk is None:
             raise
         where = (
@@ -333,17 +337,6 @@ def main(argv: list[str] | None = None, whole_process: bool = False) -> int:
         )
         return EXIT_USAGE
     return 0
-
-
-def _disk_error(exc: BaseException | None) -> OSError | None:
-    """The full/read-only-disk OSError behind ``exc`` (MLflow and Prefect wrap it), or None."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS:
-            return exc
-        exc = exc.__cause__ or exc.__context__
-    return None
 
 
 def entry() -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from taxi_hpo.config import PATIENCE_ENV, PATIENCE_S, is_local_uri
-from taxi_hpo.errors import DISK_ERRNOS, TrackingError
+from taxi_hpo.errors import TrackingError, disk_error
 from taxi_hpo.tracking._mlflow import Metric, MlflowClient, MlflowException, Param, RunTag, mlflow
 from taxi_hpo.tracking.names import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
 
@@ -102,7 +102,7 @@ def outage_error(tracking_uri: str, parent_run_id: str) -> TrackingError:
 
 
 def _transient(exc: BaseException) -> bool:
-    if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS:  # waiting does not free a disk
+    if disk_error(exc) is not None:  # waiting does not free a disk
         return False
     text = str(exc).lower()
     markers = (
@@ -158,13 +158,23 @@ def prepare_store(tracking_uri: str, experiment: str, artifact_root: Path | None
     (:func:`seed_sqlite_store`), so that searches started at once on a new folder do not race
     in MLflow's schema migration, and an experiment made meanwhile by another is used. A sqlite
     store is opened (and upgraded, when an older MLflow made it) by one process at a time
-    (:func:`store_lock`), and one an interrupted upgrade left half-migrated is one line.
+    (:func:`store_lock`), and one an interrupted upgrade left half-migrated is one line. A disk
+    too full for the store is one line too, and a store this call began there is removed.
     """
     check_reachable(tracking_uri)
     with store_lock(tracking_uri):
-        seed_sqlite_store(tracking_uri)
-        check_not_half_migrated(tracking_uri)
-        return _open_experiment(tracking_uri, experiment, artifact_root)
+        db = Path(tracking_uri.removeprefix("sqlite:///")) if tracking_uri.startswith("sqlite:///") else None
+        new = db is not None and not db.exists()
+        try:
+            seed_sqlite_store(tracking_uri)
+            check_not_half_migrated(tracking_uri)
+            return _open_experiment(tracking_uri, experiment, artifact_root)
+        except TrackingError as exc:
+            if new and disk_error(exc) is not None:  # the store this search began on a full disk
+                for made in (db, *(db.with_name(db.name + end) for end in ("-journal", "-wal", "-shm"))):
+                    with contextlib.suppress(OSError):
+                        made.unlink()
+            raise
 
 
 #: How long a search waits for another process creating or upgrading the same sqlite store.
@@ -236,9 +246,17 @@ def check_not_half_migrated(tracking_uri: str) -> None:
         )
 
 
+def _no_room(tracking_uri: str, disk: OSError) -> TrackingError:
+    """The one line for a store that cannot be made or opened for want of room: nothing ran yet."""
+    return TrackingError(
+        f"tracking store {tracking_uri} cannot be written ({disk.strerror or disk}): free space on "
+        f"that disk or point --tracking-uri at another one; no run was started"
+    )
+
+
 def _open_experiment(tracking_uri: str, experiment: str, artifact_root: Path | None) -> str:
-    client = MlflowClient(tracking_uri=tracking_uri)
     try:
+        client = MlflowClient(tracking_uri=tracking_uri)
         found = client.get_experiment_by_name(experiment)
         if found is not None:
             if found.lifecycle_stage == "deleted":
@@ -257,11 +275,14 @@ def _open_experiment(tracking_uri: str, experiment: str, artifact_root: Path | N
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
             return client.get_experiment_by_name(experiment).experiment_id
-    except MlflowException as exc:
-        raise TrackingError(
-            f"tracking store {tracking_uri} cannot be used ({exc.message}): fix --tracking-uri"
-        ) from exc
-    except Exception as exc:  # sqlalchemy / OS errors surface raw
+    except Exception as exc:
+        if (disk := disk_error(exc)) is not None:
+            raise _no_room(tracking_uri, disk) from exc
+        if isinstance(exc, MlflowException):
+            raise TrackingError(
+                f"tracking store {tracking_uri} cannot be used ({exc.message}): fix --tracking-uri"
+            ) from exc
+        # sqlalchemy / OS errors surface raw
         raise TrackingError(
             f"tracking store {tracking_uri} cannot be used ({exc}): fix --tracking-uri"
         ) from exc
@@ -293,14 +314,20 @@ def seed_sqlite_store(tracking_uri: str) -> bool:
         return False
     try:
         template = _empty_store_template()
+    except Exception:  # noqa: BLE001 - the copy is an optimisation: MLflow's own path follows
+        return False
+    try:
         tmp = target.parent / f".{target.name}.seed-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         try:
             with open(template, "rb") as src, open(tmp, "xb") as dst:  # the umask's mode, as MLflow's
                 shutil.copyfileobj(src, dst)
             os.link(tmp, target)  # fails if the store appeared meanwhile: theirs is kept
         finally:
-            os.unlink(tmp)
-    except Exception:  # noqa: BLE001 - the copy is an optimisation: MLflow's own path follows
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+    except Exception as exc:  # noqa: BLE001 - the copy is an optimisation: MLflow's own path follows
+        if (disk := disk_error(exc)) is not None:  # ... but it would fail half-way on the same disk
+            raise _no_room(tracking_uri, disk) from exc
         return False
     return True
 
