@@ -738,6 +738,10 @@ def test_time_to_target_follows_the_best_so_far_and_ignores_pruned_trials():
     assert (
         metrics.summarise([script, run_], (Layout("2x1", 2, 1),), target=6.0)[0]["time_to_target_s"] is None
     )
+    # a given target needs no reference layout in the bench (the script's best from an earlier run)
+    (alone,) = metrics.summarise([run_], (Layout("2x1", 2, 1),), target=6.45)
+    assert alone["time_to_target_s"] == 10.0 and alone["target_reached"] == 1
+    assert alone["trials_failed"] == 0  # a pruned trial did not fail
 
 
 def test_warm_start_study_counts_trials_to_the_cold_final_best():

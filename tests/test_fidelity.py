@@ -265,3 +265,39 @@ def test_a_ladder_searcher_rebuilt_from_its_state_goes_on_with_the_same_trials()
             s.record(trial_id, _rung_loss(point, s.fidelity(trial_id)))
     with pytest.raises(ValueError):
         MultiFidelitySearcher.from_state(space, {"kind": "tpe"})
+
+
+def _drive(model: str, trials: int = 20) -> tuple[MultiFidelitySearcher, list[tuple[dict, dict, dict]]]:
+    """A ladder search on synthetic losses; after each result: (what TPE is told, the cheap
+    losses, the complete ones) by configuration."""
+    searcher = MultiFidelitySearcher(reference_space(10), seed=1, n_startup_jobs=2, model=model)
+    cheap, complete, seen = {}, {}, []
+    for trial in range(trials):
+        searcher.suggest(trial)
+        fidelity = searcher.fidelity(trial)
+        config = fidelity["config"]
+        if fidelity["complete"]:
+            complete[config] = cheap[config] - 0.5 - 0.1 * (config % 3)
+        else:
+            cheap[config] = 7.0 + 0.1 * ((config * 7) % 11)
+        searcher.record(trial, complete[config] if fidelity["complete"] else cheap[config])
+        seen.append((searcher.observations(), dict(cheap), dict(complete)))
+    return searcher, seen
+
+
+def test_the_merged_model_tells_tpe_complete_fits_and_the_rest_moved_onto_their_scale():
+    for told, cheap, _ in _drive("lowest")[1]:
+        assert told == cheap  # the lowest rung, whatever the complete fits say
+    merged, seen = _drive("merged")
+    for told, cheap, complete in seen:
+        if len(complete) < 3:  # fewer than MERGE_AFTER complete fits: the lowest rung
+            assert told == cheap
+            continue
+        gap = float(np.median([complete[c] - cheap[c] for c in complete]))
+        assert told == pytest.approx({c: complete.get(c, cheap[c] + gap) for c in cheap})
+    assert len(seen[-1][2]) >= 4  # the check above ran past the switch
+    space = reference_space(10)
+    again = MultiFidelitySearcher.from_state(space, merged.state())
+    assert again.model == "merged" and again.observations() == merged.observations()
+    with pytest.raises(ValueError, match="model must be one of"):
+        MultiFidelitySearcher(space, seed=1, model="highest")

@@ -54,3 +54,12 @@ def test_a_search_that_recorded_none_of_them_gets_the_defaults_and_says_so(recor
     cfg, line = resumed(*record(SEARCH))  # a parent run of taxi-hpo 0.1
     assert (cfg.max_rmse, cfg.max_inference_time, cfg.register, cfg.report) == (6.5, 20e-6, True, True)
     assert "registering below RMSE 6.5 (default: the search did not record it)" in line
+
+
+def test_a_ladder_search_resumes_with_the_model_tpe_had(record):
+    """What TPE was told on a ladder is the search's own: a search that did not record it (before
+    the merged model) modelled the lowest rung, and resumes so; a new search merges."""
+    assert run_config(build_parser().parse_args(["run", "--fidelity", "auto"])).fidelity_model == "merged"
+    ladder = {**SEARCH, "fidelity": "auto"}
+    assert resumed(*record(ladder))[0].fidelity_model == "lowest"
+    assert resumed(*record({**ladder, "fidelity_model": "merged"}))[0].fidelity_model == "merged"

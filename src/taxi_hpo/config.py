@@ -10,6 +10,7 @@ from pathlib import Path
 
 from taxi_hpo.core.machine import usable_cores
 from taxi_hpo.errors import ConfigError
+from taxi_hpo.search.multifidelity import MODELS as FIDELITY_MODELS
 from taxi_hpo.search.promotion import FIDELITIES
 from taxi_hpo.search.pruning import RULES as PRUNE_RULES
 from taxi_hpo.search.scheduler import MODES
@@ -162,6 +163,8 @@ class RunConfig:
     max_depth: int = DEFAULT_MAX_DEPTH
     prune: str = "none"
     fidelity: str = "none"  # a ladder of cheaper fits with promotion (search.multifidelity)
+    # what TPE models on a ladder (search.multifidelity.MODELS); a resumed search keeps its own
+    fidelity_model: str = "merged"
     timeout_s: float | None = None  # no trial starts after this many seconds of search
     timeout_kill: bool = False  # ... and the running ones are stopped
     warm_start: str | None = None  # a search's parent run id, or "latest" of the experiment
@@ -208,6 +211,10 @@ class RunConfig:
             raise ConfigError(f"--prune must be one of {', '.join(PRUNE_RULES)}, got {self.prune!r}")
         if self.fidelity not in FIDELITIES:
             raise ConfigError(f"--fidelity must be one of {', '.join(FIDELITIES)}, got {self.fidelity!r}")
+        if self.fidelity_model not in FIDELITY_MODELS:
+            raise ConfigError(
+                f"the fidelity model must be one of {', '.join(FIDELITY_MODELS)}, got {self.fidelity_model!r}"
+            )
         if self.fidelity != "none" and self.prune != "none":
             raise ConfigError(
                 f"--fidelity {self.fidelity} and --prune {self.prune} both screen trials: give one "

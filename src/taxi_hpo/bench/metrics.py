@@ -110,7 +110,7 @@ def run_metrics(run: dict) -> dict:
         "overhead_p50_s": percentile(spent, 50),
         "overhead_p95_s": percentile(spent, 95),
         "best_rmse": min(losses) if losses else None,
-        "trials_failed": len(trials) - len(losses),
+        "trials_failed": sum(not _ok(t) for t in trials),  # pruned and screened fits did not fail
         "first_trial_s": run.get("first_trial_s"),
         "cpu_beside_trials": _beside(run.get("cpu_s"), in_process=run["layout"] == SEQ),
     }
@@ -165,7 +165,9 @@ def reference_targets(runs: list[dict], target: float | None = None) -> dict[int
             if r["layout"] == ref:
                 losses = [t["loss"] for t in r["trials"] if _complete(t)]
                 targets[r["repeat"]] = min(losses) if losses else None
-    return {repeat: target if target is not None else value for repeat, value in targets.items()}
+    if target is not None:  # given: every repeat races to it, with or without a reference layout
+        return {r["repeat"]: target for r in runs}
+    return targets
 
 
 def summarise(runs: list[dict], layouts: tuple, target: float | None = None) -> list[dict]:

@@ -155,7 +155,9 @@ def new_searcher(cfg: RunConfig, cluster: Cluster, history: History):
     warm = [w["params"] for w in history.warm]
     if cfg.fidelity == "none":
         return TPESearcher(space, cfg.seed, startup, warm_points=warm)
-    return MultiFidelitySearcher(space, cfg.seed, startup, warm, ladder(cfg.fidelity))
+    return MultiFidelitySearcher(
+        space, cfg.seed, startup, warm, ladder(cfg.fidelity), model=cfg.fidelity_model
+    )
 
 
 def trial_runner(
@@ -269,6 +271,7 @@ def parent_params(cfg: RunConfig, prepared: PreparedData, slots: int, in_flight:
         "in_flight": in_flight,
         "prune": cfg.prune,
         "fidelity": cfg.fidelity,
+        "fidelity_model": cfg.fidelity_model,
         "warm_start": cfg.warm_start or "",
         "warm_start_trials": cfg.warm_start_trials,
         "threads_per_worker": cfg.threads_per_worker,

@@ -49,6 +49,7 @@ def resume_config(
         max_depth=int(p["max_depth"]),
         prune=p.get("prune", "none"),
         fidelity=p.get("fidelity", "none"),
+        fidelity_model=p.get("fidelity_model", "lowest"),  # a ladder search that did not record it
         batch_size=int(p["in_flight"]) if batch and p.get("in_flight") else cfg.batch_size,
         experiment=tracking.experiment_name(cfg.resolved_tracking_uri, record.experiment_id),
     )

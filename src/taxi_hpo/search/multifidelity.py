@@ -3,10 +3,16 @@
 Every trial id is one fit. When a slot comes free the searcher first asks the
 :class:`~taxi_hpo.search.promotion.Promoter` whether a configuration is due for the next rung
 (ASHA's promotion, highest rung first); if none is, the trial is a new configuration at the
-lowest rung. New configurations come from TPE fitted on the lowest rung's results, where
-every configuration has one, with the new configurations still in flight as liars (TPE scores
-a pending point as loss ``+inf``, so concurrent proposals spread out). The first
+lowest rung. New configurations come from TPE told one loss per configuration, every
+configuration having one, with the new configurations still in flight as liars (TPE scores a
+pending point as loss ``+inf``, so concurrent proposals spread out). The first
 ``n_startup_jobs`` new configurations are random (hyperopt's start-up) or the warm-start points.
+
+What TPE is told (``model``, :meth:`MultiFidelitySearcher.observations`): ``"merged"`` (the
+default of a new search), once ``MERGE_AFTER`` configurations have a complete fit, each
+configuration's loss at the highest rung it reached, a lower rung's moved onto the complete
+fit's scale by the median gap between the rungs; ``"lowest"`` (what searches before it used, kept
+for their resume), every configuration's loss at the lowest rung.
 
 Why not BOHB's rule (model the highest rung with enough results): a higher rung holds only the
 configurations the lower one promoted, a truncated sample, and TPE's density ratio is highest
@@ -14,7 +20,10 @@ outside it, where its "bad" set has no points either; so TPE modelled on the com
 proposed points the cheap rung ranks badly (their RMSE at 1/9 of the rows and 9 rounds 7.4-9.4
 against 6.8-7.0 before), few of them were promoted, and the search lost: seed 1, 96 fits, best
 6.4565 switching at 6 complete fits (BOHB's d + 1), 6.4517 at 20, 6.4436 never switching
-(docs/benchmarks.md, "A multi-fidelity search, whole commands").
+(docs/benchmarks.md, "A multi-fidelity search, whole commands"). Merged, TPE's good set is the
+best complete fits while its bad set keeps every screened point; and the cheap rung's own bias
+(it favours what converges in 9 rounds on 1/9 of the rows) no longer decides which region TPE
+refines (docs/benchmarks.md, "What TPE is told").
 
 Deterministic: the same seed and the same ``suggest``/``record`` calls in the same order give
 the same trials and promotions, so batch mode repeats exactly, and a resumed search replays.
@@ -34,6 +43,11 @@ import numpy as np
 
 from taxi_hpo.search.promotion import AUTO, ETA, Promoter, Rung
 from taxi_hpo.search.tpe import DEFAULT_STARTUP, TPESearcher
+
+#: What TPE models (see :meth:`MultiFidelitySearcher.observations`).
+MODELS = ("lowest", "merged")
+#: Complete fits before the merged model replaces the lowest rung's results.
+MERGE_AFTER = 3
 
 
 class MultiFidelitySearcher:
@@ -56,7 +70,11 @@ class MultiFidelitySearcher:
         warm_points: list[dict] | None = None,
         rungs: Sequence[Rung] = AUTO,
         eta: int = ETA,
+        model: str = "lowest",
     ):
+        if model not in MODELS:
+            raise ValueError(f"model must be one of {', '.join(MODELS)}, got {model!r}")
+        self.model = model
         self.space, self.seed, self.n_startup_jobs = space, seed, n_startup_jobs
         self.warm_points = [dict(p) for p in (warm_points or [])]
         self.promoter = Promoter(rungs, eta)
@@ -137,6 +155,7 @@ class MultiFidelitySearcher:
             "warm_points": [dict(p) for p in self.warm_points],
             "ladder": [[r.rows, r.rounds] for r in self.ladder],
             "eta": self.promoter.eta,
+            "model": self.model,
             "rng": self._rng.bit_generator.state,
             "trials": [
                 {
@@ -157,7 +176,13 @@ class MultiFidelitySearcher:
             raise ValueError(f"not the state of a multi-fidelity searcher: kind {state.get('kind')!r}")
         rungs = [Rung(rows, rounds) for rows, rounds in state["ladder"]]
         searcher = cls(
-            space, state["seed"], state["n_startup_jobs"], state["warm_points"], rungs, state["eta"]
+            space,
+            state["seed"],
+            state["n_startup_jobs"],
+            state["warm_points"],
+            rungs,
+            state["eta"],
+            state.get("model", "lowest"),
         )
         for trial in state["trials"]:
             searcher._restore(trial["trial_id"], trial["params"], trial["fidelity"])
@@ -211,11 +236,11 @@ class MultiFidelitySearcher:
         self._trials[trial_id] = (trial_id, 0)
 
     def _propose(self, trial_id: int, seed: int) -> dict:
-        """A new configuration: a warm point, a random one (start-up) or TPE's from the lowest rung."""
+        """A new configuration: a warm point, a random one (start-up) or TPE's (:meth:`observations`)."""
         index = len(self._configs)
         if index < len(self.warm_points):
             return self.warm_points[index]
-        results = self.promoter.results(0)
+        results = self.observations()
         random = index < self.n_startup_jobs or not any(math.isfinite(v) for v in results.values())
         # hyperopt draws at random below n_startup_jobs documents: a huge count is "always"
         model = TPESearcher(self.space, seed, n_startup_jobs=2**31 if random else 0)
@@ -225,3 +250,36 @@ class MultiFidelitySearcher:
         for config in sorted(self._new_in_flight - set(results)):
             model.add_pending(config, self._configs[config])  # a liar while it runs
         return model.propose(trial_id, seed)
+
+    def observations(self) -> dict[int, float]:
+        """``{config: loss}`` TPE is told (``inf``: failed): with ``model="lowest"`` every
+        configuration's loss at the lowest rung. With ``"merged"``, once ``MERGE_AFTER``
+        configurations have a complete fit, each configuration's loss at the highest rung it has,
+        moved onto the complete fit's scale by the median gap between that rung and the complete
+        one over the configurations fitted at both: TPE's good set is then the best complete fits,
+        while its bad set keeps every screened point (the truncated sample of BOHB's rule is gone)."""
+        lowest = self.promoter.results(0)
+        if self.model == "lowest":
+            return lowest
+        top = self.promoter.top
+        complete = self.promoter.results(top)
+        finite = {c: v for c, v in complete.items() if math.isfinite(v)}
+        if len(finite) < MERGE_AFTER:
+            return lowest
+        gaps = {}
+        for rung in range(top):
+            below = self.promoter.results(rung)
+            both = [finite[c] - below[c] for c in finite if c in below and math.isfinite(below[c])]
+            if len(both) >= MERGE_AFTER:
+                gaps[rung] = float(np.median(both))
+        told = {}
+        for config in lowest:
+            if config in complete:
+                told[config] = complete[config]
+                continue
+            rung = max(r for r in range(top) if config in self.promoter.results(r))
+            while rung not in gaps and rung > 0:
+                rung -= 1
+            loss = self.promoter.results(rung)[config]
+            told[config] = loss + gaps.get(rung, 0.0) if math.isfinite(loss) else math.inf
+        return told
