@@ -420,7 +420,9 @@ def test_a_ladder_search_repeats_in_batch_mode_tags_each_rung_and_registers_only
     assert {tid: t["fidelity"] for tid, t in record.trials.items()} == {
         t["trial_id"]: t["fidelity"] for t in two["trials"]
     }
-    assert record.params["fidelity"] == "auto"
+    assert (
+        record.params["fidelity"] == "auto" and record.params["fidelity_model"] == "merged"
+    )  # --resume reads it
     # the report reads the same ladder from the store: screened trials are no candidates
     ladder_report = report.collect(two["tracking_uri"], two["parent_run_id"])
     assert sorted(r.state for r in ladder_report.final) == sorted(

@@ -9,6 +9,8 @@ import sqlite3
 #: Errors of the disk, not of the program: a full or read-only disk does not get better by
 #: retrying, and the CLI says so in one line instead of a traceback.
 DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+#: How sqlite says a full disk (an ``OperationalError``, not an OSError).
+SQLITE_FULL = "database or disk is full"
 
 
 def disk_error(exc: BaseException | None) -> OSError | None:
@@ -20,7 +22,7 @@ def disk_error(exc: BaseException | None) -> OSError | None:
         seen.add(id(exc))
         if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS:
             return exc
-        if isinstance(exc, sqlite3.OperationalError) and "database or disk is full" in str(exc):
+        if isinstance(exc, sqlite3.OperationalError) and SQLITE_FULL in str(exc):
             return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         exc = exc.__cause__ or exc.__context__
     return None

@@ -159,14 +159,14 @@ def best_by(run: dict, seconds: float | None, whole: bool = False) -> float | No
 def reference_targets(runs: list[dict], target: float | None = None) -> dict[int, float | None]:
     """Per repeat, the RMSE every layout races to: ``target`` when given, else the final best of
     the reference of that repeat (the script, which never prunes; seq without a script)."""
+    if target is not None:  # given: every repeat races to it, with or without a reference layout
+        return {r["repeat"]: target for r in runs}
     targets: dict[int, float | None] = {}
     for ref in (SEQ, SCRIPT):  # the script overrides seq
         for r in runs:
             if r["layout"] == ref:
                 losses = [t["loss"] for t in r["trials"] if _complete(t)]
                 targets[r["repeat"]] = min(losses) if losses else None
-    if target is not None:  # given: every repeat races to it, with or without a reference layout
-        return {r["repeat"]: target for r in runs}
     return targets
 
 

@@ -23,7 +23,7 @@ from taxi_hpo.cli.args import (
     outcome_flags_given,
     run_config,
 )
-from taxi_hpo.errors import DISK_ERRNOS, TaxiHpoError, disk_error
+from taxi_hpo.errors import DISK_ERRNOS, SQLITE_FULL, TaxiHpoError, disk_error
 
 DESCRIPTION = """\
 Tune the NYC-taxi trip-duration model (hyperopt TPE over XGBoost, the MLOps-Zoomcamp pipeline)
@@ -84,9 +84,7 @@ def _not_our_error(record: logging.LogRecord) -> bool:
         return False
     # "Task run ... Finished in state Failed('... OSError: [Errno 28] ...')": said in our line.
     said = str(record.msg)
-    return exc is not None or not (
-        any(f"[Errno {n}]" in said for n in DISK_ERRNOS) or "database or disk is full" in said
-    )
+    return exc is not None or not (any(f"[Errno {n}]" in said for n in DISK_ERRNOS) or SQLITE_FULL in said)
 
 
 def _quiet_libraries() -> None:

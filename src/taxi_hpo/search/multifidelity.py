@@ -258,17 +258,16 @@ class MultiFidelitySearcher:
         moved onto the complete fit's scale by the median gap between that rung and the complete
         one over the configurations fitted at both: TPE's good set is then the best complete fits,
         while its bad set keeps every screened point (the truncated sample of BOHB's rule is gone)."""
-        lowest = self.promoter.results(0)
         if self.model == "lowest":
-            return lowest
+            return self.promoter.results(0)
         top = self.promoter.top
-        complete = self.promoter.results(top)
+        rungs = [self.promoter.results(r) for r in range(top + 1)]
+        lowest, complete = rungs[0], rungs[top]
         finite = {c: v for c, v in complete.items() if math.isfinite(v)}
         if len(finite) < MERGE_AFTER:
             return lowest
         gaps = {}
-        for rung in range(top):
-            below = self.promoter.results(rung)
+        for rung, below in enumerate(rungs[:top]):
             both = [finite[c] - below[c] for c in finite if c in below and math.isfinite(below[c])]
             if len(both) >= MERGE_AFTER:
                 gaps[rung] = float(np.median(both))
@@ -277,9 +276,9 @@ class MultiFidelitySearcher:
             if config in complete:
                 told[config] = complete[config]
                 continue
-            rung = max(r for r in range(top) if config in self.promoter.results(r))
+            rung = max(r for r in range(top) if config in rungs[r])
             while rung not in gaps and rung > 0:
                 rung -= 1
-            loss = self.promoter.results(rung)[config]
+            loss = rungs[rung][config]
             told[config] = loss + gaps.get(rung, 0.0) if math.isfinite(loss) else math.inf
         return told

@@ -163,7 +163,7 @@ def prepare_store(tracking_uri: str, experiment: str, artifact_root: Path | None
     """
     check_reachable(tracking_uri)
     with store_lock(tracking_uri):
-        db = Path(tracking_uri.removeprefix("sqlite:///")) if tracking_uri.startswith("sqlite:///") else None
+        db = sqlite_path(tracking_uri)
         new = db is not None and not db.exists()
         try:
             seed_sqlite_store(tracking_uri)
@@ -181,18 +181,23 @@ def prepare_store(tracking_uri: str, experiment: str, artifact_root: Path | None
 STORE_LOCK_TIMEOUT_S = 300.0
 
 
+def sqlite_path(tracking_uri: str) -> Path | None:
+    """The file of a ``sqlite:///`` store, or None for any other store."""
+    return Path(tracking_uri.removeprefix("sqlite:///")) if tracking_uri.startswith("sqlite:///") else None
+
+
 @contextlib.contextmanager
 def store_lock(tracking_uri: str, timeout_s: float = STORE_LOCK_TIMEOUT_S):
     """Hold the store's lock (:func:`lock_path`) while a sqlite store is opened: MLflow upgrades a
     store's schema when it opens it, and two processes upgrading one store at once leave it
     half-migrated (alembic's "table _alembic_tmp_metrics already exists"). Other stores (a
     server, PostgreSQL) take care of their own; no lock is held for them."""
-    if not tracking_uri.startswith("sqlite:///"):
+    db = sqlite_path(tracking_uri)
+    if db is None:
         yield
         return
     from filelock import FileLock, Timeout
 
-    db = Path(tracking_uri.removeprefix("sqlite:///"))
     if not db.parent.is_dir():  # MLflow's own error says so, below
         yield
         return
@@ -216,7 +221,7 @@ def lock_path(tracking_uri: str) -> Path:
     """Where a sqlite store's lock lives: under :func:`cache_dir`, named by the store's resolved
     path (every search of this user on this machine finds the same one; nothing is left in the
     user's folder beside the store)."""
-    db = Path(tracking_uri.removeprefix("sqlite:///")).resolve()
+    db = sqlite_path(tracking_uri).resolve()
     return cache_dir() / "store-locks" / f"{hashlib.sha256(str(db).encode()).hexdigest()[:20]}.lock"
 
 
@@ -224,10 +229,8 @@ def check_not_half_migrated(tracking_uri: str) -> None:
     """One line for a sqlite store an interrupted schema upgrade left behind: alembic's batch
     migrations copy a table to ``_alembic_tmp_<name>`` and back, and a copy that is still there
     makes every later upgrade fail ("table _alembic_tmp_latest_metrics already exists")."""
-    if not tracking_uri.startswith("sqlite:///"):
-        return
-    db = Path(tracking_uri.removeprefix("sqlite:///"))
-    if not db.is_file():
+    db = sqlite_path(tracking_uri)
+    if db is None or not db.is_file():
         return
     try:
         with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
@@ -307,10 +310,8 @@ def seed_sqlite_store(tracking_uri: str) -> bool:
     experiment, and MLflow adds one (rooted at ``./mlruns``, as for a store it makes itself) when
     it first opens it. Where anything here fails, MLflow creates the store itself as before.
     """
-    if not tracking_uri.startswith("sqlite:///"):
-        return False
-    target = Path(tracking_uri.removeprefix("sqlite:///"))
-    if target.exists() or not target.parent.is_dir():
+    target = sqlite_path(tracking_uri)
+    if target is None or target.exists() or not target.parent.is_dir():
         return False
     try:
         template = _empty_store_template()
